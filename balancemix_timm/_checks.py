@@ -1,0 +1,103 @@
+"""Input validation shared by the public functions.
+
+Every public function of the package validates its tensors with these helpers so that bad
+input fails early with a ``ValueError`` that names the argument and what was wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_tensor",
+    "check_binary",
+    "check_finite",
+    "check_probabilities",
+    "check_same_shape",
+    "check_ndim",
+    "check_unit_interval",
+]
+
+
+def check_tensor(value: object, name: str) -> Tensor:
+    """Return ``value`` if it is a tensor, else raise ``ValueError`` naming ``name``."""
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_ndim(value: Tensor, name: str, ndim: int | Sequence[int]) -> Tensor:
+    """Raise ``ValueError`` unless ``value.ndim`` is ``ndim`` (or one of them)."""
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if value.ndim not in allowed:
+        want = " or ".join(str(d) for d in allowed)
+        raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def check_same_shape(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
+    """Raise ``ValueError`` if the two tensors' shapes differ."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{a_name} and {b_name} must have the same shape, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def check_finite(value: Tensor, name: str) -> Tensor:
+    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        n_nan = int(torch.isnan(value).sum())
+        n_inf = int(torch.isinf(value).sum())
+        raise ValueError(f"{name} contains non-finite values ({n_nan} NaN, {n_inf} inf)")
+    return value
+
+
+def check_binary(value: Tensor, name: str) -> Tensor:
+    """Raise ``ValueError`` unless every entry of ``value`` is 0 or 1."""
+    check_tensor(value, name)
+    if value.dtype == torch.bool:
+        return value
+    check_finite(value, name)
+    bad = (value != 0) & (value != 1)
+    if bool(bad.any()):
+        example = value[bad].flatten()[0].item()
+        raise ValueError(
+            f"{name} must be binary (0 or 1); found {int(bad.sum())} other entries, e.g. {example}"
+        )
+    return value
+
+
+def check_probabilities(value: Tensor, name: str) -> Tensor:
+    """Raise ``ValueError`` unless ``value`` is finite and within [0, 1]."""
+    check_tensor(value, name)
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    check_finite(value, name)
+    if value.numel() and (bool((value < 0).any()) or bool((value > 1).any())):
+        raise ValueError(
+            f"{name} must lie in [0, 1]; found values in "
+            f"[{float(value.min()):.4g}, {float(value.max()):.4g}]"
+        )
+    return value
+
+
+def check_unit_interval(
+    value: float, name: str, *, low_open: bool = False, high_open: bool = False,
+    low: float = 0.0, high: float = 1.0,
+) -> float:
+    """Raise ``ValueError`` unless ``low <(=) value <(=) high``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    ok_low = v > low if low_open else v >= low
+    ok_high = v < high if high_open else v <= high
+    if not (ok_low and ok_high) or v != v:
+        lb = "(" if low_open else "["
+        hb = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {lb}{low}, {high}{hb}, got {value!r}")
+    return v

@@ -1,0 +1,212 @@
+"""Training configuration: one flat dataclass, loaded from YAML plus ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+__all__ = ["TrainConfig", "load_config", "parse_overrides", "RESUME_IGNORED_KEYS"]
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``balancemix-train``; YAML files in ``configs/`` set a subset.
+
+    Groups of fields: data, label noise, model, method (BalanceMix engine and baselines),
+    optimisation, evaluation and output. See ``docs/training.md`` for each field.
+    """
+
+    # --- data ---------------------------------------------------------------------------
+    data: str = "demo"  # "demo" | "coco" | "voc"
+    data_root: str = "demo_data"
+    train_images: str | None = None  # default: <data_root>/train (coco) ; ignored for voc
+    val_images: str | None = None
+    train_ann: str | None = None  # default: <data_root>/annotations/instances_train.json
+    val_ann: str | None = None
+    voc_train_split: str = "trainval"
+    voc_val_split: str = "test"
+    voc_val_root: str | None = None
+    include_empty: bool = False
+    num_classes: int | None = None  # checked against the data when given
+    image_size: int = 64
+    randaugment: bool = True
+    cutout: bool = True
+    normalize: str | None = "auto"  # "auto" | "imagenet" | None
+    workers: int = 0
+    # demo data set (data == "demo")
+    demo_num_train: int = 2000
+    demo_num_val: int = 500
+    demo_num_classes: int = 24
+    demo_imbalance_ratio: float = 100.0
+    demo_seed: int = 0
+    # --- label noise ----------------------------------------------------------------------
+    noise: str = "clean"  # "clean" | "mislabel" | "random_flip" | "single_positive"
+    noise_rate: float = 0.0
+    noise_seed: int = 0
+    # --- model ----------------------------------------------------------------------------
+    model: str = "resnet10t"
+    head: str = "linear"  # "linear" | "ml_decoder"
+    pretrained_path: str | None = None
+    drop_rate: float = 0.0
+    # --- method ---------------------------------------------------------------------------
+    method: str = "balancemix"  # "bce" | "balancemix" (+ baselines)
+    ablation: str | None = None  # "mixup" | "minority" | "clean" | "relabel" | "full" (Table 5)
+    alpha: float = 4.0
+    eps: float = 0.975
+    warmup_epochs: int = 10
+    minority_sampler: bool = True
+    label_management: str = "full"
+    sampler_score: str = "paper"
+    sampler_temperature: float = 1.0
+    sampler_labels: str = "given"
+    base_loss: str = "bce"
+    lam_mode: str = "batch"
+    label_source: str = "views"  # "views" (per step, no grad) | "epoch_pass"
+    num_views: int = 2
+    gmm_normalize: str = "minmax"
+    gmm_max_iter: int = 10
+    gmm_tol: float = 1e-2
+    gmm_reg_covar: float = 5e-4
+    method_options: dict[str, Any] = field(default_factory=dict)
+    # --- optimisation ---------------------------------------------------------------------
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"  # "sgd" | "adam" | "adamw"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # "cosine" | "onecycle" | "none"
+    onecycle_pct_start: float = 0.2
+    ema_decay: float = 0.0  # 0 disables; ML-Decoder uses 0.9997
+    amp: bool = True  # used on CUDA only
+    grad_clip: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    # --- evaluation -----------------------------------------------------------------------
+    many_threshold: int | None = None  # default: COCO's 10,000, scaled for the demo set
+    few_threshold: int | None = None
+    eval_batch_size: int = 128
+    # --- output ---------------------------------------------------------------------------
+    output_dir: str = "runs"
+    run_name: str | None = None
+    plots: bool = True
+    progress: bool = True
+    max_steps_per_epoch: int | None = None  # for smoke tests
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary (YAML/JSON serialisable)."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent option."""
+        choices = {
+            "data": ("demo", "coco", "voc"),
+            "noise": ("clean", "mislabel", "random_flip", "single_positive"),
+            "head": ("linear", "ml_decoder"),
+            "optimizer": ("sgd", "adam", "adamw"),
+            "scheduler": ("cosine", "onecycle", "none"),
+            "label_source": ("views", "epoch_pass"),
+            "label_management": ("none", "clean", "relabel", "full"),
+            "lam_mode": ("batch", "elem"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"config {key}={getattr(self, key)!r} is not one of {allowed}")
+        if self.ablation is not None and self.ablation not in ("mixup", "minority", "clean", "relabel", "full"):
+            raise ValueError(f"config ablation={self.ablation!r} is not a Table 5 row")
+        if not 0.0 <= self.noise_rate <= 1.0:
+            raise ValueError(f"config noise_rate must be in [0, 1], got {self.noise_rate}")
+        for key in ("epochs", "batch_size", "image_size", "eval_batch_size"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"config {key} must be >= 1, got {getattr(self, key)}")
+        if self.workers < 0:
+            raise ValueError(f"config workers must be >= 0, got {self.workers}")
+        if self.lr < 0:
+            raise ValueError(f"config lr must be >= 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"config ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.num_views < 1:
+            raise ValueError(f"config num_views must be >= 1, got {self.num_views}")
+
+
+#: Keys that may change between a checkpoint and its resumed run.
+RESUME_IGNORED_KEYS = frozenset(
+    {"output_dir", "run_name", "plots", "progress", "workers", "device", "eval_batch_size"}
+)
+
+
+def _coerce(value: str) -> Any:
+    """Parse an override value with YAML rules (numbers, booleans, null, lists)."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings; ``method_options.key=value`` nests one level."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        key = key.strip().lstrip("-").replace("-", "_")
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            out.setdefault(outer, {})[inner] = _coerce(value)
+        else:
+            out[key] = _coerce(value)
+    return out
+
+
+def _from_mapping(values: Mapping[str, Any]) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config keys: {unknown}; known keys are listed in docs/training.md")
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> TrainConfig:
+    """Load a YAML config file (or defaults) and apply overrides.
+
+    Args:
+        path: YAML file with a flat mapping of :class:`TrainConfig` fields, or None.
+        overrides: ``key=value`` strings or an already-parsed mapping.
+
+    Returns:
+        A validated :class:`TrainConfig`.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+        values.update(loaded)
+    extra = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    for key, value in extra.items():
+        if key == "method_options" or (isinstance(value, dict) and key in values and isinstance(values[key], dict)):
+            merged = dict(values.get(key) or {})
+            merged.update(value)
+            values[key] = merged
+        else:
+            values[key] = value
+    return _from_mapping(values)
+
+
+def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str] = RESUME_IGNORED_KEYS) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two config dictionaries (JSON-normalised)."""
+    ignore = set(ignore)
+    keys = (set(a) | set(b)) - ignore
+    norm = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731
+    return {k: (a.get(k), b.get(k)) for k in sorted(keys) if norm(a.get(k)) != norm(b.get(k))}

@@ -1,0 +1,491 @@
+"""The BalanceMix engine: per-sample state, samplers, mixing, loss and the epoch-end refresh.
+
+A training loop drives one :class:`BalanceMix` object:
+
+.. code-block:: python
+
+    engine = BalanceMix(train_labels, alpha=4.0, eps=0.975, warmup_epochs=10)
+    for epoch in range(start_epoch, epochs):
+        engine.set_epoch(epoch)                       # samplers + mixer for this epoch
+        for batch in loader:                          # built on engine.paired_sampler
+            x = batch.input                           # images already mixed (Eq. 5)
+            y = engine.mixed_targets(batch.index_r, batch.index_m, batch.lam)
+            loss = engine.loss(model(x), y, batch.index_r)        # Eq. 10
+            ...
+            engine.record(batch.index_r, view_probs)  # no-grad views, Eq. 2/6/9 inputs
+        engine.refresh()                              # GMMs (Eq. 6-8), Eq. 9, sampler (Eq. 2-4)
+
+The engine owns the (N, K) state of the whole training set: the given labels, the latest
+recorded probabilities and losses, the clean probabilities, the refined labels and the label
+states. Its switches make every row of the paper's Table 5 a configuration (see
+:data:`ABLATIONS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
+
+import torch
+from torch import Tensor
+
+from ._checks import check_binary, check_finite, check_ndim, check_tensor, check_unit_interval
+from .gmm import clean_probability
+from .loss import balancemix_loss
+from .mixing import mix_targets
+from .refine import LabelState, refine_labels
+from .sampling import (
+    MinoritySampler,
+    PairedSampler,
+    ShardedRandomSampler,
+    minority_sampling_probs,
+    weight_spread,
+)
+
+__all__ = ["BalanceMix", "ABLATIONS", "LABEL_MANAGEMENT_LEVELS", "RefreshReport"]
+
+_logger = logging.getLogger(__name__)
+
+#: Label-management levels, in the order Table 5 adds them.
+LABEL_MANAGEMENT_LEVELS = ("none", "clean", "relabel", "full")
+
+#: Table 5's rows (beyond plain BCE, which uses no engine) as engine keyword arguments.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "mixup": dict(minority_sampler=False, label_management="none"),
+    "minority": dict(minority_sampler=True, label_management="none"),
+    "clean": dict(minority_sampler=True, label_management="clean"),
+    "relabel": dict(minority_sampler=True, label_management="relabel"),
+    "full": dict(minority_sampler=True, label_management="full"),
+}
+
+_EPS = 1e-7
+
+
+@dataclass
+class RefreshReport:
+    """What one epoch-end refresh did (all fractions over the recorded labels).
+
+    Attributes:
+        epoch: The epoch that just ended.
+        applied: Whether the refined labels are used from the next epoch on (after warm-up).
+        clean_fraction: Fraction of labels with ``p_G > 0.5``.
+        relabeled_fraction: Fraction of labels re-labeled by Eq. 9.
+        ambiguous_fraction: Fraction of ambiguous labels.
+        changed_fraction: Fraction of labels whose refined value differs from the given one.
+        sampler: The minority sampler's weight spread (see :func:`weight_spread`).
+        unseen: Number of samples with no recorded prediction yet.
+    """
+
+    epoch: int
+    applied: bool
+    clean_fraction: float
+    relabeled_fraction: float
+    ambiguous_fraction: float
+    changed_fraction: float
+    sampler: dict[str, float]
+    unseen: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat dictionary for logging (``sampler_*`` keys for the spread)."""
+        out = {k: v for k, v in self.__dict__.items() if k != "sampler"}
+        out.update({f"sampler_{k}": v for k, v in self.sampler.items()})
+        return out
+
+
+class BalanceMix:
+    """BalanceMix's training-time state machine (Alg. 1 of the paper).
+
+    Args:
+        labels: Given (possibly noisy) training labels, shape (N, K), binary.
+        alpha: Mixup Beta(alpha, alpha) parameter of Eq. 5 (paper: 4.0). 0 disables mixing;
+            the trainer then feeds un-mixed random batches.
+        eps: Re-labeling confidence threshold of Eq. 9, in (0.5, 1] (paper: 0.975; 0.55 for
+            the single-positive setting).
+        warmup_epochs: Epochs of plain BCE on minority-augmented batches with the given labels
+            before label management starts (paper: VOC 5, COCO 10).
+        minority_sampler: Pair each random batch with a minority batch (Eq. 2-4). False pairs
+            it with a second random batch, which is plain Mixup (Table 5, row 2).
+        label_management: ``"none"`` (given labels, weight 1), ``"clean"`` (only labels with
+            p_G > 0.5 are trained on), ``"relabel"`` (clean + re-labeled), ``"full"`` (clean +
+            re-labeled + ambiguous weighted by p_G, Eq. 10). The rows of Table 5.
+        sampler_score: ``"paper"`` (Eq. 3) or ``"positive"``; see
+            :func:`~balancemix_timm.sampling.minority_sampling_probs`.
+        sampler_temperature: Exponent T in p ∝ Score^-T (1.0 is the paper).
+        sampler_labels: Which labels Eq. 2-3 use: ``"given"`` (the data set's ỹ, literal) or
+            ``"refined"`` (the current refined labels).
+        base_loss: Elementwise loss of Eq. 10: ``"bce"`` (paper), ``"asl"`` or a callable.
+        gmm_options: Keyword options forwarded to :func:`~balancemix_timm.gmm.clean_probability`.
+        clean_threshold: p_G above which a label is clean (paper: 0.5).
+        seed: Seed of both samplers' per-epoch generators.
+        num_samples: Samples per epoch of each sampler (default N).
+        num_replicas: World size for sharding the sampler streams (DDP).
+        rank: This process's rank.
+
+    Attributes:
+        given_labels: (N, K) uint8, the labels the data set gives.
+        refined_labels: (N, K) uint8, labels after Eq. 9 (equal to the given ones until the
+            first post-warm-up refresh).
+        state: (N, K) int8 :class:`~balancemix_timm.refine.LabelState` of every label.
+        clean_prob: (N, K) float32 p_G of Eq. 8 (1 before the first refresh).
+        probs: (N, K) float32, latest recorded probabilities (mean of the views).
+        losses: (N, K) float32, BCE of ``probs`` against the given labels (Eq. 6).
+        seen: (N,) bool, whether a sample has a recorded prediction.
+    """
+
+    def __init__(
+        self,
+        labels: Tensor,
+        *,
+        alpha: float = 4.0,
+        eps: float = 0.975,
+        warmup_epochs: int = 10,
+        minority_sampler: bool = True,
+        label_management: Literal["none", "clean", "relabel", "full"] = "full",
+        sampler_score: Literal["paper", "positive"] = "paper",
+        sampler_temperature: float = 1.0,
+        sampler_labels: Literal["given", "refined"] = "given",
+        base_loss: str | Callable[[Tensor, Tensor], Tensor] = "bce",
+        gmm_options: Mapping[str, Any] | None = None,
+        clean_threshold: float = 0.5,
+        seed: int = 0,
+        num_samples: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        check_tensor(labels, "labels")
+        check_ndim(labels, "labels", 2)
+        check_binary(labels, "labels")
+        if labels.shape[0] == 0:
+            raise ValueError("labels must hold at least one sample, got an empty (0, K) tensor")
+        if alpha < 0 or not math.isfinite(alpha):
+            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+        check_unit_interval(eps, "eps", low=0.5, high=1.0, low_open=True)
+        if int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be a non-negative integer, got {warmup_epochs!r}")
+        if label_management not in LABEL_MANAGEMENT_LEVELS:
+            raise ValueError(
+                f"label_management must be one of {LABEL_MANAGEMENT_LEVELS}, got {label_management!r}"
+            )
+        if sampler_labels not in ("given", "refined"):
+            raise ValueError(f"sampler_labels must be 'given' or 'refined', got {sampler_labels!r}")
+        check_unit_interval(clean_threshold, "clean_threshold")
+
+        self.alpha = float(alpha)
+        self.eps = float(eps)
+        self.warmup_epochs = int(warmup_epochs)
+        self.use_minority_sampler = bool(minority_sampler)
+        self.label_management = label_management
+        self.sampler_score = sampler_score
+        self.sampler_temperature = float(sampler_temperature)
+        self.sampler_labels = sampler_labels
+        self.base_loss = base_loss
+        self.gmm_options = dict(gmm_options or {})
+        self.clean_threshold = float(clean_threshold)
+        self.seed = int(seed)
+
+        n, k = labels.shape
+        self.num_samples_total = n
+        self.num_classes = k
+        self.given_labels = labels.detach().to("cpu", torch.uint8).clone()
+        self.refined_labels = self.given_labels.clone()
+        self.state = torch.zeros(n, k, dtype=torch.int8)
+        self.clean_prob = torch.ones(n, k, dtype=torch.float32)
+        self.probs = torch.full((n, k), 0.5, dtype=torch.float32)
+        self.losses = torch.zeros(n, k, dtype=torch.float32)
+        self.seen = torch.zeros(n, dtype=torch.bool)
+        self._epoch_seen = torch.zeros(n, dtype=torch.bool)
+        self.epoch = 0
+        self.applied = False  # whether refined labels / states are in use
+        self.history: list[dict[str, Any]] = []
+
+        self.random_sampler = ShardedRandomSampler(
+            n, num_samples, seed=self.seed, num_replicas=num_replicas, rank=rank
+        )
+        # The second stream: minority sampler, or a second (differently seeded) random one.
+        if self.use_minority_sampler:
+            self.second_sampler: MinoritySampler | ShardedRandomSampler = MinoritySampler(
+                n, num_samples, seed=self.seed + 1, num_replicas=num_replicas, rank=rank
+            )
+        else:
+            self.second_sampler = ShardedRandomSampler(
+                n, num_samples, seed=self.seed + 1, num_replicas=num_replicas, rank=rank
+            )
+        self.paired_sampler = PairedSampler(self.random_sampler, self.second_sampler)
+        self._device_cache: dict[torch.device, dict[str, Tensor]] = {}
+
+    # ------------------------------------------------------------------ epoch control
+    @property
+    def in_warmup(self) -> bool:
+        """True while the current epoch is a warm-up epoch."""
+        return self.epoch < self.warmup_epochs
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of both samplers (identical streams on every rank)."""
+        self.epoch = int(epoch)
+        self.paired_sampler.set_epoch(self.epoch)
+        self._epoch_seen.zero_()
+
+    # ------------------------------------------------------------------ per-step API
+    def _on(self, name: str, device: torch.device) -> Tensor:
+        """Device copy of a per-sample table, made once per refresh (no per-step copies)."""
+        cache = self._device_cache.setdefault(device, {})
+        if name not in cache:
+            cache[name] = getattr(self, name).to(device, non_blocking=True)
+        return cache[name]
+
+    def _train_labels_on(self, device: torch.device) -> Tensor:
+        return self._on("refined_labels" if self.applied else "given_labels", device)
+
+    def targets(self, index: Tensor, *, device: torch.device | None = None) -> Tensor:
+        """Training labels of samples ``index`` (refined after warm-up), float32 (B, K)."""
+        device = device or index.device
+        return self._train_labels_on(device)[index.to(device)].float()
+
+    def mixed_targets(
+        self, index_r: Tensor, index_m: Tensor, lam: float | Tensor, *, device: torch.device | None = None
+    ) -> Tensor:
+        """Eq. 5's label side: lam * ỹ_R + (1 - lam) * ỹ_M with the labels refined first.
+
+        Args:
+            index_r: (B,) indices of the random-sampler instances.
+            index_m: (B,) indices of the minority-sampler instances.
+            lam: Mixing weight (float or (B,) tensor), >= 0.5.
+            device: Where to build the targets (default: ``index_r.device``).
+
+        Returns:
+            (B, K) float32 soft targets.
+        """
+        device = device or index_r.device
+        table = self._train_labels_on(device)
+        y_r = table[index_r.to(device)].float()
+        y_m = table[index_m.to(device)].float()
+        if isinstance(lam, Tensor):
+            lam = lam.to(device)
+        return mix_targets(y_r, y_m, lam)
+
+    def label_weights_state(self, index_r: Tensor, *, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """(state, clean_prob) of the random-sampler instances, which rule a mixed label."""
+        device = device or index_r.device
+        idx = index_r.to(device)
+        return self._on("state", device)[idx], self._on("clean_prob", device)[idx]
+
+    @property
+    def ambiguous_mode(self) -> str:
+        """How ambiguous labels enter Eq. 10 under the current configuration."""
+        return "weight" if self.label_management == "full" else "drop"
+
+    def loss(self, logits: Tensor, targets: Tensor, index_r: Tensor) -> Tensor:
+        """Eq. 10 on a mixed batch; plain (base) loss with weight 1 during warm-up.
+
+        Args:
+            logits: (B, K) model outputs on the mixed images.
+            targets: (B, K) mixed soft targets from :meth:`mixed_targets`.
+            index_r: (B,) random-sampler indices (their reliability rules the mixed labels).
+
+        Returns:
+            Scalar loss (per-sample sum over labels, mean over the batch).
+        """
+        state, clean_prob = self.label_weights_state(index_r, device=logits.device)
+        if not self.applied:
+            state = torch.zeros_like(state)
+        return balancemix_loss(
+            logits, targets, state, clean_prob, base_loss=self.base_loss, ambiguous=self.ambiguous_mode
+        )
+
+    @torch.no_grad()
+    def record(self, index: Tensor, view_probs: Tensor) -> None:
+        """Store the latest predictions of samples ``index``.
+
+        Args:
+            index: (B,) sample indices.
+            view_probs: (V, B, K) or (B, K) probabilities of V augmented views (Eq. 9 uses the
+                mean of two RandAug views). Their mean is the f(x) of Eq. 2 and Eq. 6.
+        """
+        check_tensor(view_probs, "view_probs")
+        if view_probs.ndim == 3:
+            p = view_probs.float().mean(0)
+        else:
+            check_ndim(view_probs, "view_probs", 2)
+            p = view_probs.float()
+        index = index.detach().to("cpu", torch.long)
+        if p.shape != (index.numel(), self.num_classes):
+            raise ValueError(
+                f"view_probs must be (V, B, K) or (B, K) with B={index.numel()}, "
+                f"K={self.num_classes}; got {tuple(view_probs.shape)}"
+            )
+        p = p.detach().to("cpu")
+        check_finite(p, "view_probs")
+        p = p.clamp(0.0, 1.0)
+        self.probs[index] = p
+        self.seen[index] = True
+        self._epoch_seen[index] = True
+
+    # ------------------------------------------------------------------ epoch-end refresh
+    @staticmethod
+    def bce_from_probs(probs: Tensor, labels: Tensor) -> Tensor:
+        """Eq. 1's elementwise BCE of probabilities against binary labels (clamped logs)."""
+        p = probs.double().clamp(_EPS, 1 - _EPS)
+        y = labels.double()
+        return (-(y * p.log() + (1 - y) * (1 - p).log())).float()
+
+    def refresh(self, *, epoch: int | None = None) -> RefreshReport:
+        """Epoch-end update (Alg. 1): GMMs (Eq. 6-8), re-labeling (Eq. 9), sampler (Eq. 2-4).
+
+        The minority sampler is updated every epoch, warm-up included. Label management is
+        computed every epoch (for the figures) and applied from the first post-warm-up epoch
+        on, i.e. when the epoch that just ended is the last warm-up epoch or later.
+
+        Returns:
+            A :class:`RefreshReport`.
+        """
+        epoch = self.epoch if epoch is None else int(epoch)
+        n_unseen = int((~self.seen).sum())
+        if n_unseen:
+            _logger.warning(
+                "%d of %d samples have no recorded prediction yet; they keep their given "
+                "labels and count as clean", n_unseen, self.num_samples_total,
+            )
+        labels = self.given_labels
+        self.losses = self.bce_from_probs(self.probs, labels)
+
+        seen = self.seen
+        clean_prob = torch.ones_like(self.clean_prob)
+        if self.label_management != "none" and bool(seen.any()):
+            cp = clean_probability(self.losses[seen], labels[seen], **self.gmm_options)
+            clean_prob[seen] = cp.float().cpu()
+        if self.label_management in ("relabel", "full"):
+            refined, state = refine_labels(
+                labels, clean_prob, self.probs, self.eps, clean_threshold=self.clean_threshold
+            )
+            refined[~seen] = labels[~seen]
+            state[~seen] = int(LabelState.CLEAN)
+        else:
+            refined = labels.clone()
+            state = torch.where(
+                clean_prob > self.clean_threshold,
+                torch.tensor(int(LabelState.CLEAN), dtype=torch.int8),
+                torch.tensor(int(LabelState.AMBIGUOUS), dtype=torch.int8),
+            )
+            if self.label_management == "none":
+                state.zero_()
+
+        apply = self.label_management != "none" and epoch + 1 >= self.warmup_epochs
+        self.clean_prob, self.refined_labels, self.state = clean_prob, refined, state
+        self.applied = apply
+        # Sampler update (every epoch, warm-up included).
+        spread: dict[str, float] = {}
+        if isinstance(self.second_sampler, MinoritySampler):
+            sampler_labels = refined if (self.sampler_labels == "refined" and apply) else labels
+            p = minority_sampling_probs(
+                self.probs, sampler_labels, score=self.sampler_score, temperature=self.sampler_temperature
+            )
+            self.second_sampler.update(p)
+            spread = {k: float(v) for k, v in weight_spread(p).items()}
+        self._device_cache.clear()
+
+        total = float(labels.numel())
+        report = RefreshReport(
+            epoch=epoch,
+            applied=apply,
+            clean_fraction=float((state == LabelState.CLEAN).sum()) / total,
+            relabeled_fraction=float((state == LabelState.RELABELED).sum()) / total,
+            ambiguous_fraction=float((state == LabelState.AMBIGUOUS).sum()) / total,
+            changed_fraction=float((refined != labels).sum()) / total,
+            sampler=spread,
+            unseen=n_unseen,
+        )
+        self.history.append(report.as_dict())
+        _logger.info("refresh: %s", report.as_dict())
+        return report
+
+    # ------------------------------------------------------------------ distributed
+    def sync_records(self) -> None:
+        """Merge the predictions recorded this epoch on every rank (call before :meth:`refresh`).
+
+        Each rank records only its shard; an all-reduce of (probs x mask, mask) gives every rank
+        the same table (samples drawn on several ranks through padding get the mean).
+        No-op when torch.distributed is not initialised.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        backend = dist.get_backend()
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        mask = self._epoch_seen.to(device=device, dtype=torch.float64)
+        masked = self.probs.to(device=device, dtype=torch.float64) * mask[:, None]
+        dist.all_reduce(mask)
+        dist.all_reduce(masked)
+        got = mask > 0
+        merged = masked[got] / mask[got][:, None]
+        got_cpu = got.cpu()
+        self.probs[got_cpu] = merged.float().cpu()
+        self.seen |= got_cpu
+        self._epoch_seen |= got_cpu
+
+    # ------------------------------------------------------------------ checkpointing
+    def config(self) -> dict[str, Any]:
+        """The options that must match when a checkpoint is loaded."""
+        return dict(
+            num_samples=self.num_samples_total,
+            num_classes=self.num_classes,
+            alpha=self.alpha,
+            eps=self.eps,
+            warmup_epochs=self.warmup_epochs,
+            minority_sampler=self.use_minority_sampler,
+            label_management=self.label_management,
+            sampler_score=self.sampler_score,
+            sampler_temperature=self.sampler_temperature,
+            sampler_labels=self.sampler_labels,
+            clean_threshold=self.clean_threshold,
+            seed=self.seed,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-for-bit (tensors on CPU)."""
+        return dict(
+            config=self.config(),
+            given_labels=self.given_labels.clone(),
+            refined_labels=self.refined_labels.clone(),
+            state=self.state.clone(),
+            clean_prob=self.clean_prob.clone(),
+            probs=self.probs.clone(),
+            losses=self.losses.clone(),
+            seen=self.seen.clone(),
+            epoch_seen=self._epoch_seen.clone(),
+            epoch=self.epoch,
+            applied=self.applied,
+            history=list(self.history),
+            random_sampler=self.random_sampler.state_dict(),
+            second_sampler=self.second_sampler.state_dict(),
+        )
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; refuses a checkpoint of another configuration."""
+        cfg = dict(state_dict.get("config", {}))
+        mine = self.config()
+        diff = {k: (cfg.get(k), v) for k, v in mine.items() if cfg.get(k) != v}
+        if diff:
+            pretty = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"engine checkpoint was written with another configuration ({pretty})")
+        given = state_dict["given_labels"]
+        if not torch.equal(given.to(torch.uint8), self.given_labels):
+            raise ValueError(
+                "engine checkpoint holds different given labels than this data set "
+                "(another data set, split or noise seed?)"
+            )
+        self.refined_labels = state_dict["refined_labels"].clone().to(torch.uint8)
+        self.state = state_dict["state"].clone().to(torch.int8)
+        self.clean_prob = state_dict["clean_prob"].clone().float()
+        self.probs = state_dict["probs"].clone().float()
+        self.losses = state_dict["losses"].clone().float()
+        self.seen = state_dict["seen"].clone().bool()
+        self._epoch_seen = state_dict["epoch_seen"].clone().bool()
+        self.epoch = int(state_dict["epoch"])
+        self.applied = bool(state_dict["applied"])
+        self.history = list(state_dict.get("history", []))
+        self.random_sampler.load_state_dict(state_dict["random_sampler"])
+        self.second_sampler.load_state_dict(state_dict["second_sampler"])
+        self._device_cache.clear()

@@ -1,0 +1,707 @@
+"""``balancemix-train``: BalanceMix (or a baseline) end to end on a timm model.
+
+Usage::
+
+    balancemix-train configs/demo_balancemix.yaml epochs=5 noise=mislabel noise_rate=0.4
+
+The run folder (``<output_dir>/<run_name>``) receives ``config.yaml``, ``metrics.jsonl`` (one
+line per epoch), ``last.pth`` (atomic, every epoch), ``best.pth``, ``summary.json``,
+``label_issues.csv`` and, with matplotlib installed, ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from .config import TrainConfig, config_diff, load_config
+from .engine import ABLATIONS, BalanceMix
+from .metrics import (
+    average_precision,
+    class_groups,
+    label_precision_recall,
+    relabel_statistics,
+)
+from .noise import apply_noise, noise_rate_report
+from .refine import LabelState
+from .sampling import ShardedRandomSampler
+from .utils import ModelEma, atomic_save, epoch_seed, resolve_device, rng_state, seed_everything, seed_worker
+
+__all__ = ["Trainer", "train", "main", "build_datasets"]
+
+_logger = logging.getLogger("balancemix_timm.train")
+
+COCO_MANY, COCO_FEW = 10_000, 1_000
+
+
+# ---------------------------------------------------------------------------- data
+def _paths(cfg: TrainConfig) -> dict[str, Path]:
+    root = Path(cfg.data_root)
+    return dict(
+        train_images=Path(cfg.train_images) if cfg.train_images else root / "train",
+        val_images=Path(cfg.val_images) if cfg.val_images else root / "val",
+        train_ann=Path(cfg.train_ann) if cfg.train_ann else root / "annotations" / "instances_train.json",
+        val_ann=Path(cfg.val_ann) if cfg.val_ann else root / "annotations" / "instances_val.json",
+    )
+
+
+def build_datasets(cfg: TrainConfig, train_transform: Any = None, val_transform: Any = None) -> tuple[Dataset, Dataset]:
+    """Training and validation data sets of ``cfg`` (the demo set is generated if missing)."""
+    from .data.datasets import CocoMultiLabel, VocMultiLabel
+
+    if cfg.data == "demo":
+        from .data.demo import make_demo_dataset
+
+        make_demo_dataset(
+            cfg.data_root,
+            num_train=cfg.demo_num_train,
+            num_val=cfg.demo_num_val,
+            num_classes=cfg.demo_num_classes,
+            image_size=cfg.image_size,
+            imbalance_ratio=cfg.demo_imbalance_ratio,
+            seed=cfg.demo_seed,
+        )
+    if cfg.data in ("demo", "coco"):
+        p = _paths(cfg)
+        train = CocoMultiLabel(p["train_images"], p["train_ann"], transform=train_transform, include_empty=cfg.include_empty)
+        val = CocoMultiLabel(p["val_images"], p["val_ann"], transform=val_transform, include_empty=cfg.include_empty)
+    else:
+        train = VocMultiLabel(cfg.data_root, split=cfg.voc_train_split, transform=train_transform)
+        val = VocMultiLabel(cfg.voc_val_root or cfg.data_root, split=cfg.voc_val_split, transform=val_transform)
+    if len(train) == 0:
+        raise ValueError(f"the training set at {cfg.data_root} is empty")
+    if len(val) == 0:
+        raise ValueError(f"the validation set at {cfg.data_root} is empty")
+    if train.num_classes != val.num_classes:
+        raise ValueError(f"train has {train.num_classes} classes but validation has {val.num_classes}")
+    if cfg.num_classes is not None and int(cfg.num_classes) != train.num_classes:
+        raise ValueError(
+            f"config num_classes={cfg.num_classes} but the data set at {cfg.data_root} has "
+            f"{train.num_classes} classes"
+        )
+    return train, val
+
+
+def _noisy_labels(cfg: TrainConfig, clean: Tensor) -> Tensor:
+    if cfg.noise == "clean" or (cfg.noise != "single_positive" and cfg.noise_rate == 0):
+        return clean.clone()
+    g = torch.Generator().manual_seed(int(cfg.noise_seed))
+    return apply_noise(clean, cfg.noise, cfg.noise_rate, generator=g)
+
+
+# ---------------------------------------------------------------------------- trainer
+class Trainer:
+    """One training run described by a :class:`TrainConfig`.
+
+    Args:
+        cfg: The configuration.
+        run_dir: Output folder (default ``<output_dir>/<run_name>``).
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None) -> None:
+        from .data.transforms import MultiView, build_eval_transform, build_train_transform
+        from .models import create_model, model_default_normalization
+
+        cfg.validate()
+        self.cfg = cfg
+        if cfg.ablation is not None:
+            for key, value in ABLATIONS[cfg.ablation].items():
+                setattr(cfg, key, value)
+        self.device = resolve_device(cfg.device)
+        self.dist_rank, self.world_size = _dist_info()
+        name = cfg.run_name or f"{cfg.method}-{cfg.noise}{cfg.noise_rate:g}-s{cfg.seed}"
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / name
+        self.is_main = self.dist_rank == 0
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        normalize = cfg.normalize
+        if normalize == "auto":
+            normalize = "imagenet" if model_default_normalization(cfg.model) is not None else None
+        train_tf = build_train_transform(cfg.image_size, randaugment=cfg.randaugment, cutout=cfg.cutout, normalize=normalize)
+        eval_tf = build_eval_transform(cfg.image_size, normalize=normalize)
+        self.uses_engine = cfg.method == "balancemix"
+        views_in_batch = self.uses_engine and cfg.label_source == "views"
+        tf = MultiView(train_tf, 1 + cfg.num_views) if views_in_batch else train_tf
+        self.train_set, self.val_set = build_datasets(cfg, tf, eval_tf)
+        self.view_set = None
+        if self.uses_engine and cfg.label_source == "epoch_pass":
+            self.view_set, _ = build_datasets(cfg, MultiView(train_tf, cfg.num_views), eval_tf)
+
+        self.num_classes = self.train_set.num_classes
+        self.clean_labels = self.train_set.annotation_labels.clone().to(torch.uint8)
+        self.given_labels = _noisy_labels(cfg, self.clean_labels).to(torch.uint8)
+        self.train_set.set_labels(self.given_labels)
+        if self.view_set is not None:
+            self.view_set.set_labels(self.given_labels)
+        self.noise_report = noise_rate_report(self.given_labels, self.clean_labels)
+        self.true_labels_known = cfg.noise != "clean"
+
+        many, few = cfg.many_threshold, cfg.few_threshold
+        if many is None or few is None:
+            if cfg.data == "demo":
+                from .data.demo import demo_group_thresholds
+
+                d_many, d_few = demo_group_thresholds(len(self.train_set))
+            else:
+                d_many, d_few = COCO_MANY, COCO_FEW
+            many = d_many if many is None else many
+            few = d_few if few is None else few
+        # Class groups count the clean training positives (the data set's natural groups).
+        self.groups = class_groups(self.clean_labels.sum(0), many=many, few=few)
+        self.group_thresholds = (int(many), int(few))
+
+        seed_everything(cfg.seed)
+        self.model = create_model(
+            cfg.model, num_classes=self.num_classes, head=cfg.head, pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate
+        ).to(self.device)
+        self.ddp_model: nn.Module = self.model
+        if self.world_size > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+        self.engine: BalanceMix | None = None
+        if self.uses_engine:
+            self.engine = BalanceMix(
+                self.given_labels,
+                alpha=cfg.alpha,
+                eps=cfg.eps,
+                warmup_epochs=cfg.warmup_epochs,
+                minority_sampler=cfg.minority_sampler,
+                label_management=cfg.label_management,
+                sampler_score=cfg.sampler_score,
+                sampler_temperature=cfg.sampler_temperature,
+                sampler_labels=cfg.sampler_labels,
+                base_loss=cfg.base_loss,
+                gmm_options=dict(normalize=cfg.gmm_normalize, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar),
+                seed=cfg.seed,
+                num_replicas=self.world_size,
+                rank=self.dist_rank,
+            )
+            self.train_sampler = None
+        else:
+            self.train_sampler = ShardedRandomSampler(
+                len(self.train_set), seed=cfg.seed, num_replicas=self.world_size, rank=self.dist_rank
+            )
+
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler()
+        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.start_epoch = 0
+        self.best: dict[str, Any] = {"mAP": -math.inf, "epoch": -1}
+        self.metrics: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ builders
+    def _steps_per_epoch(self) -> int:
+        n = len(self.train_set)
+        per_rank = math.ceil(n / self.world_size)
+        steps = math.ceil(per_rank / self.cfg.batch_size)
+        if self.cfg.max_steps_per_epoch:
+            steps = min(steps, int(self.cfg.max_steps_per_epoch))
+        return steps
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+
+    def _build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
+        cfg = self.cfg
+        total = max(1, cfg.epochs * self.steps_per_epoch)
+        if cfg.scheduler == "cosine":
+            return torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+            )
+        if cfg.scheduler == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=cfg.lr, total_steps=total, pct_start=cfg.onecycle_pct_start
+            )
+        return None
+
+    def _loader_generator(self, epoch: int, stream: int) -> torch.Generator:
+        return torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch, stream))
+
+    def _train_loader(self, epoch: int) -> DataLoader:
+        cfg = self.cfg
+        common = dict(
+            num_workers=cfg.workers,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=seed_worker,
+            generator=self._loader_generator(epoch, 1),
+            persistent_workers=False,
+        )
+        if self.engine is not None:
+            from .mixing import MixupCollate, PairedDataset
+            from .sampling import PairedBatchSampler
+
+            self.engine.set_epoch(epoch)
+            collate = MixupCollate(alpha=cfg.alpha, mode=cfg.lam_mode, seed=cfg.seed)
+            if hasattr(collate, "set_epoch"):
+                collate.set_epoch(epoch)
+            batch_sampler = PairedBatchSampler(self.engine.paired_sampler, cfg.batch_size, drop_last=False)
+            return DataLoader(PairedDataset(self.train_set), batch_sampler=batch_sampler, collate_fn=collate, **common)
+        assert self.train_sampler is not None
+        self.train_sampler.set_epoch(epoch)
+        return DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=self.train_sampler, drop_last=False, **common)
+
+    # ------------------------------------------------------------------ steps
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
+
+    def _optimizer_step(self, loss: Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} (check the learning rate and the labels)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    @torch.no_grad()
+    def _view_probs(self, views: Tensor) -> Tensor:
+        """Probabilities of (V, B, C, H, W) views in eval mode, no grad: (V, B, K)."""
+        v, b = views.shape[:2]
+        was_training = self.model.training
+        self.model.eval()
+        with self._autocast():
+            logits = self.model(views.flatten(0, 1).to(self.device, non_blocking=True))
+        self.model.train(was_training)
+        return torch.sigmoid(logits.float()).view(v, b, -1)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch of training; returns the mean loss and timings."""
+        cfg = self.cfg
+        seed_everything(epoch_seed(cfg.seed, epoch, 0))
+        self.ddp_model.train()
+        loader = self._train_loader(epoch)
+        total, count, t_views = 0.0, 0, 0.0
+        t0 = time.perf_counter()
+        bar = _progress(loader, self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and self.is_main)
+        for step, batch in enumerate(bar):
+            if step >= self.steps_per_epoch:
+                break
+            if self.engine is not None:
+                x = batch.input.to(self.device, non_blocking=True)
+                y = self.engine.mixed_targets(batch.index_r, batch.index_m, batch.lam, device=self.device)
+                with self._autocast():
+                    logits = self.ddp_model(x)
+                loss = self.engine.loss(logits.float(), y, batch.index_r.to(self.device))
+                self._optimizer_step(loss)
+                if cfg.label_source == "views" and batch.view_r is not None:
+                    tv = time.perf_counter()
+                    self.engine.record(batch.index_r, self._view_probs(batch.view_r[: cfg.num_views]))
+                    t_views += time.perf_counter() - tv
+            else:
+                x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device).float()
+                with self._autocast():
+                    logits = self.ddp_model(x)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").sum(1).mean()
+                self._optimizer_step(loss)
+            total += float(loss.detach()) * x.shape[0]
+            count += x.shape[0]
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{total / max(count, 1):.3f}")
+        out = dict(train_loss=total / max(count, 1), train_time=time.perf_counter() - t0, view_time=t_views)
+        if self.engine is not None and cfg.label_source == "epoch_pass":
+            tv = time.perf_counter()
+            self._epoch_pass(epoch)
+            out["view_time"] = time.perf_counter() - tv
+        return out
+
+    @torch.no_grad()
+    def _epoch_pass(self, epoch: int) -> None:
+        """label_source='epoch_pass': two RandAug views of every sample after the epoch."""
+        assert self.engine is not None and self.view_set is not None
+        sampler = ShardedRandomSampler(len(self.view_set), seed=self.cfg.seed + 7, num_replicas=self.world_size, rank=self.dist_rank)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(
+            self.view_set, batch_size=self.cfg.eval_batch_size, sampler=sampler, num_workers=self.cfg.workers,
+            worker_init_fn=seed_worker, generator=self._loader_generator(epoch, 2),
+        )
+        for views, _, index in loader:
+            stacked = torch.stack(list(views)) if isinstance(views, (list, tuple)) else views[None]
+            self.engine.record(index, self._view_probs(stacked))
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, dataset: Dataset) -> tuple[Tensor, Tensor]:
+        """Sigmoid scores and targets of ``dataset`` (gathered over ranks under DDP)."""
+        model.eval()
+        loader = DataLoader(dataset, batch_size=self.cfg.eval_batch_size, shuffle=False, num_workers=self.cfg.workers)
+        scores, targets, indices = [], [], []
+        for i, (x, y, index) in enumerate(loader):
+            if self.world_size > 1 and i % self.world_size != self.dist_rank:
+                continue
+            with self._autocast():
+                logits = model(x.to(self.device, non_blocking=True))
+            scores.append(torch.sigmoid(logits.float()).cpu())
+            targets.append(y.float())
+            indices.append(index)
+        k = self.num_classes
+        s = torch.cat(scores) if scores else torch.empty(0, k)
+        t = torch.cat(targets) if targets else torch.empty(0, k)
+        idx = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
+        if self.world_size > 1:
+            s, t, idx = _gather_rows(s, t, idx, len(dataset), self.device)
+        return s, t
+
+    def _map_figures(self, scores: Tensor, targets: Tensor, prefix: str) -> dict[str, float]:
+        ap = average_precision(scores, targets)
+        out = {f"{prefix}mAP": _nanmean100(ap)}
+        for name, idx in self.groups.items():
+            out[f"{prefix}mAP_{name}"] = _nanmean100(ap[idx]) if len(idx) else float("nan")
+        return out
+
+    def validate(self) -> dict[str, float]:
+        """mAP (all, many, medium, few) of the model and, if kept, its EMA."""
+        scores, targets = self.predict(self.model, self.val_set)
+        out = self._map_figures(scores, targets, "")
+        if self.ema is not None:
+            scores_e, _ = self.predict(self.ema.module, self.val_set)
+            out.update(self._map_figures(scores_e, targets, "ema_"))
+            out["best_of_mAP"] = max(out["mAP"], out["ema_mAP"])
+        self.model.train()
+        return out
+
+    def label_figures(self) -> dict[str, float]:
+        """Eq. 12-13 figures of the current label management (needs the true labels)."""
+        if self.engine is None or not self.true_labels_known:
+            return {}
+        eng = self.engine
+        given, true = eng.given_labels, self.clean_labels
+        precision, recall = label_precision_recall(eng.state == LabelState.CLEAN, given, true)
+        proportion, accuracy = relabel_statistics(eng.state == LabelState.RELABELED, eng.refined_labels, true)
+        return dict(clean_precision=precision, clean_recall=recall, relabel_proportion=proportion, relabel_accuracy=accuracy)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return dict(
+            format="balancemix-timm/1",
+            epoch=epoch,
+            config=self.cfg.to_dict(),
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            scaler=self.scaler.state_dict(),
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            engine=self.engine.state_dict() if self.engine is not None else None,
+            train_sampler=self.train_sampler.state_dict() if self.train_sampler is not None else None,
+            given_labels=self.given_labels,
+            best=self.best,
+            metrics=self.metrics,
+            rng=rng_state(),
+        )
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Resume from ``path``; refuses a checkpoint of another configuration."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != "balancemix-timm/1":
+            raise ValueError(f"{path} is not a balancemix-timm training checkpoint")
+        diff = config_diff(ckpt["config"], self.cfg.to_dict())
+        if diff:
+            pretty = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"checkpoint {path} was written with another configuration: {pretty}")
+        if not torch.equal(ckpt["given_labels"], self.given_labels):
+            raise ValueError(f"checkpoint {path} was trained on different labels (data set or noise seed changed)")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt["ema"] is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        if self.engine is not None:
+            self.engine.load_state_dict(ckpt["engine"])
+        if self.train_sampler is not None and ckpt["train_sampler"] is not None:
+            self.train_sampler.load_state_dict(ckpt["train_sampler"])
+        self.best = dict(ckpt["best"])
+        self.metrics = list(ckpt["metrics"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        _logger.info("resumed from %s at epoch %d", path, self.start_epoch)
+
+    # ------------------------------------------------------------------ run
+    def fit(self, resume: str | Path | None = None, *, stop_after: int | None = None) -> dict[str, Any]:
+        """Train for ``cfg.epochs`` epochs (continuing a checkpoint if given).
+
+        Args:
+            resume: A ``last.pth`` to continue from.
+            stop_after: Stop once this many epochs are complete (as an interruption would);
+                the schedule still spans ``cfg.epochs``.
+        """
+        cfg = self.cfg
+        if resume is not None:
+            self.load_checkpoint(resume)
+        if self.is_main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if self.is_main and resume is None and metrics_path.exists():
+            metrics_path.unlink()
+        end = cfg.epochs if stop_after is None else min(cfg.epochs, int(stop_after))
+        for epoch in range(self.start_epoch, end):
+            t0 = time.perf_counter()
+            row: dict[str, Any] = dict(epoch=epoch + 1)
+            row.update(self.train_epoch(epoch))
+            if self.engine is not None:
+                tr = time.perf_counter()
+                self.engine.sync_records()
+                report = self.engine.refresh(epoch=epoch)
+                row["refresh_time"] = time.perf_counter() - tr
+                row.update({f"lm_{k}": v for k, v in report.as_dict().items() if k != "epoch"})
+                row.update(self.label_figures())
+            row.update(self.validate())
+            row["lr"] = self.optimizer.param_groups[0]["lr"]
+            row["epoch_time"] = time.perf_counter() - t0
+            score = row.get("best_of_mAP", row["mAP"])
+            is_best = score > self.best["mAP"]
+            if is_best:
+                self.best = {"mAP": score, "epoch": epoch + 1}
+            row["best_mAP"] = self.best["mAP"]
+            self.metrics.append(row)
+            if self.is_main:
+                with metrics_path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                state = self.state_dict(epoch)
+                atomic_save(state, self.run_dir / "last.pth")
+                if is_best:
+                    atomic_save(dict(model=state["model"], epoch=epoch, mAP=score, config=state["config"]), self.run_dir / "best.pth")
+                _logger.info(
+                    "epoch %d/%d: loss %.4f  mAP %.2f (many %.2f, medium %.2f, few %.2f)  %.1fs",
+                    epoch + 1, cfg.epochs, row["train_loss"], row["mAP"], row.get("mAP_many", float("nan")),
+                    row.get("mAP_medium", float("nan")), row.get("mAP_few", float("nan")), row["epoch_time"],
+                )
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Write the summary, label issues and plots; return the summary."""
+        last = self.metrics[-1] if self.metrics else {}
+        summary = dict(
+            run_dir=str(self.run_dir),
+            method=self.cfg.method,
+            ablation=self.cfg.ablation,
+            noise=self.cfg.noise,
+            noise_rate=self.cfg.noise_rate,
+            epochs=self.cfg.epochs,
+            group_thresholds=dict(many=self.group_thresholds[0], few=self.group_thresholds[1]),
+            group_sizes={k: int(len(v)) for k, v in self.groups.items()},
+            noise_report=self.noise_report,
+            last=last,
+            best=self.best,
+        )
+        if self.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+            if self.engine is not None:
+                n = write_label_issues(self.engine, self.train_set, self.run_dir / "label_issues.csv")
+                summary["label_issues"] = n
+            if self.cfg.plots:
+                plot_metrics(self.metrics, self.run_dir / "curves.png")
+        return summary
+
+
+# ---------------------------------------------------------------------------- outputs
+def write_label_issues(engine: BalanceMix, dataset: Any, path: str | Path) -> int:
+    """``label_issues.csv``: every re-labeled or ambiguous label, most confident first.
+
+    Columns: image_id, file, class_index, class, given, state, refined, changed,
+    clean_prob, view_prob, confidence. ``confidence`` is the views' agreement with the
+    refined value for re-labeled labels (Eq. 9) and ``1 - p_G`` for ambiguous ones.
+    """
+    state = engine.state
+    rows_idx = torch.nonzero(state != LabelState.CLEAN, as_tuple=False)
+    n_idx, k_idx = rows_idx[:, 0], rows_idx[:, 1]
+    st = state[n_idx, k_idx]
+    refined = engine.refined_labels[n_idx, k_idx]
+    given = engine.given_labels[n_idx, k_idx]
+    vp = engine.probs[n_idx, k_idx]
+    cp = engine.clean_prob[n_idx, k_idx]
+    conf = torch.where(st == LabelState.RELABELED, torch.where(refined == 1, vp, 1 - vp), 1 - cp)
+    order = torch.argsort(conf, descending=True, stable=True)
+    image_ids = list(getattr(dataset, "image_ids", range(len(dataset))))
+    paths = list(getattr(dataset, "image_paths", [""] * len(dataset)))
+    classes = list(getattr(dataset, "classes", [str(i) for i in range(engine.num_classes)]))
+    names = {int(LabelState.RELABELED): "relabeled", int(LabelState.AMBIGUOUS): "ambiguous"}
+    path = Path(path)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_id", "file", "class_index", "class", "given", "state", "refined", "changed", "clean_prob", "view_prob", "confidence"])
+        for j in order.tolist():
+            n, k = int(n_idx[j]), int(k_idx[j])
+            w.writerow([
+                image_ids[n], Path(str(paths[n])).name, k, classes[k], int(given[j]), names[int(st[j])],
+                int(refined[j]), int(refined[j] != given[j]), f"{float(cp[j]):.4f}", f"{float(vp[j]):.4f}", f"{float(conf[j]):.4f}",
+            ])
+    tmp.replace(path)
+    return int(len(order))
+
+
+def plot_metrics(metrics: Sequence[dict[str, Any]], path: str | Path) -> bool:
+    """mAP and label-management curves per epoch (needs matplotlib; returns False without)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _logger.info("matplotlib not installed: no plots (pip install 'balancemix-timm[plot]')")
+        return False
+    if not metrics:
+        return False
+    ep = [m["epoch"] for m in metrics]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("mAP", "mAP_many", "mAP_medium", "mAP_few", "ema_mAP"):
+        if key in metrics[0]:
+            axes[0].plot(ep, [m.get(key, float("nan")) for m in metrics], label=key)
+    axes[0].set_xlabel("epoch"); axes[0].set_ylabel("validation mAP"); axes[0].legend()
+    for key in ("clean_precision", "clean_recall", "relabel_proportion", "relabel_accuracy", "lm_clean_fraction", "lm_ambiguous_fraction"):
+        if key in metrics[-1]:
+            axes[1].plot(ep, [m.get(key, float("nan")) for m in metrics], label=key)
+    axes[1].set_xlabel("epoch"); axes[1].set_title("label management"); axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------- helpers
+def _nanmean100(ap: Tensor) -> float:
+    ap = ap[~torch.isnan(ap)]
+    return float(ap.mean() * 100) if ap.numel() else float("nan")
+
+
+def _progress(iterable: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterable[Any]:
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _dist_info() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather_rows(s: Tensor, t: Tensor, idx: Tensor, n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """All-reduce per-rank rows into full (n, K) tables (each row owned by one rank)."""
+    import torch.distributed as dist
+
+    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    k = s.shape[1]
+    full_s = torch.zeros(n, k, dtype=torch.float64, device=comm)
+    full_t = torch.zeros(n, k, dtype=torch.float64, device=comm)
+    full_s[idx.to(comm)] = s.double().to(comm)
+    full_t[idx.to(comm)] = t.double().to(comm)
+    dist.all_reduce(full_s)
+    dist.all_reduce(full_t)
+    return full_s.float().cpu(), full_t.float().cpu(), torch.arange(n)
+
+
+def _setup_logging(run_dir: Path | None, verbose: bool) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def _init_distributed(cfg: TrainConfig) -> None:
+    """Initialise torch.distributed under torchrun (NCCL on GPUs, gloo on CPU)."""
+    import os
+
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or dist.is_initialized():
+        return
+    if int(os.environ["WORLD_SIZE"]) <= 1:
+        return
+    use_cuda = resolve_device(cfg.device).type == "cuda"
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        cfg.device = f"cuda:{local_rank}"
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+
+
+def train(cfg: TrainConfig, *, resume: str | Path | None = None, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Build a :class:`Trainer` for ``cfg`` and run it; returns the summary."""
+    _init_distributed(cfg)
+    trainer = Trainer(cfg, run_dir=run_dir)
+    if resume == "auto":
+        last = trainer.run_dir / "last.pth"
+        resume = last if last.is_file() else None
+    return trainer.fit(resume=resume)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="balancemix-train",
+        description="Train a multi-label classifier with BalanceMix (or a baseline) on a timm backbone.",
+    )
+    p.add_argument("config", nargs="?", help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of config fields")
+    p.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' (the run folder's last.pth)")
+    p.add_argument("--run-dir", default=None, help="output folder (default <output_dir>/<run_name>)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = args.config
+    overrides = list(args.overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        overrides.insert(0, config)
+        config = None
+    cfg = load_config(config, overrides)
+    _setup_logging(None, args.verbose)
+    summary = train(cfg, resume=args.resume, run_dir=args.run_dir)
+    last = summary.get("last", {})
+    print(json.dumps({k: last.get(k) for k in ("epoch", "mAP", "mAP_many", "mAP_medium", "mAP_few")} | {"best": summary["best"]}))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

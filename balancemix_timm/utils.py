@@ -1,0 +1,126 @@
+"""Small training utilities: EMA of weights, atomic checkpoints, seeding, devices."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "ModelEma",
+    "atomic_save",
+    "seed_everything",
+    "epoch_seed",
+    "resolve_device",
+    "rng_state",
+    "set_rng_state",
+    "seed_worker",
+]
+
+_logger = logging.getLogger(__name__)
+
+
+class ModelEma(nn.Module):
+    """Exponential moving average of a model's parameters and buffers.
+
+    ``ema = decay * ema + (1 - decay) * model`` after every optimiser step (ML-Decoder uses
+    decay 0.9997); floating buffers are averaged too and integer buffers copied.
+
+    Args:
+        model: The model to track (a deep copy is kept, in eval mode, without gradients).
+        decay: Averaging factor in [0, 1).
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9997) -> None:
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average one step towards ``model``."""
+        src = model.state_dict()
+        for name, value in self.module.state_dict().items():
+            new = src[name].detach()
+            if value.dtype.is_floating_point:
+                value.mul_(self.decay).add_(new.to(value.dtype), alpha=1.0 - self.decay)
+            else:
+                value.copy_(new)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D401 - nn.Module API
+        return self.module(*args, **kwargs)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``.
+
+    A crash while writing leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A deterministic 63-bit seed for (run seed, epoch, stream)."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + int(stream) * 104_729 + 12_345) % (2**63 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (used by transforms)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:  # noqa: ARG001 - DataLoader API
+    """DataLoader ``worker_init_fn``: NumPy seeded from the worker's torch seed."""
+    s = torch.initial_seed() % (2**32)
+    np.random.seed(s)
+    random.seed(s)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states (Python, NumPy, torch CPU and CUDA)."""
+    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s output."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
