@@ -312,7 +312,7 @@ def _two_means(
     and ``u <- T_hi(u)`` from ``t_1`` rises to some ``u* >= t*``: resuming exact Lloyd from
     ``l*`` retraces plain Lloyd's path and stops at the same ``t*``, never leaving
     ``[l*, u*]`` (symmetrically downwards). The bound sequences cost no data pass, and the
-    exact steps only need the few losses inside ``(l*, u*]`` plus the totals above ``u*``
+    exact steps only need the few losses inside ``(l*, u*]`` (widened by ``1e-9 top``) plus the totals above ``u*``
     (one pass). Should rounding ever push a threshold out of the window, the remaining
     iterations run on the full data.
     """
@@ -353,8 +353,11 @@ def _two_means(
         if bool((new_lo == lo).all() & (new_hi == hi).all()):
             break
         lo, hi = new_lo, new_hi
-    lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
     thr = torch.where(up, lo, torch.where(down, hi, t0))
+    # The bounds come from sums in another order than the exact steps: widen by a margin far
+    # above rounding (a wider window only costs a few more losses in it).
+    margin = 1e-9 * top
+    lo, hi = torch.minimum(lo, hi) - margin, torch.maximum(lo, hi) + margin
 
     # Exact Lloyd inside the window; in 1-D the sets {x > t} are nested, so an unchanged
     # count means an unchanged assignment.

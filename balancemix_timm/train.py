@@ -29,12 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .config import TrainConfig, config_diff, load_config
 from .engine import ABLATIONS, BalanceMix
-from .metrics import (
-    average_precision,
-    class_groups,
-    label_precision_recall,
-    relabel_statistics,
-)
+from .methods import build_method
+from .metrics import average_precision, class_groups
 from .noise import apply_noise, noise_rate_report
 from .refine import LabelState
 from .sampling import ShardedRandomSampler
@@ -131,22 +127,13 @@ class Trainer:
         normalize = cfg.normalize
         if normalize == "auto":
             normalize = "imagenet" if model_default_normalization(cfg.model) is not None else None
-        train_tf = build_train_transform(cfg.image_size, randaugment=cfg.randaugment, cutout=cfg.cutout, normalize=normalize)
-        eval_tf = build_eval_transform(cfg.image_size, normalize=normalize)
-        self.uses_engine = cfg.method == "balancemix"
-        views_in_batch = self.uses_engine and cfg.label_source == "views"
-        tf = MultiView(train_tf, 1 + cfg.num_views) if views_in_batch else train_tf
-        self.train_set, self.val_set = build_datasets(cfg, tf, eval_tf)
-        self.view_set = None
-        if self.uses_engine and cfg.label_source == "epoch_pass":
-            self.view_set, _ = build_datasets(cfg, MultiView(train_tf, cfg.num_views), eval_tf)
-
+        self._train_tf = build_train_transform(cfg.image_size, randaugment=cfg.randaugment, cutout=cfg.cutout, normalize=normalize)
+        self._eval_tf = build_eval_transform(cfg.image_size, normalize=normalize)
+        self.train_set, self.val_set = build_datasets(cfg, self._train_tf, self._eval_tf)
         self.num_classes = self.train_set.num_classes
         self.clean_labels = self.train_set.annotation_labels.clone().to(torch.uint8)
         self.given_labels = _noisy_labels(cfg, self.clean_labels).to(torch.uint8)
         self.train_set.set_labels(self.given_labels)
-        if self.view_set is not None:
-            self.view_set.set_labels(self.given_labels)
         self.noise_report = noise_rate_report(self.given_labels, self.clean_labels)
         self.true_labels_known = cfg.noise != "clean"
 
@@ -175,35 +162,21 @@ class Trainer:
             )
         self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
-        self.engine: BalanceMix | None = None
-        if self.uses_engine:
-            self.engine = BalanceMix(
-                self.given_labels,
-                alpha=cfg.alpha,
-                eps=cfg.eps,
-                warmup_epochs=cfg.warmup_epochs,
-                minority_sampler=cfg.minority_sampler,
-                label_management=cfg.label_management,
-                sampler_score=cfg.sampler_score,
-                sampler_temperature=cfg.sampler_temperature,
-                sampler_labels=cfg.sampler_labels,
-                base_loss=cfg.base_loss,
-                gmm_options=dict(normalize=cfg.gmm_normalize, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar),
-                seed=cfg.seed,
-                num_replicas=self.world_size,
-                rank=self.dist_rank,
-            )
-            self.train_sampler = None
-        else:
+        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.optimizer, self.scheduler = self.build_optimizer(self.model)
+        self.worker_init_fn = seed_worker
+
+        self.method = build_method(cfg.method, self)
+        extra = self.method.num_extra_views
+        if extra:
+            self.train_set.transform = MultiView(self._train_tf, 1 + extra)
+        self.train_sampler = None
+        if not self.method.paired:
             self.train_sampler = ShardedRandomSampler(
                 len(self.train_set), seed=cfg.seed, num_replicas=self.world_size, rank=self.dist_rank
             )
-
-        self.steps_per_epoch = self._steps_per_epoch()
-        self.optimizer = self._build_optimizer()
-        self.scheduler = self._build_scheduler()
-        self.amp = bool(cfg.amp and self.device.type == "cuda")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.start_epoch = 0
         self.best: dict[str, Any] = {"mAP": -math.inf, "epoch": -1}
         self.metrics: list[dict[str, Any]] = []
@@ -217,33 +190,42 @@ class Trainer:
             steps = min(steps, int(self.cfg.max_steps_per_epoch))
         return steps
 
-    def _build_optimizer(self) -> torch.optim.Optimizer:
+    def build_optimizer(
+        self, model: nn.Module
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+        """Optimiser (no weight decay on 1-D parameters) and per-step schedule for ``model``."""
         cfg = self.cfg
         decay, no_decay = [], []
-        for p in self.model.parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)
         groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-        if cfg.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=cfg.lr)
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-
-    def _build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
-        cfg = self.cfg
+            opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        elif cfg.optimizer == "adam":
+            opt = torch.optim.Adam(groups, lr=cfg.lr)
+        else:
+            opt = torch.optim.AdamW(groups, lr=cfg.lr)
         total = max(1, cfg.epochs * self.steps_per_epoch)
+        sched: torch.optim.lr_scheduler.LRScheduler | None = None
         if cfg.scheduler == "cosine":
-            return torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
             )
-        if cfg.scheduler == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=cfg.lr, total_steps=total, pct_start=cfg.onecycle_pct_start
-            )
-        return None
+        elif cfg.scheduler == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.onecycle_pct_start)
+        return opt, sched
 
-    def _loader_generator(self, epoch: int, stream: int) -> torch.Generator:
+    def build_view_set(self, num_views: int) -> Dataset:
+        """A second training set whose items carry ``num_views`` train-transform views."""
+        from .data.transforms import MultiView
+
+        view_set, _ = build_datasets(self.cfg, MultiView(self._train_tf, num_views), self._eval_tf)
+        view_set.set_labels(self.given_labels)
+        return view_set
+
+    def loader_generator(self, epoch: int, stream: int) -> torch.Generator:
+        """Seeded generator of a DataLoader (worker seeds) for (epoch, stream)."""
         return torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch, stream))
 
     def _train_loader(self, epoch: int) -> DataLoader:
@@ -252,51 +234,66 @@ class Trainer:
             num_workers=cfg.workers,
             pin_memory=self.device.type == "cuda",
             worker_init_fn=seed_worker,
-            generator=self._loader_generator(epoch, 1),
+            generator=self.loader_generator(epoch, 1),
             persistent_workers=False,
         )
-        if self.engine is not None:
+        self.method.set_epoch(epoch)
+        if self.method.paired:
             from .mixing import MixupCollate, PairedDataset
             from .sampling import PairedBatchSampler
 
-            self.engine.set_epoch(epoch)
             collate = MixupCollate(alpha=cfg.alpha, mode=cfg.lam_mode, seed=cfg.seed)
-            if hasattr(collate, "set_epoch"):
-                collate.set_epoch(epoch)
-            batch_sampler = PairedBatchSampler(self.engine.paired_sampler, cfg.batch_size, drop_last=False)
+            collate.set_epoch(epoch)
+            batch_sampler = PairedBatchSampler(self.method.paired_sampler, cfg.batch_size, drop_last=False)
             return DataLoader(PairedDataset(self.train_set), batch_sampler=batch_sampler, collate_fn=collate, **common)
         assert self.train_sampler is not None
         self.train_sampler.set_epoch(epoch)
         return DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=self.train_sampler, drop_last=False, **common)
 
     # ------------------------------------------------------------------ steps
-    def _autocast(self):
+    def autocast(self):
+        """Mixed-precision context (float16 on CUDA when ``amp``; a no-op on CPU)."""
         return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
 
-    def _optimizer_step(self, loss: Tensor) -> None:
+    def optimizer_step(
+        self,
+        loss: Tensor,
+        *,
+        model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        ema: ModelEma | None = None,
+    ) -> None:
+        """Backward, (scaled) step, schedule and EMA update; defaults to the main model."""
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} (check the learning rate and the labels)")
-        self.optimizer.zero_grad(set_to_none=True)
+        main = model is None
+        model = self.model if main else model
+        optimizer = self.optimizer if optimizer is None else optimizer
+        scheduler = self.scheduler if main and scheduler is None else scheduler
+        ema = self.ema if main and ema is None else ema
+        optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.scaler.step(self.optimizer)
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(optimizer)
         self.scaler.update()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update(model)
 
     @torch.no_grad()
-    def _view_probs(self, views: Tensor) -> Tensor:
+    def view_probs(self, views: Tensor, model: nn.Module | None = None) -> Tensor:
         """Probabilities of (V, B, C, H, W) views in eval mode, no grad: (V, B, K)."""
+        model = self.model if model is None else model
         v, b = views.shape[:2]
-        was_training = self.model.training
-        self.model.eval()
-        with self._autocast():
-            logits = self.model(views.flatten(0, 1).to(self.device, non_blocking=True))
-        self.model.train(was_training)
+        was_training = model.training
+        model.eval()
+        with self.autocast():
+            logits = model(views.flatten(0, 1).to(self.device, non_blocking=True))
+        model.train(was_training)
         return torch.sigmoid(logits.float()).view(v, b, -1)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -305,53 +302,19 @@ class Trainer:
         seed_everything(epoch_seed(cfg.seed, epoch, 0))
         self.ddp_model.train()
         loader = self._train_loader(epoch)
-        total, count, t_views = 0.0, 0, 0.0
+        total, count = 0.0, 0
         t0 = time.perf_counter()
         bar = _progress(loader, self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and self.is_main)
         for step, batch in enumerate(bar):
             if step >= self.steps_per_epoch:
                 break
-            if self.engine is not None:
-                x = batch.input.to(self.device, non_blocking=True)
-                y = self.engine.mixed_targets(batch.index_r, batch.index_m, batch.lam, device=self.device)
-                with self._autocast():
-                    logits = self.ddp_model(x)
-                loss = self.engine.loss(logits.float(), y, batch.index_r.to(self.device))
-                self._optimizer_step(loss)
-                if cfg.label_source == "views" and batch.view_r is not None:
-                    tv = time.perf_counter()
-                    self.engine.record(batch.index_r, self._view_probs(batch.view_r[: cfg.num_views]))
-                    t_views += time.perf_counter() - tv
-            else:
-                x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device).float()
-                with self._autocast():
-                    logits = self.ddp_model(x)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").sum(1).mean()
-                self._optimizer_step(loss)
-            total += float(loss.detach()) * x.shape[0]
-            count += x.shape[0]
+            loss = self.method.training_step(batch)
+            b = len(batch.index_r) if self.method.paired else len(batch[0])
+            total += float(loss) * b
+            count += b
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / max(count, 1):.3f}")
-        out = dict(train_loss=total / max(count, 1), train_time=time.perf_counter() - t0, view_time=t_views)
-        if self.engine is not None and cfg.label_source == "epoch_pass":
-            tv = time.perf_counter()
-            self._epoch_pass(epoch)
-            out["view_time"] = time.perf_counter() - tv
-        return out
-
-    @torch.no_grad()
-    def _epoch_pass(self, epoch: int) -> None:
-        """label_source='epoch_pass': two RandAug views of every sample after the epoch."""
-        assert self.engine is not None and self.view_set is not None
-        sampler = ShardedRandomSampler(len(self.view_set), seed=self.cfg.seed + 7, num_replicas=self.world_size, rank=self.dist_rank)
-        sampler.set_epoch(epoch)
-        loader = DataLoader(
-            self.view_set, batch_size=self.cfg.eval_batch_size, sampler=sampler, num_workers=self.cfg.workers,
-            worker_init_fn=seed_worker, generator=self._loader_generator(epoch, 2),
-        )
-        for views, _, index in loader:
-            stacked = torch.stack(list(views)) if isinstance(views, (list, tuple)) else views[None]
-            self.engine.record(index, self._view_probs(stacked))
+        return dict(train_loss=total / max(count, 1), train_time=time.perf_counter() - t0)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, dataset: Dataset) -> tuple[Tensor, Tensor]:
@@ -362,7 +325,7 @@ class Trainer:
         for i, (x, y, index) in enumerate(loader):
             if self.world_size > 1 and i % self.world_size != self.dist_rank:
                 continue
-            with self._autocast():
+            with self.autocast():
                 logits = model(x.to(self.device, non_blocking=True))
             scores.append(torch.sigmoid(logits.float()).cpu())
             targets.append(y.float())
@@ -393,16 +356,6 @@ class Trainer:
         self.model.train()
         return out
 
-    def label_figures(self) -> dict[str, float]:
-        """Eq. 12-13 figures of the current label management (needs the true labels)."""
-        if self.engine is None or not self.true_labels_known:
-            return {}
-        eng = self.engine
-        given, true = eng.given_labels, self.clean_labels
-        precision, recall = label_precision_recall(eng.state == LabelState.CLEAN, given, true)
-        proportion, accuracy = relabel_statistics(eng.state == LabelState.RELABELED, eng.refined_labels, true)
-        return dict(clean_precision=precision, clean_recall=recall, relabel_proportion=proportion, relabel_accuracy=accuracy)
-
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, epoch: int) -> dict[str, Any]:
         return dict(
@@ -414,7 +367,7 @@ class Trainer:
             scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
             scaler=self.scaler.state_dict(),
             ema=self.ema.state_dict() if self.ema is not None else None,
-            engine=self.engine.state_dict() if self.engine is not None else None,
+            method=self.method.state_dict(),
             train_sampler=self.train_sampler.state_dict() if self.train_sampler is not None else None,
             given_labels=self.given_labels,
             best=self.best,
@@ -443,8 +396,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and ckpt["ema"] is not None:
             self.ema.load_state_dict(ckpt["ema"])
-        if self.engine is not None:
-            self.engine.load_state_dict(ckpt["engine"])
+        self.method.load_state_dict(ckpt["method"])
         if self.train_sampler is not None and ckpt["train_sampler"] is not None:
             self.train_sampler.load_state_dict(ckpt["train_sampler"])
         self.best = dict(ckpt["best"])
@@ -474,13 +426,7 @@ class Trainer:
             t0 = time.perf_counter()
             row: dict[str, Any] = dict(epoch=epoch + 1)
             row.update(self.train_epoch(epoch))
-            if self.engine is not None:
-                tr = time.perf_counter()
-                self.engine.sync_records()
-                report = self.engine.refresh(epoch=epoch)
-                row["refresh_time"] = time.perf_counter() - tr
-                row.update({f"lm_{k}": v for k, v in report.as_dict().items() if k != "epoch"})
-                row.update(self.label_figures())
+            row.update(self.method.end_epoch(epoch))
             row.update(self.validate())
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             row["epoch_time"] = time.perf_counter() - t0
@@ -521,10 +467,8 @@ class Trainer:
             best=self.best,
         )
         if self.is_main:
+            summary.update(self.method.finish(self.run_dir))
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-            if self.engine is not None:
-                n = write_label_issues(self.engine, self.train_set, self.run_dir / "label_issues.csv")
-                summary["label_issues"] = n
             if self.cfg.plots:
                 plot_metrics(self.metrics, self.run_dir / "curves.png")
         return summary

@@ -75,10 +75,10 @@ def test_resume_reproduces_uninterrupted_run(data_root, tmp_path):
     resumed.fit(resume=resumed.run_dir / "last.pth")
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
-    ea, eb = full.engine.state_dict(), resumed.engine.state_dict()
+    ea, eb = full.method.engine.state_dict(), resumed.method.engine.state_dict()
     for key in ("refined_labels", "state", "clean_prob", "probs"):
         assert torch.equal(ea[key], eb[key]), key
-    assert torch.equal(full.engine.second_sampler.weights, resumed.engine.second_sampler.weights)
+    assert torch.equal(full.method.engine.second_sampler.weights, resumed.method.engine.second_sampler.weights)
     assert full.metrics[-1]["mAP"] == resumed.metrics[-1]["mAP"]
 
 

@@ -1,0 +1,159 @@
+"""The training-method interface: how one batch becomes an optimiser step.
+
+The :class:`~balancemix_timm.train.Trainer` owns data, model, optimiser, schedule, evaluation and
+checkpoints; a :class:`TrainingMethod` owns what differs between BCE, BalanceMix and the
+baselines: which loader it consumes (plain or paired random/second-stream batches), its loss,
+any extra networks, its epoch-end hook and its own checkpoint state.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+from torch import Tensor
+
+from ..mixing import mix_targets
+from ..sampling import PairedSampler, ShardedRandomSampler
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..train import Trainer
+
+__all__ = ["TrainingMethod", "MixupMethod"]
+
+_logger = logging.getLogger(__name__)
+
+
+class TrainingMethod:
+    """Base class of every ``method=`` of the trainer.
+
+    Class attributes:
+        name: The ``method=`` value.
+        paired: True if the method consumes :class:`~balancemix_timm.mixing.MixedBatch`
+            batches drawn by :attr:`paired_sampler` (random stream + second stream), False for
+            plain ``(image, target, index)`` batches drawn by a random sampler.
+
+    Args:
+        trainer: The trainer (gives ``cfg``, ``model``, ``device``, ``given_labels``, ...).
+    """
+
+    name = "base"
+    paired = False
+    #: Option names this method reads from ``cfg.method_options`` (others are an error).
+    option_names: tuple[str, ...] = ()
+
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+        self.cfg = trainer.cfg
+        unknown = sorted(set(self.cfg.method_options) - set(self.option_names))
+        if unknown:
+            raise ValueError(
+                f"method {self.name!r} does not take method_options {unknown}; "
+                f"it takes {list(self.option_names) or 'none'}"
+            )
+        self.options: dict[str, Any] = dict(self.cfg.method_options)
+        self.epoch = 0
+
+    # ---------------------------------------------------------------- loaders
+    @property
+    def num_extra_views(self) -> int:
+        """Extra augmented views each training item must carry (in ``MixedBatch.view_r``)."""
+        return 0
+
+    @property
+    def paired_sampler(self) -> PairedSampler | None:
+        """The paired sampler of a paired method (None for plain methods)."""
+        return None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch's loader is built."""
+        self.epoch = int(epoch)
+
+    # ---------------------------------------------------------------- steps
+    def training_step(self, batch: Any) -> Tensor:
+        """Forward, loss and optimiser step(s) for one batch; returns the detached loss."""
+        raise NotImplementedError
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        """Epoch-end hook (after the last step, before validation); returns figures to log."""
+        return {}
+
+    def finish(self, run_dir: Path) -> dict[str, Any]:
+        """End-of-training outputs; returns entries for the run summary."""
+        return {}
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.epoch = int(state_dict.get("epoch", 0))
+
+    # ---------------------------------------------------------------- helpers
+    def forward(self, x: Tensor, model: torch.nn.Module | None = None) -> Tensor:
+        """Float32 logits of ``model`` (default: the trainer's, DDP-wrapped) under autocast."""
+        model = self.trainer.ddp_model if model is None else model
+        with self.trainer.autocast():
+            logits = model(x.to(self.trainer.device, non_blocking=True))
+        return logits.float()
+
+
+class MixupMethod(TrainingMethod):
+    """A method trained on Mixup batches of two random streams (the paper's baselines).
+
+    Every baseline except BCE uses Mixup in the paper. Subclasses implement
+    :meth:`mixed_loss`; targets are ``lam * y_a + (1 - lam) * y_b`` of the given labels.
+    """
+
+    paired = True
+
+    def __init__(self, trainer: "Trainer") -> None:
+        super().__init__(trainer)
+        n = len(trainer.given_labels)
+        kw = dict(num_replicas=trainer.world_size, rank=trainer.dist_rank)
+        self._paired = PairedSampler(
+            ShardedRandomSampler(n, seed=self.cfg.seed, **kw),
+            ShardedRandomSampler(n, seed=self.cfg.seed + 1, **kw),
+        )
+        self._labels_cache: Tensor | None = None
+
+    @property
+    def paired_sampler(self) -> PairedSampler:
+        return self._paired
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._paired.set_epoch(epoch)
+
+    def labels_on_device(self) -> Tensor:
+        """The given labels as an (N, K) float tensor on the training device (cached)."""
+        if self._labels_cache is None:
+            self._labels_cache = self.trainer.given_labels.to(self.trainer.device).float()
+        return self._labels_cache
+
+    def mixed_targets(self, batch: Any) -> Tensor:
+        labels = self.labels_on_device()
+        dev = self.trainer.device
+        lam = batch.lam.to(dev) if isinstance(batch.lam, Tensor) else batch.lam
+        return mix_targets(labels[batch.index_r.to(dev)], labels[batch.index_m.to(dev)], lam)
+
+    def mixed_loss(self, logits: Tensor, targets: Tensor, batch: Any) -> Tensor:
+        """Scalar loss of ``logits`` (B, K) against mixed ``targets`` (B, K)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Any) -> Tensor:
+        targets = self.mixed_targets(batch)
+        logits = self.forward(batch.input)
+        loss = self.mixed_loss(logits, targets, batch)
+        self.trainer.optimizer_step(loss)
+        return loss.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(super().state_dict(), sampler=self._paired.state_dict())
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "sampler" in state_dict:
+            self._paired.load_state_dict(state_dict["sampler"])

@@ -1,0 +1,170 @@
+"""The paper's default (plain BCE, Eq. 1) and BalanceMix itself as trainer methods."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ..engine import BalanceMix
+from ..loss import bce_elementwise
+from ..metrics import label_precision_recall, relabel_statistics
+from ..refine import LabelState
+from ..sampling import PairedSampler, ShardedRandomSampler
+from .base import MixupMethod, TrainingMethod
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..train import Trainer
+
+__all__ = ["BCEMethod", "MixupBCEMethod", "BalanceMixMethod"]
+
+_logger = logging.getLogger(__name__)
+
+
+class BCEMethod(TrainingMethod):
+    """The paper's Default: BCE (Eq. 1) summed over labels, averaged over the batch.
+
+    RandAugment (the trainer's train transform) and no Mixup, as in the paper's tables.
+    """
+
+    name = "bce"
+    paired = False
+
+    def training_step(self, batch: Any) -> Tensor:
+        x, y = batch[0], batch[1].to(self.trainer.device).float()
+        logits = self.forward(x)
+        loss = bce_elementwise(logits, y).sum(1).mean()
+        self.trainer.optimizer_step(loss)
+        return loss.detach()
+
+
+class MixupBCEMethod(MixupMethod):
+    """Plain Mixup (two random streams) with BCE: Table 5's "+ Random Sampler" row."""
+
+    name = "mixup"
+
+    def mixed_loss(self, logits: Tensor, targets: Tensor, batch: Any) -> Tensor:
+        return bce_elementwise(logits, targets).sum(1).mean()
+
+
+class BalanceMixMethod(TrainingMethod):
+    """BalanceMix (Alg. 1): minority-augmented mixing + label-wise management.
+
+    The engine (:class:`~balancemix_timm.engine.BalanceMix`) holds the per-sample state. The
+    predictions it needs (f(x) of Eq. 2 and 6, and the two views of Eq. 9) come from
+    ``cfg.label_source``:
+
+    - ``"views"`` (default): every training item carries ``num_views`` extra RandAugment views;
+      after each optimiser step the random batch's views are forwarded without gradient in
+      eval mode and recorded. The random sampler is a permutation, so every sample is
+      recorded once per epoch, with the weights of the moment it was drawn.
+    - ``"epoch_pass"``: after the epoch, a separate no-grad pass over the whole training set
+      with ``num_views`` views per sample, all with the epoch's final weights.
+    """
+
+    name = "balancemix"
+    paired = True
+
+    def __init__(self, trainer: "Trainer") -> None:
+        super().__init__(trainer)
+        cfg = self.cfg
+        self.engine = BalanceMix(
+            trainer.given_labels,
+            alpha=cfg.alpha,
+            eps=cfg.eps,
+            warmup_epochs=cfg.warmup_epochs,
+            minority_sampler=cfg.minority_sampler,
+            label_management=cfg.label_management,
+            sampler_score=cfg.sampler_score,
+            sampler_temperature=cfg.sampler_temperature,
+            sampler_labels=cfg.sampler_labels,
+            base_loss=cfg.base_loss,
+            gmm_options=dict(
+                normalize=cfg.gmm_normalize, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar
+            ),
+            seed=cfg.seed,
+            num_replicas=trainer.world_size,
+            rank=trainer.dist_rank,
+        )
+        self.view_set = trainer.build_view_set(cfg.num_views) if cfg.label_source == "epoch_pass" else None
+        self.view_time = 0.0
+
+    @property
+    def num_extra_views(self) -> int:
+        return self.cfg.num_views if self.cfg.label_source == "views" else 0
+
+    @property
+    def paired_sampler(self) -> PairedSampler:
+        return self.engine.paired_sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.engine.set_epoch(epoch)
+        self.view_time = 0.0
+
+    def training_step(self, batch: Any) -> Tensor:
+        tr, eng = self.trainer, self.engine
+        y = eng.mixed_targets(batch.index_r, batch.index_m, batch.lam, device=tr.device)
+        logits = self.forward(batch.input)
+        loss = eng.loss(logits, y, batch.index_r.to(tr.device))
+        tr.optimizer_step(loss)
+        if batch.view_r is not None and self.cfg.label_source == "views":
+            t0 = time.perf_counter()
+            eng.record(batch.index_r, tr.view_probs(batch.view_r[: self.cfg.num_views]))
+            self.view_time += time.perf_counter() - t0
+        return loss.detach()
+
+    @torch.no_grad()
+    def _epoch_pass(self, epoch: int) -> None:
+        tr = self.trainer
+        assert self.view_set is not None
+        sampler = ShardedRandomSampler(len(self.view_set), seed=self.cfg.seed + 7, num_replicas=tr.world_size, rank=tr.dist_rank)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(
+            self.view_set, batch_size=self.cfg.eval_batch_size, sampler=sampler, num_workers=self.cfg.workers,
+            worker_init_fn=tr.worker_init_fn, generator=tr.loader_generator(epoch, 2),
+        )
+        for views, _, index in loader:
+            stacked = torch.stack(list(views)) if isinstance(views, (list, tuple)) else views[None]
+            self.engine.record(index, tr.view_probs(stacked))
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.cfg.label_source == "epoch_pass":
+            t0 = time.perf_counter()
+            self._epoch_pass(epoch)
+            self.view_time += time.perf_counter() - t0
+        out["view_time"] = self.view_time
+        t0 = time.perf_counter()
+        self.engine.sync_records()
+        report = self.engine.refresh(epoch=epoch)
+        out["refresh_time"] = time.perf_counter() - t0
+        out.update({f"lm_{k}": v for k, v in report.as_dict().items() if k != "epoch"})
+        out.update(self.label_figures())
+        return out
+
+    def label_figures(self) -> dict[str, float]:
+        """Eq. 12-13 figures of the current label management (needs the true labels)."""
+        tr, eng = self.trainer, self.engine
+        if not tr.true_labels_known:
+            return {}
+        precision, recall = label_precision_recall(eng.state == LabelState.CLEAN, eng.given_labels, tr.clean_labels)
+        proportion, accuracy = relabel_statistics(eng.state == LabelState.RELABELED, eng.refined_labels, tr.clean_labels)
+        return dict(clean_precision=precision, clean_recall=recall, relabel_proportion=proportion, relabel_accuracy=accuracy)
+
+    def finish(self, run_dir: Path) -> dict[str, Any]:
+        from ..train import write_label_issues
+
+        return {"label_issues": write_label_issues(self.engine, self.trainer.train_set, run_dir / "label_issues.csv")}
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(super().state_dict(), engine=self.engine.state_dict())
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.engine.load_state_dict(state_dict["engine"])
