@@ -70,6 +70,7 @@ _NORMALIZE = ("minmax", "none")
 _INIT = ("kmeans", "quantile")
 _MAX_NAMED_GROUPS = 20  # how many fallback groups the warning names
 _INIT_BINS = 1024  # histogram bins that bound the k-means trajectory (see _two_means)
+_WINDOW_MARGIN = 1e-9  # relative widening of the exact k-means window (see _two_means)
 
 _Stats = tuple[Tensor, Tensor, Tensor]
 
@@ -81,62 +82,67 @@ _Stats = tuple[Tensor, Tensor, Tensor]
 
 
 class _DenseBlock:
-    """Groups stored as rows of a ``(R, N)`` float64 tensor, other entries being filler zeros.
+    """Groups stored as rows of a ``(R, 3, N)`` float64 tensor ``[1, x, x^2]``, other entries
+    being filler zeros (``x = 0``).
 
     Args:
-        x: ``(R, N)`` float64, shifted / scaled per row, filler entries 0.
+        design: ``(R, 3, N)`` float64 rows ``1``, ``x`` and ``x**2``, ``x`` shifted / scaled
+            per row, 0 at filler entries.
         n_fill: ``(R,)`` float64 number of filler entries per row.
         filler: ``(R, N)`` bool filler mask (only needed for :meth:`median`).
     """
 
-    def __init__(self, x: Tensor, n_fill: Tensor, filler: Tensor | None = None) -> None:
-        self.x = x
-        self.x2 = x * x
+    def __init__(self, design: Tensor, n_fill: Tensor, filler: Tensor | None = None) -> None:
+        rows, _, size = design.shape
+        self.design = design
+        self.design_t = design.transpose(1, 2)  # (R, N, 3) view for batched dot products
+        self.x, self.x2 = design[:, 1], design[:, 2]
         self.n_fill = n_fill
         self.filler = filler
-        self.n = x.shape[1] - n_fill
-        self._buf = torch.empty_like(x)
-        self._buf2 = torch.empty_like(x)
-        self._mask = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+        self.n = size - n_fill
+        # Work space: rows 0 / 1 hold responsibilities / softplus in EM, scratch otherwise.
+        self._rs = torch.empty((rows, 2, size), dtype=torch.float64, device=design.device)
+        self._mask = torch.empty((rows, size), dtype=torch.bool, device=design.device)
 
     def subset(self, rows: Tensor) -> _DenseBlock:
-        """A new block holding only ``rows`` (for rows whose EM is still running)."""
-        return _DenseBlock(self.x.index_select(0, rows), self.n_fill.index_select(0, rows))
+        """A new block holding only ``rows`` (for the rows whose EM is still running)."""
+        return _DenseBlock(self.design.index_select(0, rows), self.n_fill.index_select(0, rows))
 
     def moments(self) -> _Stats:
-        return self.n, self.x.sum(1), self.x2.sum(1)
+        s = self.design.sum(2)
+        return self.n, s[:, 1], s[:, 2]
 
-    @staticmethod
-    def _dot(a: Tensor, b: Tensor) -> Tensor:
-        return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+    def _weighted(self, w: Tensor) -> Tensor:
+        """Row sums of ``w[:, m] * [1, x, x^2]``, ``(R, M, 3)``, for ``w`` ``(R, M, N)``."""
+        return torch.bmm(w, self.design_t)
 
     def split(self, thr: Tensor) -> _Stats:
         """Count, sum and sum of squares of the entries ``> thr`` per row (filler never is)."""
         torch.gt(self.x, thr.unsqueeze(1), out=self._mask)
-        hi = self._buf.copy_(self._mask)
-        return hi.sum(1), self._dot(hi, self.x), self._dot(hi, self.x2)
+        s = self._weighted(self._rs[:, :1].copy_(self._mask.unsqueeze(1))).squeeze(1)
+        return s[:, 0], s[:, 1], s[:, 2]
 
     def window(self, lo: Tensor, hi: Tensor) -> tuple[_Stats, Tensor, Tensor]:
-        """Stats of the entries ``> hi``, and the values / rows of the entries in ``(lo, hi]``."""
+        """Stats of the entries ``> hi``, and values / rows of the entries in ``(lo, hi]``."""
         above = self.split(hi)  # leaves self._mask = x > hi
         inside = torch.gt(self.x, lo.unsqueeze(1))
         inside ^= self._mask  # lo <= hi, so {x > hi} is a subset of {x > lo}
         flat = torch.nonzero(inside.view(-1)).view(-1)
-        return above, self.x.view(-1)[flat], torch.div(flat, self.x.shape[1], rounding_mode="floor")
+        size = self.x.shape[1]
+        rows = torch.div(flat, size, rounding_mode="floor")
+        return above, self.x[rows, flat - rows * size], rows
 
     def histogram(self, inv_width: Tensor) -> tuple[Tensor, Tensor]:
         """Per-row counts and sums over ``_INIT_BINS`` bins, ``bin = floor(x * inv_width)``."""
-        rows = self.x.shape[0]
-        b = torch.mul(self.x, inv_width.unsqueeze(1), out=self._buf)
+        rows, size = self.x.shape
+        b = torch.mul(self.x, inv_width.unsqueeze(1), out=self._rs[:, 0])
         b.floor_().clamp_(0, _INIT_BINS - 1)
-        idx = self._buf2.view(torch.int64).copy_(b)
-        idx += (torch.arange(rows, device=idx.device) * _INIT_BINS).unsqueeze(1)
-        idx = idx.view(-1)
-        size = rows * _INIT_BINS
-        counts = torch.bincount(idx, minlength=size).view(rows, -1).to(torch.float64)
-        sums = torch.bincount(idx, weights=self.x.view(-1), minlength=size).view(rows, -1)
+        idx = self._rs[:, 1].view(torch.int64).copy_(b)
+        zeros = torch.zeros((rows, _INIT_BINS), dtype=torch.float64, device=idx.device)
+        counts = zeros.clone().scatter_add_(1, idx, self.design[:, 0])
+        sums = zeros.scatter_add_(1, idx, self.x)
         counts[:, 0] -= self.n_fill  # the filler sits at x = 0, in bin 0
-        return counts, sums.to(torch.float64)
+        return counts, sums
 
     def median(self) -> Tensor:
         assert self.filler is not None
@@ -144,24 +150,25 @@ class _DenseBlock:
         return torch.nanmedian(values, dim=1).values
 
     def _diff(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-        d = torch.addcmul(a.unsqueeze(1), self.x, b.unsqueeze(1), out=self._buf)
+        """``d = a + b x + c x^2`` per row, written to work-space row 0."""
+        d = torch.addcmul(a.unsqueeze(1), self.x, b.unsqueeze(1), out=self._rs[:, 0])
         return d.addcmul_(self.x2, c.unsqueeze(1))
 
     def em_stats(self, a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Row sums of ``r``, ``r x``, ``r x^2`` and ``softplus(d)``, where ``d = a + b x + c x^2``
         and ``r = sigmoid(d)``, over the real (non-filler) entries."""
         d = self._diff(a, b, c)
-        r = torch.sigmoid(d, out=self._buf2)
-        s0, s1, s2 = r.sum(1), self._dot(r, self.x), self._dot(r, self.x2)
-        ssp = torch.ops.aten.softplus.out(d, 1, 20, out=self._buf2).sum(1)
+        torch.ops.aten.softplus.out(d, 1, 20, out=self._rs[:, 1])
+        torch.sigmoid_(d)  # row 0 now holds the responsibilities r
+        s = self._weighted(self._rs)  # (R, 2, 3)
         # The filler sits at x = 0 where d = a: remove its share.
-        s0 = (s0 - self.n_fill * torch.sigmoid(a)).clamp_(min=0.0)
-        ssp = ssp - self.n_fill * torch.nn.functional.softplus(a)
-        return s0, s1, s2, ssp
+        s0 = (s[:, 0, 0] - self.n_fill * torch.sigmoid(a)).clamp_(min=0.0)
+        ssp = s[:, 1, 0] - self.n_fill * torch.nn.functional.softplus(a)
+        return s0, s[:, 0, 1], s[:, 0, 2], ssp
 
     def posterior(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
         """``sigmoid(a + b x + c x^2)`` for every entry, ``(R, N)`` (filler entries meaningless)."""
-        return torch.sigmoid(self._diff(a, b, c), out=self._buf2)
+        return torch.sigmoid_(self._diff(a, b, c))
 
 
 class _RaggedBlock:
@@ -169,40 +176,47 @@ class _RaggedBlock:
 
     Args:
         v: ``(P,)`` float64 values, shifted / scaled per group.
-        seg: ``(P,)`` int64 group of each value (sorted for :meth:`median`).
+        seg: ``(P,)`` int64 group of each value, non-decreasing.
         groups: number of groups.
     """
 
     def __init__(self, v: Tensor, seg: Tensor, groups: int) -> None:
         self.v = v
         self.v2 = v * v
+        self.design = torch.stack([torch.ones_like(v), v, self.v2], dim=1)  # (P, 3)
         self.seg = seg
         self.groups = groups
-        self.n = self._sum(torch.ones_like(v))
+        self.n = self._sum(self.design[:, 0])
 
     def _sum(self, w: Tensor) -> Tensor:
-        out = torch.zeros(self.groups, dtype=torch.float64, device=w.device)
+        out = torch.zeros((self.groups,) + w.shape[1:], dtype=torch.float64, device=w.device)
         return out.index_add_(0, self.seg, w)
 
+    def _per_entry(self, t: Tensor) -> Tensor:
+        return t.index_select(0, self.seg)
+
     def moments(self) -> _Stats:
-        return self.n, self._sum(self.v), self._sum(self.v2)
+        s = self._sum(self.design)
+        return s[:, 0], s[:, 1], s[:, 2]
 
     def split(self, thr: Tensor) -> _Stats:
-        hi = (self.v > thr[self.seg]).to(torch.float64)
-        return self._sum(hi), self._sum(hi * self.v), self._sum(hi * self.v2)
+        hi = self.v > self._per_entry(thr)
+        s = self._sum(self.design * hi.unsqueeze(1))
+        return s[:, 0], s[:, 1], s[:, 2]
 
     def window(self, lo: Tensor, hi: Tensor) -> tuple[_Stats, Tensor, Tensor]:
         above = self.split(hi)
-        keep = (self.v > lo[self.seg]) & (self.v <= hi[self.seg])
+        keep = (self.v > self._per_entry(lo)) & (self.v <= self._per_entry(hi))
         return above, self.v[keep], self.seg[keep]
 
     def histogram(self, inv_width: Tensor) -> tuple[Tensor, Tensor]:
-        idx = (self.v * inv_width[self.seg]).floor_().clamp_(0, _INIT_BINS - 1).to(torch.int64)
-        idx += self.seg * _INIT_BINS
+        idx = (self.v * self._per_entry(inv_width)).floor_()
+        idx = idx.clamp_(0, _INIT_BINS - 1).to(torch.int64) + self.seg * _INIT_BINS
         size = self.groups * _INIT_BINS
-        counts = torch.bincount(idx, minlength=size).view(self.groups, -1).to(torch.float64)
-        sums = torch.bincount(idx, weights=self.v, minlength=size).view(self.groups, -1)
-        return counts, sums.to(torch.float64)
+        zeros = torch.zeros(size, dtype=torch.float64, device=idx.device)
+        counts = zeros.clone().scatter_add_(0, idx, self.design[:, 0])
+        sums = zeros.scatter_add_(0, idx, self.v)
+        return counts.view(self.groups, -1), sums.view(self.groups, -1)
 
     def median(self) -> Tensor:
         """Lower median per group (``torch.nanmedian`` convention); NaN for an empty group."""
@@ -218,16 +232,47 @@ class _RaggedBlock:
         return out
 
     def _diff(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-        return a[self.seg] + b[self.seg] * self.v + c[self.seg] * self.v2
+        d = torch.addcmul(self._per_entry(a), self.v, self._per_entry(b))
+        return d.addcmul_(self.v2, self._per_entry(c))
 
     def em_stats(self, a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         d = self._diff(a, b, c)
-        r = torch.sigmoid(d)
-        sp = torch.nn.functional.softplus(d)
-        return self._sum(r), self._sum(r * self.v), self._sum(r * self.v2), self._sum(sp)
+        s = self._sum(self.design * torch.sigmoid(d).unsqueeze(1))
+        return s[:, 0], s[:, 1], s[:, 2], self._sum(torch.nn.functional.softplus(d))
 
     def posterior(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-        return torch.sigmoid(self._diff(a, b, c))
+        return torch.sigmoid_(self._diff(a, b, c))
+
+
+class _SortedWindow:
+    """The losses of each group that lie in its Lloyd window, sorted, with prefix sums, so that
+    the stats of ``{x > t}`` cost one ``searchsorted`` of ``G`` queries.
+
+    Args:
+        v: ``(P,)`` float64 values; seg: ``(P,)`` int64 non-decreasing group; groups: ``G``.
+    """
+
+    def __init__(self, v: Tensor, seg: Tensor, groups: int) -> None:
+        counts = torch.bincount(seg, minlength=groups)
+        width = int(counts.max()) if v.numel() else 0
+        start = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(v.numel(), device=v.device) - start.index_select(0, seg)
+        padded = torch.full((groups, width), float("inf"), dtype=torch.float64, device=v.device)
+        padded[seg, pos] = v
+        self.sorted = padded.sort(dim=1).values
+        real = torch.where(torch.isinf(self.sorted), torch.zeros_like(self.sorted), self.sorted)
+        zero = torch.zeros((groups, 1), dtype=torch.float64, device=v.device)
+        self.s1 = torch.cat([zero, real.cumsum(1)], dim=1)  # (G, width + 1) prefix sums
+        self.s2 = torch.cat([zero, (real * real).cumsum(1)], dim=1)
+        self.count = counts.to(torch.float64)
+
+    def split(self, thr: Tensor) -> _Stats:
+        below = torch.searchsorted(self.sorted, thr.unsqueeze(1).contiguous(), right=True)
+        return (
+            self.count - below.squeeze(1).to(torch.float64),
+            self.s1[:, -1] - self.s1.gather(1, below).squeeze(1),
+            self.s2[:, -1] - self.s2.gather(1, below).squeeze(1),
+        )
 
 
 class _Groups:
@@ -238,7 +283,7 @@ class _Groups:
         self.ragged = ragged
         self.k = ragged.groups
         self._em_block = dense
-        self._em_rows = torch.arange(self.k, device=dense.x.device)
+        self._em_rows = torch.arange(self.k, device=dense.design.device)
 
     @staticmethod
     def _cat(p: tuple[Tensor, ...], q: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -254,15 +299,16 @@ class _Groups:
     def histogram(self, top: Tensor) -> tuple[Tensor, Tensor]:
         k = self.k
         inv = torch.where(top > 0, _INIT_BINS / top, torch.zeros_like(top))
-        return self._cat(self.dense.histogram(inv[:k]), self.ragged.histogram(inv[k:]))  # type: ignore
+        dense, ragged = self.dense.histogram(inv[:k]), self.ragged.histogram(inv[k:])
+        return self._cat(dense, ragged)  # type: ignore[return-value]
 
-    def window(self, lo: Tensor, hi: Tensor) -> tuple[_Stats, _RaggedBlock]:
-        """Stats of the losses ``> hi`` and a ragged block of the losses in ``(lo, hi]``."""
+    def window(self, lo: Tensor, hi: Tensor) -> tuple[_Stats, _SortedWindow]:
+        """Stats of the losses ``> hi`` and the losses in ``(lo, hi]``, sorted per group."""
         k = self.k
         above_d, v_d, seg_d = self.dense.window(lo[:k], hi[:k])
         above_r, v_r, seg_r = self.ragged.window(lo[k:], hi[k:])
-        block = _RaggedBlock(torch.cat([v_d, v_r]), torch.cat([seg_d, seg_r + k]), 2 * k)
-        return self._cat(above_d, above_r), block  # type: ignore[return-value]
+        window = _SortedWindow(torch.cat([v_d, v_r]), torch.cat([seg_d, seg_r + k]), 2 * k)
+        return self._cat(above_d, above_r), window  # type: ignore[return-value]
 
     def median(self) -> Tensor:
         return torch.cat([self.dense.median(), self.ragged.median()])
@@ -309,12 +355,13 @@ def _two_means(
     ``T(t) <= t*`` for every ``t <= t*``. For ``t`` in histogram bin ``b``,
     ``T_lo = T(bins >= b high) <= T(t) <= T(bins > b high) = T_hi``. So the sequence
     ``l <- max(T_lo(l), t_1)`` from ``t_1`` rises to some ``l* <= t*`` with ``T(l*) >= l*``,
-    and ``u <- T_hi(u)`` from ``t_1`` rises to some ``u* >= t*``: resuming exact Lloyd from
-    ``l*`` retraces plain Lloyd's path and stops at the same ``t*``, never leaving
+    and ``u <- T_hi(u)`` from ``t_1`` rises to some ``u* >= t*``: exact Lloyd resumed from
+    ``l*`` rises monotonically to the same ``t*`` as plain Lloyd, never leaving
     ``[l*, u*]`` (symmetrically downwards). The bound sequences cost no data pass, and the
-    exact steps only need the few losses inside ``(l*, u*]`` (widened by ``1e-9 top``) plus the totals above ``u*``
-    (one pass). Should rounding ever push a threshold out of the window, the remaining
-    iterations run on the full data.
+    exact steps only need the few losses inside ``(l*, u*]`` (widened by
+    ``_WINDOW_MARGIN * top`` against rounding) plus the totals above ``u*`` (one pass). Should
+    rounding ever push a threshold out of the window anyway, the remaining iterations run on
+    the full data.
     """
     t0 = 0.5 * top
     count, s1, _ = groups.split(t0)
@@ -356,7 +403,7 @@ def _two_means(
     thr = torch.where(up, lo, torch.where(down, hi, t0))
     # The bounds come from sums in another order than the exact steps: widen by a margin far
     # above rounding (a wider window only costs a few more losses in it).
-    margin = 1e-9 * top
+    margin = _WINDOW_MARGIN * top
     lo, hi = torch.minimum(lo, hi) - margin, torch.maximum(lo, hi) + margin
 
     # Exact Lloyd inside the window; in 1-D the sets {x > t} are nested, so an unchanged
@@ -366,7 +413,7 @@ def _two_means(
 
     def stats(t: Tensor) -> _Stats:
         nonlocal on_full
-        if not on_full and bool(((t < lo) | (t > hi)).any()):
+        if not on_full and bool((((t < lo) | (t > hi)) & fitted).any()):
             on_full = True  # rounding pushed a threshold out of the window
         if on_full:
             return groups.split(t)
@@ -505,15 +552,18 @@ def _fit(
 ) -> _Fit:
     n_samples, k = losses.shape
     f64 = dict(dtype=torch.float64, device=device)
-    x = losses.to(device=device, dtype=torch.float64).t().contiguous()  # (K, N)
+    design = torch.empty((k, 3, n_samples), **f64)  # rows 1, x, x^2 of the dense block
+    x, scratch = design[:, 1], design[:, 2]
+    x.copy_(losses.to(device=device).t())
     pos = labels.to(device=device).bool().t().contiguous()  # (K, N)
-    n_pos = pos.sum(1)
+    n_pos = pos.sum(1, dtype=torch.int32).long()  # (int32 accumulation is much faster)
     majority = n_pos * 2 > n_samples  # (K,) True: the positives are the dense group
     minority = pos ^ majority.unsqueeze(1)  # (K, N) True: the entry is in the ragged group
     del pos
     flat = torch.nonzero(minority.view(-1)).view(-1)
     seg = torch.div(flat, n_samples, rounding_mode="floor")
-    v = x.view(-1)[flat]
+    col = flat - seg * n_samples
+    v = x[seg, col]
     n_minor = (n_samples - n_pos).where(majority, n_pos).to(torch.float64)
 
     # Per-group minimum / maximum (dense groups, then ragged groups).
@@ -521,8 +571,8 @@ def _fit(
     d_min = torch.full((k,), inf, **f64)
     d_max = torch.full((k,), -inf, **f64)
     if n_samples > 0:
-        d_min = x.masked_fill(minority, inf).amin(1)
-        d_max = x.masked_fill(minority, -inf).amax(1)
+        d_min = scratch.copy_(x).masked_fill_(minority, inf).amin(1)
+        d_max = scratch.masked_fill_(minority, -inf).amax(1)
     r_min = torch.full((k,), inf, **f64).scatter_reduce(0, seg, v, "amin")
     r_max = torch.full((k,), -inf, **f64).scatter_reduce(0, seg, v, "amax")
     gmin, gmax = torch.cat([d_min, r_min]), torch.cat([d_max, r_max])
@@ -538,12 +588,14 @@ def _fit(
 
     # Shift / scale every group; the dense block's filler entries become 0.
     x.sub_(offset[:k].unsqueeze(1)).div_(scale[:k].unsqueeze(1)).masked_fill_(minority, 0.0)
-    v = (v - offset[k:][seg]) / scale[k:][seg]
+    torch.mul(x, x, out=design[:, 2])
+    design[:, 0].fill_(1.0)
+    v = (v - offset[k:].index_select(0, seg)) / scale[k:].index_select(0, seg)
     groups = _Groups(
-        _DenseBlock(x, n_minor, minority if init == "quantile" else None),
+        _DenseBlock(design, n_minor, minority if init == "quantile" else None),
         _RaggedBlock(v, seg, k),
     )
-    del x, v, minority
+    del x, v, minority, design, scratch
 
     n, sx, sxx = groups.moments()
     polarity = torch.cat([majority, ~majority])  # (G,) True: the group holds positive labels
@@ -606,12 +658,13 @@ def _fit(
     out.clean_proba = None
     if predict:
         a, b, c = _coefficients(weights, means, variances)
-        dense = groups.dense
-        p_dense = dense.posterior(a[:k], b[:k], c[:k]).masked_fill_(fb[:k].unsqueeze(1), fallback)
+        p_dense = groups.dense.posterior(a[:k], b[:k], c[:k])
+        p_dense.index_fill_(0, torch.nonzero(fb[:k]).view(-1), fallback)
         result = torch.empty((n_samples, k), dtype=torch.float32, device=device)
         result.copy_(p_dense.t())
-        p_ragged = groups.ragged.posterior(a[k:], b[k:], c[k:]).masked_fill(fb[k:][seg], fallback)
-        result.view(-1)[(flat - seg * n_samples) * k + seg] = p_ragged.to(torch.float32)
+        p_ragged = groups.ragged.posterior(a[k:], b[k:], c[k:])
+        p_ragged.masked_fill_(fb[k:].index_select(0, seg), fallback)
+        result[col, seg] = p_ragged.to(torch.float32)
         out.clean_proba = result
     _logger.debug(
         "clean_probability: %d groups fitted, %d converged, at most %d EM rounds",
@@ -654,7 +707,14 @@ class LabelGMM:
             (typically the positives of a rare class) marking labels noisy would send the
             scarcest labels to re-labelling or down-weighting, which is what BalanceMix tries
             to avoid for minority classes.
-        device: where to compute; default the device of ``losses``.
+        device: where to compute; default the device of ``losses`` (not saved in
+            :meth:`state_dict`).
+
+    Groups that are not fitted (non-empty ones are named in a ``logging`` warning) keep
+    finite placeholder parameters and ``fallback_ = True``; empty groups are flagged too,
+    silently. :meth:`predict_clean_proba` on new losses evaluates the fitted Gaussians as they
+    are, tails included (as scikit-learn's ``predict_proba`` does): a loss far above a group's
+    range goes to whichever component has the wider tail.
 
     Attributes (after :meth:`fit`; CPU tensors, index ``[l, k]`` = polarity ``l`` of class
     ``k``, last index = component, clean (smaller mean) first):
@@ -700,6 +760,7 @@ class LabelGMM:
     # ------------------------------------------------------------------ fitting
     def _run(self, losses: Tensor, labels: Tensor, *, predict: bool) -> Tensor | None:
         _check_inputs(losses, labels)
+        losses, labels = losses.detach(), labels.detach()
         device = torch.device(self.device) if self.device is not None else losses.device
         res = _fit(
             losses, labels, normalize=self.normalize, max_iter=self.max_iter, tol=self.tol,
@@ -783,9 +844,11 @@ class LabelGMM:
         _check_inputs(losses, labels)
         k = self.means_.shape[1]
         if losses.shape[1] != k:
-            raise ValueError(f"losses must have {k} columns (fitted classes), got {losses.shape[1]}")
+            raise ValueError(
+                f"losses must have {k} columns (the fitted classes), got {losses.shape[1]}"
+            )
         device = torch.device(self.device) if self.device is not None else losses.device
-        x = losses.to(device=device, dtype=torch.float64)
+        x = losses.detach().to(device=device, dtype=torch.float64)
         pos = labels.to(device=device).bool()
         w = self.weights_.to(device)
         mu = self.means_.to(device)
@@ -840,7 +903,14 @@ def clean_probability(
     Fits one two-component 1-D Gaussian mixture per class and polarity to the losses of the
     labels of that polarity (Eq. 6-7), all ``2K`` at once, and returns for each label the
     posterior of its group's small-mean component (Eq. 8); ``> 0.5`` marks the label clean.
-    See :class:`LabelGMM` for the options.
+    See :class:`LabelGMM` for the options; groups with fewer than ``min_group_size`` labels or
+    a constant loss get ``fallback`` (1.0: treated as clean) and a ``logging`` warning naming
+    them.
+
+    Example:
+        >>> losses = torch.rand(100, 3) ** 4
+        >>> labels = (torch.rand(100, 3) < 0.3).float()
+        >>> p = clean_probability(losses, labels)  # (100, 3), p > 0.5: clean
 
     Args:
         losses: ``(N, K)`` finite per-label losses (e.g. BCE of the given labels).

@@ -318,24 +318,26 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, model: nn.Module, dataset: Dataset) -> tuple[Tensor, Tensor]:
-        """Sigmoid scores and targets of ``dataset`` (gathered over ranks under DDP)."""
+        """Sigmoid scores and targets of ``dataset``, in order (each rank scores every
+        ``world_size``-th sample under DDP; the rows are then all-reduced)."""
+        from torch.utils.data import Subset
+
         model.eval()
-        loader = DataLoader(dataset, batch_size=self.cfg.eval_batch_size, shuffle=False, num_workers=self.cfg.workers)
-        scores, targets, indices = [], [], []
-        for i, (x, y, index) in enumerate(loader):
-            if self.world_size > 1 and i % self.world_size != self.dist_rank:
-                continue
+        n = len(dataset)
+        positions = torch.arange(self.dist_rank, n, self.world_size)
+        part = Subset(dataset, positions.tolist()) if self.world_size > 1 else dataset
+        loader = DataLoader(part, batch_size=self.cfg.eval_batch_size, shuffle=False, num_workers=self.cfg.workers)
+        scores, targets = [], []
+        for x, y, _ in loader:
             with self.autocast():
                 logits = model(x.to(self.device, non_blocking=True))
             scores.append(torch.sigmoid(logits.float()).cpu())
             targets.append(y.float())
-            indices.append(index)
         k = self.num_classes
         s = torch.cat(scores) if scores else torch.empty(0, k)
         t = torch.cat(targets) if targets else torch.empty(0, k)
-        idx = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
         if self.world_size > 1:
-            s, t, idx = _gather_rows(s, t, idx, len(dataset), self.device)
+            s, t = _gather_rows(s, t, positions, n, self.device)
         return s, t
 
     def _map_figures(self, scores: Tensor, targets: Tensor, prefix: str) -> dict[str, float]:
@@ -563,19 +565,17 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _gather_rows(s: Tensor, t: Tensor, idx: Tensor, n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """All-reduce per-rank rows into full (n, K) tables (each row owned by one rank)."""
+def _gather_rows(s: Tensor, t: Tensor, positions: Tensor, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """All-reduce per-rank rows into full (n, K) tables (each row owned by exactly one rank)."""
     import torch.distributed as dist
 
     comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
     k = s.shape[1]
-    full_s = torch.zeros(n, k, dtype=torch.float64, device=comm)
-    full_t = torch.zeros(n, k, dtype=torch.float64, device=comm)
-    full_s[idx.to(comm)] = s.double().to(comm)
-    full_t[idx.to(comm)] = t.double().to(comm)
-    dist.all_reduce(full_s)
-    dist.all_reduce(full_t)
-    return full_s.float().cpu(), full_t.float().cpu(), torch.arange(n)
+    full = torch.zeros(2, n, k, dtype=torch.float64, device=comm)
+    full[0, positions.to(comm)] = s.double().to(comm)
+    full[1, positions.to(comm)] = t.double().to(comm)
+    dist.all_reduce(full)
+    return full[0].float().cpu(), full[1].float().cpu()
 
 
 def _setup_logging(run_dir: Path | None, verbose: bool) -> None:
@@ -641,7 +641,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = None
     cfg = load_config(config, overrides)
     _setup_logging(None, args.verbose)
-    summary = train(cfg, resume=args.resume, run_dir=args.run_dir)
+    _init_distributed(cfg)
+    rank, world = _dist_info()
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+        cfg.progress = False
+    try:
+        summary = train(cfg, resume=args.resume, run_dir=args.run_dir)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if rank != 0:
+        return 0
     last = summary.get("last", {})
     print(json.dumps({k: last.get(k) for k in ("epoch", "mAP", "mAP_many", "mAP_medium", "mAP_few")} | {"best": summary["best"]}))
     return 0

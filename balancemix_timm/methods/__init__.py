@@ -1,11 +1,19 @@
-"""Training methods of ``balancemix-train`` (``method=``): BCE, Mixup, BalanceMix, baselines."""
+"""Training methods of ``balancemix-train`` (``method=``): BCE, Mixup, BalanceMix, baselines.
+
+Baselines of the BalanceMix paper (Tables 1-4): ``asl``, ``coteaching``, ``llr``, ``llct``,
+``testimator`` (all on Mixup batches of two random streams, as in the paper).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .asl import ASLMethod
 from .base import MixupMethod, TrainingMethod
+from .coteaching import CoTeachingMethod
+from .large_loss import LLCtMethod, LLRMethod
 from .standard import BalanceMixMethod, BCEMethod, MixupBCEMethod
+from .testimator import TEstimatorMethod
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..train import Trainer
@@ -22,7 +30,11 @@ def register_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:
     return cls
 
 
-for _cls in (BCEMethod, MixupBCEMethod, BalanceMixMethod):
+_BUILT_IN = (
+    BCEMethod, MixupBCEMethod, BalanceMixMethod,
+    ASLMethod, CoTeachingMethod, LLRMethod, LLCtMethod, TEstimatorMethod,
+)
+for _cls in _BUILT_IN:
     register_method(_cls)
 
 

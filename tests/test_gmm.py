@@ -1,0 +1,373 @@
+"""Tests for balancemix_timm.gmm (Eq. 6-8 of BalanceMix) against scikit-learn and NumPy loops."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+
+from balancemix_timm import gmm as gmm_module
+from balancemix_timm.gmm import LabelGMM, clean_probability
+
+EPS10 = 10 * np.finfo(np.float64).eps
+SETTINGS = dict(max_iter=10, tol=1e-2, reg_covar=5e-4)
+
+
+# ----------------------------------------------------------------- data and references
+def make_data(n: int, pos_rates: list[float], *, seed: int, noise: float = 0.3,
+              modes: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels with the given positive rate per class; losses from ``modes`` Gaussian bumps."""
+    rng = np.random.default_rng(seed)
+    k = len(pos_rates)
+    labels = (rng.random((n, k)) < np.asarray(pos_rates)).astype(np.float32)
+    if modes == 2:
+        noisy = rng.random((n, k)) < noise
+        losses = np.where(noisy, rng.normal(1.6, 0.45, (n, k)), np.abs(rng.normal(0.08, 0.06, (n, k))))
+    else:
+        centres = rng.uniform(0.0, 4.0, modes)
+        widths = rng.uniform(0.005, 0.3, modes)
+        comp = rng.integers(0, modes, (n, k))
+        losses = np.abs(centres[comp] + widths[comp] * rng.standard_normal((n, k)))
+    return torch.from_numpy(losses.astype(np.float32)), torch.from_numpy(labels)
+
+
+def group_values(losses: torch.Tensor, labels: torch.Tensor, k: int, l: int, *,
+                 minmax: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The selection mask and (min-max normalised) float64 losses of group (k, l)."""
+    sel = (labels[:, k] == l).numpy()
+    x = losses[:, k].double().numpy()[sel]
+    if minmax:
+        x = (x - x.min()) / (x.max() - x.min())
+    return sel, x
+
+
+def lloyd_reference(x: np.ndarray) -> np.ndarray:
+    """Plain 1-D two-means from (min, max) until the assignment stops changing: high mask."""
+    lo, hi = x.min(), x.max()
+    prev = None
+    while True:
+        high = x > 0.5 * (lo + hi)
+        if prev is not None and np.array_equal(high, prev):
+            return high
+        lo, hi, prev = x[~high].mean(), x[high].mean(), high
+
+
+def init_from_assignment(x: np.ndarray, high: np.ndarray, reg_covar: float):
+    """scikit-learn's _initialize from a hard assignment (weights nk / n), by hand."""
+    resp = np.stack([~high, high], axis=1).astype(np.float64)
+    nk = resp.sum(0) + EPS10
+    means = (resp * x[:, None]).sum(0) / nk
+    var = (resp * (x[:, None] - means) ** 2).sum(0) / nk + reg_covar
+    return nk / x.size, means, var
+
+
+def sklearn_clean(x: np.ndarray, *, init: tuple | None = None, **settings) -> tuple[np.ndarray, GaussianMixture]:
+    """Clean posterior from scikit-learn, with our initial parameters or its default k-means."""
+    kwargs = dict(n_components=2, covariance_type="full", random_state=0, **settings)
+    if init is not None:
+        w, mu, var = init
+        kwargs.update(weights_init=w, means_init=mu[:, None],
+                      precisions_init=(1.0 / var)[:, None, None])
+    model = GaussianMixture(**kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x[:, None])
+    return model.predict_proba(x[:, None])[:, int(np.argmin(model.means_[:, 0]))], model
+
+
+POS_RATES = [0.08, 0.3, 0.62, 0.9]  # classes 2 and 3: positives are the majority polarity
+
+
+# ----------------------------------------------------------------- agreement with sklearn
+@pytest.mark.parametrize("settings", [
+    SETTINGS,
+    dict(max_iter=50, tol=1e-6, reg_covar=5e-4),
+    dict(max_iter=3, tol=1e-2, reg_covar=1e-3),
+])
+def test_matches_sklearn_from_same_initialisation(settings):
+    losses, labels = make_data(1200, POS_RATES, seed=0)
+    p = clean_probability(losses, labels, **settings)
+    model = LabelGMM(**settings).fit(losses, labels)
+    assert p.dtype == torch.float32 and p.shape == losses.shape
+    for k in range(len(POS_RATES)):
+        for l in (0, 1):
+            sel, x = group_values(losses, labels, k, l)
+            init = init_from_assignment(x, lloyd_reference(x), settings["reg_covar"])
+            ref, sk = sklearn_clean(x, init=init, **settings)
+            np.testing.assert_allclose(p[torch.from_numpy(sel), k].double().numpy(), ref,
+                                       atol=1e-6, rtol=0)
+            assert int(model.n_iter_[l, k]) == sk.n_iter_
+            assert bool(model.converged_[l, k]) == sk.converged_
+            np.testing.assert_allclose(model.means_[l, k].numpy(), np.sort(sk.means_[:, 0]),
+                                       atol=1e-9)
+            np.testing.assert_allclose(model.lower_bound_[l, k].item(), sk.lower_bound_,
+                                       rtol=1e-9)
+
+
+def test_kmeans_init_is_plain_lloyd_on_multimodal_data():
+    """The histogram-accelerated two-means must stop where plain Lloyd stops (max_iter=0:
+    the fitted parameters are the initial ones)."""
+    for seed in range(6):
+        losses, labels = make_data(3000, POS_RATES, seed=seed, modes=9)
+        model = LabelGMM(max_iter=0).fit(losses, labels)
+        assert not model.converged_.any() and (model.n_iter_ == 0).all()
+        for k in range(len(POS_RATES)):
+            for l in (0, 1):
+                _, x = group_values(losses, labels, k, l)
+                w, mu, var = init_from_assignment(x, lloyd_reference(x), 5e-4)
+                order = np.argsort(mu)
+                np.testing.assert_allclose(model.means_[l, k].numpy(), mu[order], atol=1e-12)
+                np.testing.assert_allclose(model.variances_[l, k].numpy(), var[order], atol=1e-12)
+                np.testing.assert_allclose(model.weights_[l, k].numpy(), w[order], atol=1e-12)
+
+
+def test_kmeans_init_exact_with_coarse_histogram(monkeypatch):
+    """With 2 bins the bounds are loose and the exact window holds most losses: same result."""
+    monkeypatch.setattr(gmm_module, "_INIT_BINS", 2)
+    losses, labels = make_data(1500, POS_RATES, seed=3, modes=7)
+    model = LabelGMM(max_iter=0).fit(losses, labels)
+    for k in range(len(POS_RATES)):
+        for l in (0, 1):
+            _, x = group_values(losses, labels, k, l)
+            _, mu, _ = init_from_assignment(x, lloyd_reference(x), 5e-4)
+            np.testing.assert_allclose(model.means_[l, k].numpy(), np.sort(mu), atol=1e-12)
+
+
+def test_quantile_init_matches_sklearn():
+    losses, labels = make_data(900, POS_RATES, seed=1)
+    p = clean_probability(losses, labels, init="quantile")
+    for k in range(len(POS_RATES)):
+        for l in (0, 1):
+            sel, x = group_values(losses, labels, k, l)
+            median = np.sort(x)[(x.size - 1) // 2]  # lower median
+            init = init_from_assignment(x, x > median, 5e-4)
+            ref, _ = sklearn_clean(x, init=init, **SETTINGS)
+            np.testing.assert_allclose(p[torch.from_numpy(sel), k].numpy(), ref, atol=1e-6)
+
+
+def test_normalize_none_matches_sklearn_on_raw_losses():
+    losses, labels = make_data(800, POS_RATES, seed=2)
+    losses = losses * 3.0 + 5.0  # far from 0: the fit must not depend on the offset
+    model = LabelGMM(normalize="none")
+    p = model.fit_predict_clean_proba(losses, labels)
+    for k in range(len(POS_RATES)):
+        for l in (0, 1):
+            sel, x = group_values(losses, labels, k, l, minmax=False)
+            init = init_from_assignment(x, lloyd_reference(x), 5e-4)
+            ref, sk = sklearn_clean(x, init=init, **SETTINGS)
+            np.testing.assert_allclose(p[torch.from_numpy(sel), k].numpy(), ref, atol=1e-6)
+            np.testing.assert_allclose(model.means_[l, k].numpy(), np.sort(sk.means_[:, 0]),
+                                       rtol=1e-9)
+    assert (model.shift_ == 0).all() and (model.scale_ == 1).all()
+
+
+def test_agrees_with_sklearn_default_kmeans_on_separated_data():
+    losses, labels = make_data(3000, POS_RATES, seed=4, noise=0.25)
+    p = clean_probability(losses, labels)
+    agree = total = 0
+    for k in range(len(POS_RATES)):
+        for l in (0, 1):
+            sel, x = group_values(losses, labels, k, l)
+            ref, _ = sklearn_clean(x, **SETTINGS)  # scikit-learn's own random k-means init
+            ours = p[torch.from_numpy(sel), k].numpy()
+            agree += int(((ours > 0.5) == (ref > 0.5)).sum())
+            total += x.size
+    assert agree / total >= 0.995
+
+
+# ----------------------------------------------------------------- behaviour
+def test_clean_component_is_the_small_mean_one():
+    rng = np.random.default_rng(5)
+    n = 1000
+    # 70% of the labels are noisy (large loss): the clean component is the minority one.
+    noisy = rng.random(n) < 0.7
+    x = np.where(noisy, rng.normal(2.0, 0.3, n), np.abs(rng.normal(0.1, 0.05, n)))
+    losses = torch.from_numpy(np.stack([x, x[::-1].copy()], 1)).float()
+    labels = torch.zeros(n, 2)
+    labels[: n // 2, 1] = 1
+    model = LabelGMM()
+    p = model.fit_predict_clean_proba(losses, labels)
+    fitted = ~model.fallback_
+    assert (model.means_[..., 0] < model.means_[..., 1])[fitted].all()
+    col0 = p[:, 0].numpy()
+    assert (col0[~noisy] > 0.5).mean() > 0.99 and (col0[noisy] < 0.5).mean() > 0.99
+    # the weight of the clean component is the small one here
+    assert model.weights_[0, 0, 0] < 0.5
+
+
+def test_fallback_for_tiny_and_constant_groups(caplog):
+    losses, labels = make_data(400, [0.4, 0.4, 0.4], seed=6)
+    labels[:, 1] = 0
+    labels[:3, 1] = 1  # class 1: 3 positives (< min_group_size = 8)
+    labels[:, 2] = 0
+    labels[:200, 2] = 1
+    losses[200:, 2] = 0.7  # class 2: constant negative losses
+    with caplog.at_level(logging.WARNING, logger="balancemix_timm.gmm"):
+        model = LabelGMM(fallback=0.25)
+        p = model.fit_predict_clean_proba(losses, labels)
+    assert torch.isfinite(p).all()
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 1
+    assert "2 of 6" in messages[0]
+    assert "(k=1, positive)" in messages[0] and "(k=2, negative)" in messages[0]
+    assert (p[:3, 1] == 0.25).all() and (p[200:, 2] == 0.25).all()
+    expected = torch.zeros(2, 3, dtype=torch.bool)
+    expected[1, 1] = expected[0, 2] = True
+    assert torch.equal(model.fallback_, expected)
+    # the other groups are fitted normally
+    assert ((p[:, 0] > 0.5) | (p[:, 0] < 0.5)).all()
+    for name in ("means_", "variances_", "weights_", "lower_bound_"):
+        assert not torch.isnan(getattr(model, name)).any()
+    # default fallback: treat as clean
+    assert (clean_probability(losses, labels)[:3, 1] == 1.0).all()
+
+
+def test_empty_groups_and_empty_input(caplog):
+    losses, labels = make_data(200, [0.5, 0.5], seed=7)
+    labels[:, 0] = 1  # class 0 has no negative label: an empty group, no warning
+    with caplog.at_level(logging.WARNING, logger="balancemix_timm.gmm"):
+        model = LabelGMM()
+        p = model.fit_predict_clean_proba(losses, labels)
+    assert not caplog.records
+    assert torch.isfinite(p).all() and model.n_samples_[0, 0] == 0 and model.fallback_[0, 0]
+    empty = clean_probability(torch.zeros(0, 3), torch.zeros(0, 3))
+    assert empty.shape == (0, 3)
+
+
+def test_groups_are_independent():
+    losses, labels = make_data(1000, POS_RATES, seed=8)
+    p = clean_probability(losses, labels)
+    for k, l in ((1, 1), (3, 1), (0, 0)):  # a ragged group, a dense positive one, a dense negative one
+        sel = torch.nonzero(labels[:, k] == l).view(-1)
+        perm = sel[torch.randperm(sel.numel(), generator=torch.Generator().manual_seed(k))]
+        shuffled = losses.clone()
+        shuffled[sel, k] = losses[perm, k]
+        q = clean_probability(shuffled, labels)
+        other = torch.ones_like(labels, dtype=torch.bool)
+        other[sel, k] = False
+        assert torch.equal(p[other], q[other])  # every other group: bit for bit
+        # the shuffled group's probabilities follow its losses
+        torch.testing.assert_close(q[sel, k], p[perm, k], atol=1e-6, rtol=0)
+
+
+def test_input_dtypes_and_label_types():
+    losses, labels = make_data(500, POS_RATES, seed=9)
+    p = clean_probability(losses, labels)
+    torch.testing.assert_close(clean_probability(losses.double(), labels.bool()), p,
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(clean_probability(losses.half().float(), labels.long()),
+                               clean_probability(losses.half().float(), labels), atol=0, rtol=0)
+    assert ((p >= 0) & (p <= 1)).all()
+
+
+def test_predict_matches_fit_and_state_dict_round_trip():
+    losses, labels = make_data(700, POS_RATES, seed=10)
+    model = LabelGMM(max_iter=20, min_group_size=10)
+    p = model.fit_predict_clean_proba(losses, labels)
+    torch.testing.assert_close(model.predict_clean_proba(losses, labels), p, atol=1e-6, rtol=0)
+    state = model.state_dict()
+    other = LabelGMM()
+    other.load_state_dict(state)
+    assert other.max_iter == 20 and other.min_group_size == 10
+    for name in LabelGMM._FITTED:
+        assert torch.equal(getattr(other, name), getattr(model, name))
+    torch.testing.assert_close(other.predict_clean_proba(losses, labels), p, atol=1e-6, rtol=0)
+    # new losses are normalised with the fitted shift / scale, not refitted
+    new = losses * 1.5
+    z = ((new[:, 0] - model.shift_[0, 0]) / model.scale_[0, 0]).double()
+    w, mu, var = model.weights_[0, 0], model.means_[0, 0], model.variances_[0, 0]
+    dens = w * torch.exp(-0.5 * (z[:, None] - mu) ** 2 / var) / torch.sqrt(2 * torch.pi * var)
+    expected = (dens[:, 0] / dens.sum(1)).float()
+    neg = labels[:, 0] == 0
+    torch.testing.assert_close(other.predict_clean_proba(new, labels)[neg, 0], expected[neg],
+                               atol=1e-6, rtol=0)
+    with pytest.raises(RuntimeError):
+        LabelGMM().predict_clean_proba(losses, labels)
+    with pytest.raises(ValueError, match="missing"):
+        LabelGMM().load_state_dict({"means_": state["means_"]})
+
+
+def test_fitted_attribute_shapes():
+    losses, labels = make_data(300, [0.2, 0.5, 0.7], seed=11)
+    model = LabelGMM().fit(losses, labels)
+    for name in ("means_", "variances_", "weights_"):
+        value = getattr(model, name)
+        assert value.shape == (2, 3, 2) and value.dtype == torch.float64
+    for name in ("shift_", "scale_", "lower_bound_"):
+        assert getattr(model, name).shape == (2, 3)
+    assert model.n_iter_.shape == (2, 3) and model.n_iter_.dtype == torch.int64
+    assert model.n_samples_.shape == (2, 3) and model.n_samples_.dtype == torch.int64
+    assert model.converged_.dtype == torch.bool and model.fallback_.dtype == torch.bool
+    assert torch.equal(model.n_samples_[1], labels.sum(0).long())
+    assert torch.equal(model.n_samples_[0], (1 - labels).sum(0).long())
+    torch.testing.assert_close(model.weights_.sum(-1), torch.ones(2, 3, dtype=torch.float64))
+    assert (model.variances_ >= 5e-4).all()
+
+
+def test_bad_input():
+    losses, labels = make_data(50, [0.5, 0.5], seed=12)
+    with pytest.raises(ValueError, match="losses"):
+        clean_probability(losses.numpy(), labels)
+    with pytest.raises(ValueError, match="losses"):
+        clean_probability(losses[:, 0], labels[:, 0])
+    with pytest.raises(ValueError, match="losses and labels"):
+        clean_probability(losses, labels[:-1])
+    with pytest.raises(ValueError, match="losses"):
+        clean_probability(losses.long(), labels)
+    bad = losses.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="losses"):
+        clean_probability(bad, labels)
+    with pytest.raises(ValueError, match="labels"):
+        clean_probability(losses, labels * 2)
+    for option, value in [("normalize", "zscore"), ("init", "random"), ("max_iter", -1),
+                          ("max_iter", 2.5), ("tol", -1.0), ("reg_covar", float("nan")),
+                          ("min_group_size", 1), ("fallback", 1.5), ("init_max_iter", 0)]:
+        with pytest.raises(ValueError, match=option):
+            clean_probability(losses, labels, **{option: value})
+    model = LabelGMM().fit(losses, labels)
+    with pytest.raises(ValueError, match="columns"):
+        model.predict_clean_proba(torch.cat([losses, losses], 1), torch.cat([labels, labels], 1))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    losses, labels = make_data(2000, POS_RATES, seed=13)
+    p = clean_probability(losses, labels)
+    q = clean_probability(losses.cuda(), labels.cuda())
+    assert q.device.type == "cuda"
+    torch.testing.assert_close(q.cpu(), p, atol=1e-5, rtol=0)
+    r = clean_probability(losses, labels, device="cuda")
+    assert r.device.type == "cpu"
+    torch.testing.assert_close(r, p, atol=1e-5, rtol=0)
+
+
+def test_kmeans_init_exact_when_a_threshold_leaves_the_window(monkeypatch):
+    """A window narrower than the path (negative margin) sends the rest to the full data."""
+    monkeypatch.setattr(gmm_module, "_WINDOW_MARGIN", -0.05)
+    calls = []
+    split = gmm_module._Groups.split
+    monkeypatch.setattr(gmm_module._Groups, "split",
+                        lambda self, thr: calls.append(1) or split(self, thr))
+    losses, labels = make_data(1500, POS_RATES, seed=14, modes=6)
+    model = LabelGMM(max_iter=0).fit(losses, labels)
+    assert len(calls) > 1  # the first split (t0) plus the fallback ones
+    for k in range(len(POS_RATES)):
+        for l in (0, 1):
+            _, x = group_values(losses, labels, k, l)
+            _, mu, _ = init_from_assignment(x, lloyd_reference(x), 5e-4)
+            np.testing.assert_allclose(model.means_[l, k].numpy(), np.sort(mu), atol=1e-12)
+
+
+def test_losses_requiring_grad_are_detached():
+    losses, labels = make_data(300, POS_RATES, seed=15)
+    leaf = losses.clone().requires_grad_(True)
+    p = clean_probability(leaf, labels)
+    assert not p.requires_grad
+    assert torch.equal(p, clean_probability(losses, labels))
+    assert not LabelGMM().fit(leaf, labels).predict_clean_proba(leaf, labels).requires_grad
