@@ -23,7 +23,8 @@ __all__ = ["DEMO_SETTINGS", "run_demo", "main"]
 
 _logger = logging.getLogger("balancemix_timm.demo")
 
-#: The demo's shared budget (2 CPU cores: about 4 minutes per method).
+#: The demo's shared budget (2 CPU cores: a few minutes per method). Plain BCE with clean labels
+#: reaches about 62 mAP at this budget (not saturated), so noise and imbalance effects show.
 DEMO_SETTINGS: dict[str, Any] = dict(
     data="demo",
     data_root="demo_data",
@@ -32,13 +33,13 @@ DEMO_SETTINGS: dict[str, Any] = dict(
     demo_num_classes=24,
     image_size=64,
     model="resnet10t",
-    epochs=12,
-    batch_size=64,
+    epochs=20,
+    batch_size=32,
     optimizer="adamw",
-    lr=2e-3,
+    lr=3e-3,
     weight_decay=1e-4,
     scheduler="cosine",
-    warmup_epochs=4,
+    warmup_epochs=5,
     noise="mislabel",
     noise_rate=0.4,
     seed=0,
