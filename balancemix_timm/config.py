@@ -68,6 +68,7 @@ class TrainConfig:
     lam_mode: str = "batch"
     label_source: str = "views"  # "views" (per step, no grad) | "epoch_pass"
     num_views: int = 2
+    view_fraction: float = 1.0  # share of each random batch whose views are forwarded (cost option)
     gmm_normalize: str = "minmax"
     gmm_max_iter: int = 10
     gmm_tol: float = 1e-2
@@ -132,6 +133,14 @@ class TrainConfig:
             raise ValueError(f"config ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.num_views < 1:
             raise ValueError(f"config num_views must be >= 1, got {self.num_views}")
+        if isinstance(self.view_fraction, bool) or not isinstance(self.view_fraction, (int, float)) \
+                or not 0.0 < float(self.view_fraction) <= 1.0:
+            raise ValueError(f"config view_fraction must be a number in (0, 1], got {self.view_fraction!r}")
+        if self.label_source == "epoch_pass" and float(self.view_fraction) != 1.0:
+            raise ValueError(
+                "config view_fraction < 1 applies to label_source='views' only; "
+                "label_source='epoch_pass' records every sample"
+            )
 
 
 #: Keys that may change between a checkpoint and its resumed run.

@@ -19,10 +19,18 @@ The engine owns the (N, K) state of the whole training set: the given labels, th
 recorded probabilities and losses, the clean probabilities, the refined labels and the label
 states. Its switches make every row of the paper's Table 5 a configuration (see
 :data:`ABLATIONS`).
+
+Performance: the tables live on ``device`` (give the training device: ~98 MB at MS-COCO scale,
+see ``docs/performance.md``), the epoch-end refresh computes there, and the per-step calls
+(:meth:`BalanceMix.mixed_targets`, :meth:`BalanceMix.loss`, :meth:`BalanceMix.record`) copy no
+per-sample state between host and device and never synchronise an accelerator: value checks
+that would need a device read are made only on CPU tensors, and non-finite recorded
+predictions on an accelerator are reported by the next :meth:`BalanceMix.refresh`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -34,7 +42,7 @@ from torch import Tensor
 from ._checks import check_binary, check_finite, check_ndim, check_tensor, check_unit_interval
 from .gmm import clean_probability
 from .loss import balancemix_loss
-from .mixing import mix_targets
+from .mixing import _check_lam, _interpolate
 from .refine import LabelState, refine_labels
 from .sampling import (
     MinoritySampler,
@@ -122,8 +130,12 @@ class BalanceMix:
         num_samples: Samples per epoch of each sampler (default N).
         num_replicas: World size for sharding the sampler streams (DDP).
         rank: This process's rank.
+        device: Where the per-sample tables live and the refresh computes (default CPU). Give
+            the training device so that no step copies state between host and device;
+            :meth:`state_dict` always returns CPU tensors, so checkpoints move freely.
 
-    Attributes:
+    Attributes (the (N, K) and (N,) tables are on :attr:`device`):
+        device: The device of the tables.
         given_labels: (N, K) uint8, the labels the data set gives.
         refined_labels: (N, K) uint8, labels after Eq. 9 (equal to the given ones until the
             first post-warm-up refresh).
@@ -153,6 +165,7 @@ class BalanceMix:
         num_samples: int | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        device: str | torch.device | None = None,
     ) -> None:
         check_tensor(labels, "labels")
         check_ndim(labels, "labels", 2)
@@ -184,18 +197,23 @@ class BalanceMix:
         self.gmm_options = dict(gmm_options or {})
         self.clean_threshold = float(clean_threshold)
         self.seed = int(seed)
+        try:
+            self.device = torch.device("cpu" if device is None else device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must name a torch device, got {device!r}") from None
 
         n, k = labels.shape
         self.num_samples_total = n
         self.num_classes = k
-        self.given_labels = labels.detach().to("cpu", torch.uint8).clone()
+        dev = self.device
+        self.given_labels = labels.detach().to(dev, torch.uint8).clone()
         self.refined_labels = self.given_labels.clone()
-        self.state = torch.zeros(n, k, dtype=torch.int8)
-        self.clean_prob = torch.ones(n, k, dtype=torch.float32)
-        self.probs = torch.full((n, k), 0.5, dtype=torch.float32)
-        self.losses = torch.zeros(n, k, dtype=torch.float32)
-        self.seen = torch.zeros(n, dtype=torch.bool)
-        self._epoch_seen = torch.zeros(n, dtype=torch.bool)
+        self.state = torch.zeros(n, k, dtype=torch.int8, device=dev)
+        self.clean_prob = torch.ones(n, k, dtype=torch.float32, device=dev)
+        self.probs = torch.full((n, k), 0.5, dtype=torch.float32, device=dev)
+        self.losses = torch.zeros(n, k, dtype=torch.float32, device=dev)
+        self.seen = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._epoch_seen = torch.zeros(n, dtype=torch.bool, device=dev)
         self.epoch = 0
         self.applied = False  # whether refined labels / states are in use
         self.history: list[dict[str, Any]] = []
@@ -227,12 +245,30 @@ class BalanceMix:
         self.paired_sampler.set_epoch(self.epoch)
         self._epoch_seen.zero_()
 
+    _TABLES = ("given_labels", "refined_labels", "state", "clean_prob", "probs", "losses", "seen", "_epoch_seen")
+
+    def to(self, device: str | torch.device) -> "BalanceMix":
+        """Move every per-sample table to ``device`` (in place, like ``nn.Module.to``); returns self."""
+        self.device = torch.device(device)
+        for name in self._TABLES:
+            setattr(self, name, getattr(self, name).to(self.device))
+        self._device_cache = {}
+        return self
+
+    def cpu_view(self) -> "BalanceMix":
+        """A shallow copy whose tables are on the CPU (for reports); ``self`` is unchanged."""
+        return self if self.device.type == "cpu" else copy.copy(self).to("cpu")
+
     # ------------------------------------------------------------------ per-step API
     def _on(self, name: str, device: torch.device) -> Tensor:
-        """Device copy of a per-sample table, made once per refresh (no per-step copies)."""
+        """A per-sample table on ``device``: the table itself on the engine's device, else a
+        copy made once per refresh (no per-step copies)."""
+        table = getattr(self, name)
+        if _same_device(table.device, device):
+            return table
         cache = self._device_cache.setdefault(device, {})
         if name not in cache:
-            cache[name] = getattr(self, name).to(device, non_blocking=True)
+            cache[name] = _move(table, device)
         return cache[name]
 
     def _train_labels_on(self, device: torch.device) -> Tensor:
@@ -240,8 +276,8 @@ class BalanceMix:
 
     def targets(self, index: Tensor, *, device: torch.device | None = None) -> Tensor:
         """Training labels of samples ``index`` (refined after warm-up), float32 (B, K)."""
-        device = device or index.device
-        return self._train_labels_on(device)[index.to(device)].float()
+        device = torch.device(device) if device is not None else index.device
+        return self._train_labels_on(device)[_move(index, device)].float()
 
     def mixed_targets(
         self, index_r: Tensor, index_m: Tensor, lam: float | Tensor, *, device: torch.device | None = None
@@ -257,18 +293,29 @@ class BalanceMix:
         Returns:
             (B, K) float32 soft targets.
         """
-        device = device or index_r.device
+        device = torch.device(device) if device is not None else index_r.device
+        if index_r.shape != index_m.shape or index_r.ndim != 1:
+            raise ValueError(
+                f"index_r and index_m must be (B,) tensors of one shape, got "
+                f"{tuple(index_r.shape)} and {tuple(index_m.shape)}"
+            )
+        if isinstance(lam, Tensor) and lam.device.type != "cpu":
+            if lam.ndim != 0 and tuple(lam.shape) != (index_r.shape[0],):
+                raise ValueError(f"lam must be a number or a ({index_r.shape[0]},) tensor, got {tuple(lam.shape)}")
+        else:  # values are checked where that needs no device read
+            lam = _check_lam(lam, index_r.shape[0])
         table = self._train_labels_on(device)
-        y_r = table[index_r.to(device)].float()
-        y_m = table[index_m.to(device)].float()
+        y_r = table[_move(index_r, device)].float()
+        y_m = table[_move(index_m, device)].float()
         if isinstance(lam, Tensor):
-            lam = lam.to(device)
-        return mix_targets(y_r, y_m, lam)
+            lam = _move(lam, device)
+        # The rows come from the engine's own binary table: no value checks needed.
+        return _interpolate(y_r, y_m, lam)
 
     def label_weights_state(self, index_r: Tensor, *, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         """(state, clean_prob) of the random-sampler instances, which rule a mixed label."""
-        device = device or index_r.device
-        idx = index_r.to(device)
+        device = torch.device(device) if device is not None else index_r.device
+        idx = _move(index_r, device)
         return self._on("state", device)[idx], self._on("clean_prob", device)[idx]
 
     @property
@@ -286,12 +333,19 @@ class BalanceMix:
 
         Returns:
             Scalar loss (per-sample sum over labels, mean over the batch).
+
+        Values (finite logits, targets in [0, 1]) are checked on CPU only: on an accelerator
+        that would synchronise every step, and a non-finite logit gives a non-finite loss,
+        which the trainer refuses.
         """
+        check_tensor(logits, "logits")
+        validate = logits.device.type == "cpu"
+        if not self.applied:  # warm-up: every label clean, weight 1
+            return balancemix_loss(logits, targets, base_loss=self.base_loss, validate=validate)
         state, clean_prob = self.label_weights_state(index_r, device=logits.device)
-        if not self.applied:
-            state = torch.zeros_like(state)
         return balancemix_loss(
-            logits, targets, state, clean_prob, base_loss=self.base_loss, ambiguous=self.ambiguous_mode
+            logits, targets, state, clean_prob, base_loss=self.base_loss, ambiguous=self.ambiguous_mode,
+            validate=validate,
         )
 
     @torch.no_grad()
@@ -302,33 +356,42 @@ class BalanceMix:
             index: (B,) sample indices.
             view_probs: (V, B, K) or (B, K) probabilities of V augmented views (Eq. 9 uses the
                 mean of two RandAug views). Their mean is the f(x) of Eq. 2 and Eq. 6.
+
+        With the tables on the device of ``view_probs`` nothing is copied between host and
+        device and nothing synchronises; non-finite values are then reported by the next
+        :meth:`refresh` (on CPU tables, here).
         """
         check_tensor(view_probs, "view_probs")
+        check_tensor(index, "index")
         if view_probs.ndim == 3:
-            p = view_probs.float().mean(0)
+            p = view_probs.detach().float().mean(0)
         else:
             check_ndim(view_probs, "view_probs", 2)
-            p = view_probs.float()
-        index = index.detach().to("cpu", torch.long)
+            p = view_probs.detach().float()
         if p.shape != (index.numel(), self.num_classes):
             raise ValueError(
                 f"view_probs must be (V, B, K) or (B, K) with B={index.numel()}, "
                 f"K={self.num_classes}; got {tuple(view_probs.shape)}"
             )
-        p = p.detach().to("cpu")
-        check_finite(p, "view_probs")
-        p = p.clamp(0.0, 1.0)
-        self.probs[index] = p
+        index = _move(index.detach().long(), self.device)
+        p = _move(p, self.device)
+        if self.device.type == "cpu":
+            check_finite(p, "view_probs")
+        self.probs[index] = p.clamp(0.0, 1.0)
         self.seen[index] = True
         self._epoch_seen[index] = True
 
     # ------------------------------------------------------------------ epoch-end refresh
     @staticmethod
     def bce_from_probs(probs: Tensor, labels: Tensor) -> Tensor:
-        """Eq. 1's elementwise BCE of probabilities against binary labels (clamped logs)."""
+        """Eq. 1's elementwise BCE of probabilities against binary labels (clamped logs).
+
+        ``-log p`` where the label is 1 and ``-log(1 - p)`` where it is 0, with ``p`` clamped to
+        ``[1e-7, 1 - 1e-7]``, computed in float64 (one logarithm per label), returned as float32.
+        """
         p = probs.double().clamp(_EPS, 1 - _EPS)
-        y = labels.double()
-        return (-(y * p.log() + (1 - y) * (1 - p).log())).float()
+        p_label = torch.where(labels.to(p.device) != 0, p, 1 - p)
+        return p_label.log_().neg_().float()
 
     def refresh(self, *, epoch: int | None = None) -> RefreshReport:
         """Epoch-end update (Alg. 1): GMMs (Eq. 6-8), re-labeling (Eq. 9), sampler (Eq. 2-4).
@@ -341,6 +404,8 @@ class BalanceMix:
             A :class:`RefreshReport`.
         """
         epoch = self.epoch if epoch is None else int(epoch)
+        if self.device.type != "cpu":  # record() defers this check on accelerators
+            check_finite(self.probs, "recorded view_probs")
         n_unseen = int((~self.seen).sum())
         if n_unseen:
             _logger.warning(
@@ -351,22 +416,27 @@ class BalanceMix:
         self.losses = self.bce_from_probs(self.probs, labels)
 
         seen = self.seen
-        clean_prob = torch.ones_like(self.clean_prob)
-        if self.label_management != "none" and bool(seen.any()):
-            cp = clean_probability(self.losses[seen], labels[seen], **self.gmm_options)
-            clean_prob[seen] = cp.float().cpu()
+        all_seen = n_unseen == 0  # the usual case: no masked copies of the (N, K) tables
+        if self.label_management != "none" and all_seen:
+            clean_prob = clean_probability(self.losses, labels, **self.gmm_options).to(self.device, torch.float32)
+        else:
+            clean_prob = torch.ones_like(self.clean_prob)
+            if self.label_management != "none" and n_unseen < self.num_samples_total:
+                cp = clean_probability(self.losses[seen], labels[seen], **self.gmm_options)
+                clean_prob[seen] = cp.to(self.device, torch.float32)
         if self.label_management in ("relabel", "full"):
             refined, state = refine_labels(
                 labels, clean_prob, self.probs, self.eps, clean_threshold=self.clean_threshold
             )
-            refined[~seen] = labels[~seen]
-            state[~seen] = int(LabelState.CLEAN)
+            if not all_seen:
+                refined[~seen] = labels[~seen]
+                state[~seen] = int(LabelState.CLEAN)
         else:
             refined = labels.clone()
             state = torch.where(
                 clean_prob > self.clean_threshold,
-                torch.tensor(int(LabelState.CLEAN), dtype=torch.int8),
-                torch.tensor(int(LabelState.AMBIGUOUS), dtype=torch.int8),
+                torch.tensor(int(LabelState.CLEAN), dtype=torch.int8, device=clean_prob.device),
+                torch.tensor(int(LabelState.AMBIGUOUS), dtype=torch.int8, device=clean_prob.device),
             )
             if self.label_management == "none":
                 state.zero_()
@@ -420,10 +490,10 @@ class BalanceMix:
         dist.all_reduce(masked)
         got = mask > 0
         merged = masked[got] / mask[got][:, None]
-        got_cpu = got.cpu()
-        self.probs[got_cpu] = merged.float().cpu()
-        self.seen |= got_cpu
-        self._epoch_seen |= got_cpu
+        got_here = got.to(self.device)
+        self.probs[got_here] = merged.to(self.device, torch.float32)
+        self.seen |= got_here
+        self._epoch_seen |= got_here
 
     # ------------------------------------------------------------------ checkpointing
     def config(self) -> dict[str, Any]:
@@ -444,17 +514,20 @@ class BalanceMix:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume bit-for-bit (tensors on CPU)."""
+        """Everything needed to resume bit-for-bit (tensors on CPU, whatever :attr:`device`)."""
+        def cpu(t: Tensor) -> Tensor:
+            return t.detach().to("cpu", copy=True)
+
         return dict(
             config=self.config(),
-            given_labels=self.given_labels.clone(),
-            refined_labels=self.refined_labels.clone(),
-            state=self.state.clone(),
-            clean_prob=self.clean_prob.clone(),
-            probs=self.probs.clone(),
-            losses=self.losses.clone(),
-            seen=self.seen.clone(),
-            epoch_seen=self._epoch_seen.clone(),
+            given_labels=cpu(self.given_labels),
+            refined_labels=cpu(self.refined_labels),
+            state=cpu(self.state),
+            clean_prob=cpu(self.clean_prob),
+            probs=cpu(self.probs),
+            losses=cpu(self.losses),
+            seen=cpu(self.seen),
+            epoch_seen=cpu(self._epoch_seen),
             epoch=self.epoch,
             applied=self.applied,
             history=list(self.history),
@@ -471,21 +544,43 @@ class BalanceMix:
             pretty = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"engine checkpoint was written with another configuration ({pretty})")
         given = state_dict["given_labels"]
-        if not torch.equal(given.to(torch.uint8), self.given_labels):
+        if not torch.equal(given.to(self.device, torch.uint8), self.given_labels):
             raise ValueError(
                 "engine checkpoint holds different given labels than this data set "
                 "(another data set, split or noise seed?)"
             )
-        self.refined_labels = state_dict["refined_labels"].clone().to(torch.uint8)
-        self.state = state_dict["state"].clone().to(torch.int8)
-        self.clean_prob = state_dict["clean_prob"].clone().float()
-        self.probs = state_dict["probs"].clone().float()
-        self.losses = state_dict["losses"].clone().float()
-        self.seen = state_dict["seen"].clone().bool()
-        self._epoch_seen = state_dict["epoch_seen"].clone().bool()
+
+        def load(key: str, dtype: torch.dtype) -> Tensor:
+            return state_dict[key].detach().to(self.device, dtype, copy=True)
+
+        self.refined_labels = load("refined_labels", torch.uint8)
+        self.state = load("state", torch.int8)
+        self.clean_prob = load("clean_prob", torch.float32)
+        self.probs = load("probs", torch.float32)
+        self.losses = load("losses", torch.float32)
+        self.seen = load("seen", torch.bool)
+        self._epoch_seen = load("epoch_seen", torch.bool)
         self.epoch = int(state_dict["epoch"])
         self.applied = bool(state_dict["applied"])
         self.history = list(state_dict.get("history", []))
         self.random_sampler.load_state_dict(state_dict["random_sampler"])
         self.second_sampler.load_state_dict(state_dict["second_sampler"])
         self._device_cache.clear()
+
+
+def _move(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; asynchronous host-to-device copies, synchronous copies to the host
+    (a non-blocking device-to-host copy may be read before it lands)."""
+    return t.to(device, non_blocking=device.type != "cpu")
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """True if ``b`` names ``a`` (``cuda`` without an index names the current CUDA device)."""
+    if a.type != b.type:
+        return False
+    if a.index == b.index or a.type == "cpu":
+        return True
+    if a.type == "cuda" and (a.index is None or b.index is None):
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return False

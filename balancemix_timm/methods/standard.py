@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -65,6 +66,16 @@ class BalanceMixMethod(TrainingMethod):
       recorded once per epoch, with the weights of the moment it was drawn.
     - ``"epoch_pass"``: after the epoch, a separate no-grad pass over the whole training set
       with ``num_views`` views per sample, all with the epoch's final weights.
+
+    Cost of the views (see ``docs/performance.md``): with ``label_source="views"`` the no-grad
+    forwards of ``num_views`` views of the random batch cost about as much as the training
+    forward + backward itself. ``cfg.view_fraction = f < 1`` forwards the views of only the
+    first ``ceil(f B)`` instances of each random batch (a uniformly random subset, since the
+    random sampler is a fresh permutation every epoch); the others keep their last record, so
+    each sample is re-recorded every ``1 / f`` epochs on average. ``num_views=1`` halves the
+    cost while keeping every record fresh (one view instead of Eq. 9's mean of two).
+
+    The engine's tables live on the training device (no per-step host-device copies).
     """
 
     name = "balancemix"
@@ -90,6 +101,7 @@ class BalanceMixMethod(TrainingMethod):
             seed=cfg.seed,
             num_replicas=trainer.world_size,
             rank=trainer.dist_rank,
+            device=trainer.device,
         )
         self.view_set = trainer.build_view_set(cfg.num_views) if cfg.label_source == "epoch_pass" else None
         self.view_time = 0.0
@@ -107,15 +119,21 @@ class BalanceMixMethod(TrainingMethod):
         self.engine.set_epoch(epoch)
         self.view_time = 0.0
 
+    def num_viewed(self, batch_size: int) -> int:
+        """How many instances of a random batch of ``batch_size`` get views (``view_fraction``)."""
+        f = float(self.cfg.view_fraction)
+        return batch_size if f >= 1.0 else min(batch_size, max(1, math.ceil(f * batch_size - 1e-9)))
+
     def training_step(self, batch: Any) -> Tensor:
         tr, eng = self.trainer, self.engine
         y = eng.mixed_targets(batch.index_r, batch.index_m, batch.lam, device=tr.device)
         logits = self.forward(batch.input)
-        loss = eng.loss(logits, y, batch.index_r.to(tr.device))
+        loss = eng.loss(logits, y, batch.index_r)
         tr.optimizer_step(loss)
         if batch.view_r is not None and self.cfg.label_source == "views":
             t0 = time.perf_counter()
-            eng.record(batch.index_r, tr.view_probs(batch.view_r[: self.cfg.num_views]))
+            m = self.num_viewed(len(batch.index_r))
+            eng.record(batch.index_r[:m], tr.view_probs(batch.view_r[: self.cfg.num_views, :m]))
             self.view_time += time.perf_counter() - t0
         return loss.detach()
 
@@ -153,14 +171,16 @@ class BalanceMixMethod(TrainingMethod):
         tr, eng = self.trainer, self.engine
         if not tr.true_labels_known:
             return {}
-        precision, recall = label_precision_recall(eng.state == LabelState.CLEAN, eng.given_labels, tr.clean_labels)
-        proportion, accuracy = relabel_statistics(eng.state == LabelState.RELABELED, eng.refined_labels, tr.clean_labels)
+        state, given, refined = eng.state.cpu(), eng.given_labels.cpu(), eng.refined_labels.cpu()
+        precision, recall = label_precision_recall(state == LabelState.CLEAN, given, tr.clean_labels)
+        proportion, accuracy = relabel_statistics(state == LabelState.RELABELED, refined, tr.clean_labels)
         return dict(clean_precision=precision, clean_recall=recall, relabel_proportion=proportion, relabel_accuracy=accuracy)
 
     def finish(self, run_dir: Path) -> dict[str, Any]:
         from ..train import write_label_issues
 
-        return {"label_issues": write_label_issues(self.engine, self.trainer.train_set, run_dir / "label_issues.csv")}
+        engine = self.engine.cpu_view()  # the table walk reads single entries: keep it on the host
+        return {"label_issues": write_label_issues(engine, self.trainer.train_set, run_dir / "label_issues.csv")}
 
     def state_dict(self) -> dict[str, Any]:
         return dict(super().state_dict(), engine=self.engine.state_dict())
