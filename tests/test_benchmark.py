@@ -1,0 +1,118 @@
+"""The benchmark runner on a micro budget: tables written, finished runs skipped."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from balancemix_timm import benchmark
+from balancemix_timm.benchmark import BUDGETS, Budget, RunSpec, _Cell, _row_at_fraction, plan_runs
+
+MICRO = Budget(
+    train=dict(
+        data="demo", demo_num_train=48, demo_num_val=24, demo_num_classes=4, demo_imbalance_ratio=4.0,
+        demo_seed=0, image_size=16, model="resnet10t", epochs=1, warmup_epochs=0, batch_size=16,
+        optimizer="adamw", lr=1e-3, max_steps_per_epoch=1, device="cpu", progress=False, plots=False,
+        eval_batch_size=32,
+    ),
+    methods=("bce", "balancemix"),
+    settings=("mislabel40",),
+    ablation_settings=("mislabel40",),
+    ablation_rows=("minority",),
+    description="micro test budget",
+)
+
+
+def test_plan_runs_dedupes_and_orders():
+    specs = plan_runs(MICRO)
+    # bce + balancemix (main grid, shared by Table 5's first and last rows) + the minority row.
+    assert [s.key for s in specs] == ["bce-mislabel40-s0", "balancemix-mislabel40-s0", "balancemix-abl-minority-mislabel40-s0"]
+    assert len(plan_runs(MICRO, seeds=[0, 1])) == 6
+    full = plan_runs(BUDGETS["full"])
+    assert len({s.key for s in full}) == len(full)
+    # Full grid: every method on every setting, plus the ablation rows not in the main grid.
+    b = BUDGETS["full"]
+    n_abl = sum(1 for a in b.ablation_rows if a != "mixup") * len(b.ablation_settings)
+    assert len(full) == len(b.methods) * len(b.settings) + n_abl + len(b.sampler_variants) * len(b.sampler_settings)
+
+
+def test_run_config_protocol(tmp_path):
+    b = BUDGETS["full"]
+    llr = benchmark.run_config(RunSpec("llr", "flip40", 3), b, tmp_path)
+    assert llr["method_options"] == {"reduction": "sum_mean"}
+    assert (llr["noise"], llr["noise_rate"], llr["seed"], llr["noise_seed"]) == ("random_flip", 0.4, 3, 3)
+    bm_single = benchmark.run_config(RunSpec("balancemix", "single", 0), b, tmp_path)
+    assert bm_single["eps"] == 0.55 and bm_single["noise"] == "single_positive"
+    bm_mis = benchmark.run_config(RunSpec("balancemix", "mislabel20", 0), b, tmp_path)
+    assert "eps" not in bm_mis or bm_mis["eps"] == 0.975
+    assert b.train["warmup_epochs"] < b.train["epochs"]  # T-estimator / BalanceMix need a post-warm-up phase
+
+
+def test_cell_statistics_and_fraction_rows():
+    c = _Cell([1.0, 2.0, 4.0])
+    assert c.mean == pytest.approx(7 / 3)
+    assert c.std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert math.isnan(_Cell([5.0]).std)
+    rows = [dict(epoch=e) for e in range(1, 9)]
+    assert [_row_at_fraction(rows, 8, f)["epoch"] for f in (0.25, 0.5, 1.0)] == [2, 4, 8]
+    assert _row_at_fraction(rows, 6, 0.25)["epoch"] == 2  # 1.5 rounds half up
+    assert _row_at_fraction(rows[:3], 8, 1.0) is None
+
+
+def test_micro_benchmark_writes_tables_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(BUDGETS, "micro", MICRO)
+    calls: list[str] = []
+    real_train = benchmark.train
+
+    def counting_train(cfg, **kwargs):
+        calls.append(cfg.run_name)
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(benchmark, "train", counting_train)
+    out, rep = tmp_path / "bench", tmp_path / "report"
+    argv = ["--budget", "micro", "--out", str(out), "--report-dir", str(rep)]
+    assert benchmark.main(argv) == 0
+    assert sorted(calls) == sorted(s.key for s in plan_runs(MICRO))
+
+    md = (rep / "results.md").read_text()
+    for heading in ("## Table 1: mislabeling", "## Table 5: component analysis", "## Table 7:", "## Headline"):
+        assert heading in md
+    assert "| Method | All 40% | Many 40% | Medium 40% | Few 40% |" in md
+    assert "python -m balancemix_timm.benchmark --budget micro" in md
+    data = json.loads((rep / "results.json").read_text())
+    # The table's number is the run's last-epoch mAP, read independently from its summary.
+    summary = json.loads((out / "runs" / "bce-mislabel40-s0" / "summary.json").read_text())
+    assert data["main"]["bce"]["mislabel40"]["mAP"]["mean"] == pytest.approx(summary["last"]["mAP"])
+    assert data["main"]["bce"]["mislabel40"]["mAP"]["n"] == 1
+    assert data["finished"] == data["planned"] == 3 and data["missing"] == []
+    assert set(data["ablation"]) == {
+        "Default (BCE loss)", "+ Minority sampler (Eq. 4)", "+ Ambiguous labels (Eq. 10) = BalanceMix"}
+    assert data["group_thresholds"] == {"many": summary["group_thresholds"]["many"], "few": summary["group_thresholds"]["few"]}
+    assert not (out / "runs" / "bce-mislabel40-s0" / "last.pth").exists()  # checkpoints dropped by default
+
+    # Rerun: everything is finished, nothing is trained again.
+    calls.clear()
+    assert benchmark.main(argv) == 0
+    assert calls == []
+    # A run without its summary (interrupted) is the only one trained again.
+    (out / "runs" / "balancemix-mislabel40-s0" / "summary.json").unlink()
+    assert benchmark.main(argv) == 0
+    assert calls == ["balancemix-mislabel40-s0"]
+    # A run whose configuration changed (here: another lr) would be trained again too.
+    capsys.readouterr()
+    assert benchmark.main(argv + ["--dry-run"]) == 0
+    assert capsys.readouterr().out.split() == ["done", "bce-mislabel40-s0", "done", "balancemix-mislabel40-s0",
+                                               "done", "balancemix-abl-minority-mislabel40-s0"]
+    assert benchmark.main(argv + ["--dry-run", "lr=0.002"]) == 0
+    assert capsys.readouterr().out.split()[::2] == ["todo"] * 3
+
+
+def test_report_marks_missing_runs(tmp_path, monkeypatch):
+    monkeypatch.setitem(BUDGETS, "micro", MICRO)
+    rep = tmp_path / "report"
+    assert benchmark.main(["--budget", "micro", "--out", str(tmp_path / "empty"), "--report-dir", str(rep), "--report-only"]) == 0
+    md = Path(rep / "results.md").read_text()
+    assert "0 of 3 planned runs finished" in md and "n/a" in md
