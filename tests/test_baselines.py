@@ -10,6 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests._tiny import tiny
+
 from balancemix_timm.config import TrainConfig, load_config
 from balancemix_timm.methods import METHODS
 from balancemix_timm.methods.asl import ASLMethod
@@ -270,11 +272,7 @@ def test_testimator_state_round_trip():
 
 
 # ---------------------------------------------------------------------------- through the trainer
-TINY = dict(
-    data="demo", demo_num_train=160, demo_num_val=64, demo_num_classes=20, image_size=32, model="resnet10t",
-    epochs=1, warmup_epochs=1, batch_size=32, eval_batch_size=64, optimizer="sgd", lr=0.05,
-    noise="mislabel", noise_rate=0.4, progress=False, plots=False, max_steps_per_epoch=2,
-)
+TINY = tiny(epochs=1, max_steps_per_epoch=2)
 
 
 @pytest.fixture(scope="module")

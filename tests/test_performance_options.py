@@ -10,30 +10,15 @@ import math
 import pytest
 import torch
 
+from tests._tiny import tiny
+
 from balancemix_timm.config import load_config
 from balancemix_timm.engine import BalanceMix
 from balancemix_timm.refine import LabelState
 from balancemix_timm.sampling import ShardedRandomSampler
 from balancemix_timm.train import Trainer
 
-TINY = dict(
-    data="demo",
-    demo_num_train=160,
-    demo_num_val=64,
-    demo_num_classes=20,
-    image_size=32,
-    model="resnet10t",
-    epochs=1,
-    warmup_epochs=1,
-    batch_size=32,
-    eval_batch_size=64,
-    optimizer="sgd",
-    lr=0.05,
-    noise="mislabel",
-    noise_rate=0.4,
-    progress=False,
-    plots=False,
-)
+TINY = tiny(epochs=1)
 
 
 @pytest.fixture(scope="module")

@@ -9,28 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._tiny import tiny
+
 from balancemix_timm.config import load_config
 from balancemix_timm.train import Trainer, main, train
 
-TINY = dict(
-    data="demo",
-    demo_num_train=160,
-    demo_num_val=64,
-    demo_num_classes=20,
-    image_size=32,
-    model="resnet10t",
-    epochs=2,
-    warmup_epochs=1,
-    batch_size=32,
-    eval_batch_size=64,
-    optimizer="sgd",
-    lr=0.05,
-    noise="mislabel",
-    noise_rate=0.4,
-    progress=False,
-    plots=False,
-    eps=0.6,
-)
+TINY = tiny(eps=0.6)
 
 
 @pytest.fixture(scope="module")
