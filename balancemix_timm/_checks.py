@@ -61,6 +61,11 @@ def check_binary(value: Tensor, name: str) -> Tensor:
     check_tensor(value, name)
     if value.dtype == torch.bool:
         return value
+    if value.dtype == torch.uint8:
+        if not bool((value > 1).any()):
+            return value
+    elif bool(value.eq(value.bool()).all()):  # one pass: x == bool(x) only for 0 and 1
+        return value
     check_finite(value, name)
     bad = (value != 0) & (value != 1)
     if bool(bad.any()):

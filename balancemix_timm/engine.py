@@ -378,8 +378,10 @@ class BalanceMix:
         if self.device.type == "cpu":
             check_finite(p, "view_probs")
         self.probs[index] = p.clamp(0.0, 1.0)
-        self.seen[index] = True
-        self._epoch_seen[index] = True
+        # index_fill_ (not ``seen[index] = True``): a Python scalar written through an index
+        # tensor is copied to the device first, which synchronises on CUDA.
+        self.seen.index_fill_(0, index, True)
+        self._epoch_seen.index_fill_(0, index, True)
 
     # ------------------------------------------------------------------ epoch-end refresh
     @staticmethod

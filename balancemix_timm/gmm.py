@@ -69,264 +69,268 @@ _RANGE_RTOL = 1e-9
 _NORMALIZE = ("minmax", "none")
 _INIT = ("kmeans", "quantile")
 _MAX_NAMED_GROUPS = 20  # how many fallback groups the warning names
-_INIT_BINS = 1024  # histogram bins that bound the k-means trajectory (see _two_means)
-_WINDOW_MARGIN = 1e-9  # relative widening of the exact k-means window (see _two_means)
+_INIT_BINS = 4096  # histogram bins that bound the k-means trajectory (see _two_means)
+# Relative widening of the exact k-means window (see _two_means), by working dtype: above the
+# rounding of the per-group sums (float32 sums of at most _CHUNK_MAX terms per chunk).
+_WINDOW_MARGIN = {torch.float64: 1e-9, torch.float32: 1e-4}
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_CHUNK_MIN, _CHUNK_MAX = 64, 4096  # chunk length bounds (see _chunk_size)
+_COMPACT_SHARE = 0.25  # EM drops converged groups' chunks once they are this share of them
+_SLAB_ENTRIES = 1 << 20  # entries per slab of work space (see _Chunks)
+_EDGE_RTOL = 8.0 * torch.finfo(torch.float32).eps  # rounding of a bin's edges (see histogram)
 
 _Stats = tuple[Tensor, Tensor, Tensor]
 
 
 # --------------------------------------------------------------------------------------------
-# Storage blocks. Row / group r of a block is the group of class r (dense: the majority
-# polarity; ragged: the minority polarity). Values are shifted so that each group starts at 0.
+# Storage: every group as whole chunks of ``CH`` values. Chunk m belongs to group
+# ``group[m]``; a group's chunks are contiguous and groups come in order (dense groups 0..K-1:
+# the majority polarity of each class, with the other polarity's entries and the padding as
+# filler; ragged groups K..2K-1: the minority polarity, packed, padded with filler). Filler
+# entries hold x = 0. Values are shifted (and scaled) so that each group starts at 0.
 # --------------------------------------------------------------------------------------------
 
 
-class _DenseBlock:
-    """Groups stored as rows of a ``(R, 3, N)`` float64 tensor ``[1, x, x^2]``, other entries
-    being filler zeros (``x = 0``).
+def _chunk_size(n_samples: int) -> int:
+    """Chunk length: a power of two near ``n_samples / 8`` within ``[_CHUNK_MIN, _CHUNK_MAX]``."""
+    target = max(1, -(-n_samples // 8))
+    return int(min(_CHUNK_MAX, max(_CHUNK_MIN, 1 << (target - 1).bit_length())))
+
+
+def _round_down(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """The largest ``dtype`` value ``<= t`` (float64 ``t``), as float64: for a ``dtype`` value
+    ``x``, ``x > t`` exactly when ``x > _round_down(t)``."""
+    if dtype == torch.float64:
+        return t
+    r = t.to(dtype)
+    r = torch.where(r.to(torch.float64) > t, torch.nextafter(r, torch.full_like(r, -math.inf)), r)
+    return r.to(torch.float64)
+
+
+class _Chunks:
+    """The ``G = 2K`` groups' values in one ``(2, M, CH)`` tensor of rows ``x`` and ``x**2``.
+
+    Every per-label pass is a dense elementwise operation on ``(S, CH)`` slabs of chunks with
+    per-chunk coefficients broadcast along the chunk (a small work space, reused slab after
+    slab), and every per-group sum is a batched matrix product (or row sum) per chunk, in the
+    working dtype over at most ``CH`` terms, followed by a float64 sum over each group's chunks.
 
     Args:
-        design: ``(R, 3, N)`` float64 rows ``1``, ``x`` and ``x**2``, ``x`` shifted / scaled
-            per row, 0 at filler entries.
-        n_fill: ``(R,)`` float64 number of filler entries per row.
-        filler: ``(R, N)`` bool filler mask (only needed for :meth:`median`).
+        design: ``(2, M, CH)`` rows ``x``, ``x**2`` in the working dtype.
+        group: ``(M,)`` int64 group of each chunk, non-decreasing.
+        n_fill: ``(G,)`` float64 number of filler entries of each group.
+        n: ``(G,)`` float64 number of real entries of each group.
     """
 
-    def __init__(self, design: Tensor, n_fill: Tensor, filler: Tensor | None = None) -> None:
-        rows, _, size = design.shape
+    def __init__(self, design: Tensor, group: Tensor, n_fill: Tensor, n: Tensor) -> None:
         self.design = design
-        self.design_t = design.transpose(1, 2)  # (R, N, 3) view for batched dot products
-        self.x, self.x2 = design[:, 1], design[:, 2]
+        self.dtype = design.dtype
+        self.group = group
+        self.groups = n_fill.numel()
         self.n_fill = n_fill
-        self.filler = filler
-        self.n = size - n_fill
-        # Work space: rows 0 / 1 hold responsibilities / softplus in EM, scratch otherwise.
-        self._rs = torch.empty((rows, 2, size), dtype=torch.float64, device=design.device)
-        self._mask = torch.empty((rows, size), dtype=torch.bool, device=design.device)
+        self.n = n
+        _, chunks, size = design.shape
+        self.chunk = size
+        self.slab = max(1, _SLAB_ENTRIES // size)  # chunks per slab
+        rows = min(chunks, self.slab)
+        device = design.device
+        # Work space for one slab: three rows in EM (r, log sigmoid|d|, relu d), scratch otherwise;
+        # and room for a slab of gathered chunks once EM runs on a subset of the groups.
+        self._work = torch.empty((3, rows, size), dtype=self.dtype, device=device)
+        self._gathered: Tensor | None = None
+        self._em_chunks: Tensor | None = None  # chunk indices still in EM (None: all)
+        self._inv_width = torch.zeros(self.groups, dtype=self.dtype, device=device)
 
-    def subset(self, rows: Tensor) -> _DenseBlock:
-        """A new block holding only ``rows`` (for the rows whose EM is still running)."""
-        return _DenseBlock(self.design.index_select(0, rows), self.n_fill.index_select(0, rows))
+    @property
+    def x(self) -> Tensor:
+        return self.design[0]
+
+    def _slabs(self, chunks: int) -> list[tuple[int, int]]:
+        return [(s, min(chunks, s + self.slab)) for s in range(0, chunks, self.slab)]
+
+    # ------------------------------------------------------------------ sums
+    def _reduce(self, s: Tensor, group: Tensor) -> Tensor:
+        """Per-group float64 sums of per-chunk sums ``s`` ``(M, ...)`` -> ``(G, ...)``."""
+        out = torch.zeros((self.groups,) + s.shape[1:], dtype=torch.float64, device=s.device)
+        return out.index_add_(0, group, s.to(torch.float64))
+
+    @staticmethod
+    def _weighted(w: Tensor, design: Tensor, out: Tensor) -> None:
+        """Chunk sums ``out[:, r] = [sum w[r], sum w[r] x, sum w[r] x^2]`` ``(S, R, 3)`` for
+        ``w`` ``(R, S, CH)`` and ``design`` ``(2, S, CH)``. (``bmm`` into a strided ``out``
+        takes a slow generic path, hence the copies of the small results.)"""
+        out[:, :, 0] = w.sum(2).t()
+        out[:, :, 1:] = torch.bmm(w.permute(1, 0, 2), design.permute(1, 2, 0))
 
     def moments(self) -> _Stats:
-        s = self.design.sum(2)
-        return self.n, s[:, 1], s[:, 2]
+        """Count, sum and sum of squares of the real entries of each group (filler x = 0)."""
+        s = self._reduce(self.design.sum(2).t(), self.group)
+        return self.n, s[:, 0], s[:, 1]
 
-    def _weighted(self, w: Tensor) -> Tensor:
-        """Row sums of ``w[:, m] * [1, x, x^2]``, ``(R, M, 3)``, for ``w`` ``(R, M, N)``."""
-        return torch.bmm(w, self.design_t)
+    def _per_chunk(self, t: Tensor, group: Tensor) -> Tensor:
+        """``(S, 1)`` working-dtype copy of the per-group ``t`` for each chunk of ``group``."""
+        return t.index_select(0, group).to(self.dtype).unsqueeze(1)
+
+    def _above(self, thr: Tensor, lo: Tensor | None = None) -> tuple[_Stats, Tensor, Tensor]:
+        """Count, sum and sum of squares per group of the entries ``> thr``; with ``lo``, also
+        the values in ``(lo, thr]`` (float64) and their groups. Thresholds are ``>= 0``, so the
+        filler (x = 0) is never counted."""
+        t = _round_down(thr, self.dtype).to(self.dtype)
+        t_lo = None if lo is None else _round_down(lo, self.dtype).to(self.dtype)
+        chunks = self.design.shape[1]
+        out = torch.empty((chunks, 1, 3), dtype=self.dtype, device=self.design.device)
+        values, groups = [], []
+        for start, stop in self._slabs(chunks):
+            g, x = self.group[start:stop], self.x[start:stop]
+            w = self._work[:1, : stop - start]
+            torch.gt(x, t.index_select(0, g).unsqueeze(1), out=w[0])
+            self._weighted(w, self.design[:, start:stop], out[start:stop])
+            if t_lo is not None:
+                inside = torch.gt(x, t_lo.index_select(0, g).unsqueeze(1))
+                inside &= w[0] == 0
+                flat = torch.nonzero(inside.view(-1)).view(-1)
+                values.append(x.reshape(-1)[flat].to(torch.float64))
+                groups.append(g[torch.div(flat, self.chunk, rounding_mode="floor")])
+        s = self._reduce(out.squeeze(1), self.group)
+        f64 = dict(dtype=torch.float64, device=self.design.device)
+        v = torch.cat(values) if values else torch.zeros(0, **f64)
+        seg = torch.cat(groups) if groups else torch.zeros(0, dtype=torch.int64, device=v.device)
+        return (s[:, 0], s[:, 1], s[:, 2]), v, seg
 
     def split(self, thr: Tensor) -> _Stats:
-        """Count, sum and sum of squares of the entries ``> thr`` per row (filler never is)."""
-        torch.gt(self.x, thr.unsqueeze(1), out=self._mask)
-        s = self._weighted(self._rs[:, :1].copy_(self._mask.unsqueeze(1))).squeeze(1)
-        return s[:, 0], s[:, 1], s[:, 2]
+        """Count, sum and sum of squares of the entries ``> thr`` (``thr >= 0``) per group."""
+        return self._above(thr)[0]
 
-    def window(self, lo: Tensor, hi: Tensor) -> tuple[_Stats, Tensor, Tensor]:
-        """Stats of the entries ``> hi``, and values / rows of the entries in ``(lo, hi]``."""
-        above = self.split(hi)  # leaves self._mask = x > hi
-        inside = torch.gt(self.x, lo.unsqueeze(1))
-        inside ^= self._mask  # lo <= hi, so {x > hi} is a subset of {x > lo}
-        flat = torch.nonzero(inside.view(-1)).view(-1)
-        size = self.x.shape[1]
-        rows = torch.div(flat, size, rounding_mode="floor")
-        return above, self.x[rows, flat - rows * size], rows
+    def window(self, lo: Tensor, hi: Tensor) -> tuple[_Stats, _SortedWindow]:
+        """Stats of the entries ``> hi`` and the entries in ``(lo, hi]``, sorted per group
+        (``0 <= lo <= hi``)."""
+        above, v, seg = self._above(hi, lo)
+        return above, _SortedWindow(v, seg, self.groups)
 
-    def histogram(self, inv_width: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-row counts and sums over ``_INIT_BINS`` bins, ``bin = floor(x * inv_width)``."""
-        rows, size = self.x.shape
-        b = torch.mul(self.x, inv_width.unsqueeze(1), out=self._rs[:, 0])
-        b.floor_().clamp_(0, _INIT_BINS - 1)
-        idx = self._rs[:, 1].view(torch.int64).copy_(b)
-        zeros = torch.zeros((rows, _INIT_BINS), dtype=torch.float64, device=idx.device)
-        counts = zeros.clone().scatter_add_(1, idx, self.design[:, 0])
-        sums = zeros.scatter_add_(1, idx, self.x)
+    # ------------------------------------------------------------------ k-means helpers
+    def bin_index(self, t: Tensor) -> Tensor:
+        """Histogram bin of the per-group thresholds ``t`` ``(G,)`` float64, computed with the
+        same arithmetic as the data's bins, so that ``bin(x) < bin(t)`` implies ``x <= t`` and
+        ``bin(x) > bin(t)`` implies ``x > t`` (bins are monotone in the value)."""
+        r = _round_down(t, self.dtype).to(self.dtype)
+        b = torch.mul(r, self._inv_width).floor_().clamp_(0, _INIT_BINS - 1)
+        return b.to(torch.int64)
+
+    def histogram(self, top: Tensor) -> Tensor:
+        """Per-group counts over ``_INIT_BINS`` bins of ``[0, top]``, ``(G, BINS)`` float64.
+
+        An entry's bin is ``floor(x * (BINS / top))``, the product rounded once in the working
+        dtype (see :meth:`bin_index`), so the values in bin ``j`` lie within
+        ``[j, j + 1] * top / BINS`` widened by ``_EDGE_RTOL``.
+        """
+        inv = torch.where(top > 0, _INIT_BINS / top, torch.zeros_like(top))
+        self._inv_width = inv.to(self.dtype)
+        bins = self.groups * _INIT_BINS
+        counts = torch.zeros(bins, dtype=torch.int64, device=self.x.device)
+        for start, stop in self._slabs(self.design.shape[1]):
+            g = self.group[start:stop]
+            b = torch.mul(self.x[start:stop], self._inv_width.index_select(0, g).unsqueeze(1),
+                          out=self._work[0, : stop - start])
+            idx = b.to(torch.int32)  # b >= 0: truncation is floor (G * BINS < 2**31)
+            idx.clamp_(max=_INIT_BINS - 1).add_((g * _INIT_BINS).to(torch.int32).unsqueeze(1))
+            counts += torch.bincount(idx.view(-1), minlength=bins)
+        counts = counts.view(self.groups, _INIT_BINS).to(torch.float64)
         counts[:, 0] -= self.n_fill  # the filler sits at x = 0, in bin 0
-        return counts, sums
+        return counts
 
-    def median(self) -> Tensor:
-        assert self.filler is not None
-        values = self.x.masked_fill(self.filler, float("nan"))
-        return torch.nanmedian(values, dim=1).values
+    # ------------------------------------------------------------------ EM
+    def _diff(self, a: Tensor, b: Tensor, c: Tensor, design: Tensor, group: Tensor,
+              out: Tensor) -> Tensor:
+        """``d = a + b x + c x^2`` per entry of ``design`` ``(2, S, CH)``, into ``out``."""
+        d = torch.addcmul(self._per_chunk(a, group), design[0], self._per_chunk(b, group),
+                          out=out)
+        return d.addcmul_(design[1], self._per_chunk(c, group))
 
-    def _diff(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-        """``d = a + b x + c x^2`` per row, written to work-space row 0."""
-        d = torch.addcmul(a.unsqueeze(1), self.x, b.unsqueeze(1), out=self._rs[:, 0])
-        return d.addcmul_(self.x2, c.unsqueeze(1))
-
-    def em_stats(self, a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Row sums of ``r``, ``r x``, ``r x^2`` and ``softplus(d)``, where ``d = a + b x + c x^2``
-        and ``r = sigmoid(d)``, over the real (non-filler) entries."""
-        d = self._diff(a, b, c)
-        torch.ops.aten.softplus.out(d, 1, 20, out=self._rs[:, 1])
-        torch.sigmoid_(d)  # row 0 now holds the responsibilities r
-        s = self._weighted(self._rs)  # (R, 2, 3)
-        # The filler sits at x = 0 where d = a: remove its share.
-        s0 = (s[:, 0, 0] - self.n_fill * torch.sigmoid(a)).clamp_(min=0.0)
-        ssp = s[:, 1, 0] - self.n_fill * torch.nn.functional.softplus(a)
+    def em_stats(self, a: Tensor, b: Tensor, c: Tensor, active: Tensor) -> tuple[Tensor, ...]:
+        """Per group: sums of ``r``, ``r x``, ``r x^2`` and ``softplus(d)`` over the real
+        entries, where ``d = a + b x + c x^2`` and ``r = sigmoid(d)``; only ``active`` groups'
+        values are meaningful. Once the others hold ``_COMPACT_SHARE`` of the chunks, only the
+        active groups' chunks are visited (gathered slab by slab into a reused buffer)."""
+        chunks = self.design.shape[1]
+        if self._em_chunks is None:
+            keep = active.index_select(0, self.group)
+            if int(keep.sum()) <= (1.0 - _COMPACT_SHARE) * chunks:
+                self._em_chunks = torch.nonzero(keep).view(-1)
+        elif bool((~active.index_select(0, self.group.index_select(0, self._em_chunks))).any()):
+            keep = active.index_select(0, self.group.index_select(0, self._em_chunks))
+            self._em_chunks = self._em_chunks[keep]
+        sel = self._em_chunks
+        n_chunks = chunks if sel is None else sel.numel()
+        group = self.group if sel is None else self.group.index_select(0, sel)
+        if sel is not None and self._gathered is None:
+            self._gathered = torch.empty_like(self._work[:2])
+        out = torch.empty((n_chunks, 3, 3), dtype=self.dtype, device=self.design.device)
+        for start, stop in self._slabs(n_chunks):
+            w = self._work[:, : stop - start]
+            if sel is None:
+                part = self.design[:, start:stop]
+            else:
+                assert self._gathered is not None
+                part = self._gathered[:, : stop - start]
+                torch.index_select(self.design, 1, sel[start:stop], out=part)
+            d = self._diff(a, b, c, part, group[start:stop], w[0])
+            torch.clamp(d, min=0.0, out=w[2])  # relu(d)
+            torch.abs(d, out=w[1])
+            torch.sigmoid_(w[1]).log_()  # log sigmoid(|d|), in [log 1/2, 0]
+            torch.sigmoid_(d)  # row 0 now holds the responsibilities r
+            self._weighted(w, part, out[start:stop])
+        s = self._reduce(out, group)  # (G, 3, 3): rows r, log sigmoid|d|, relu(d)
+        # softplus(d) = relu(d) - log sigmoid(|d|): two sums of non-negative terms (no
+        # cancellation in the working dtype). Filler entries have d = a.
+        fill = self.n_fill
+        s0 = (s[:, 0, 0] - fill * torch.sigmoid(a)).clamp_(min=0.0)
+        ssp = s[:, 2, 0] - s[:, 1, 0] - fill * torch.nn.functional.softplus(a)
         return s0, s[:, 0, 1], s[:, 0, 2], ssp
 
     def posterior(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-        """``sigmoid(a + b x + c x^2)`` for every entry, ``(R, N)`` (filler entries meaningless)."""
-        return torch.sigmoid_(self._diff(a, b, c))
-
-
-class _RaggedBlock:
-    """Groups stored as one flat vector with a group index.
-
-    Args:
-        v: ``(P,)`` float64 values, shifted / scaled per group.
-        seg: ``(P,)`` int64 group of each value, non-decreasing.
-        groups: number of groups.
-    """
-
-    def __init__(self, v: Tensor, seg: Tensor, groups: int) -> None:
-        self.v = v
-        self.v2 = v * v
-        self.design = torch.stack([torch.ones_like(v), v, self.v2], dim=1)  # (P, 3)
-        self.seg = seg
-        self.groups = groups
-        self.n = self._sum(self.design[:, 0])
-
-    def _sum(self, w: Tensor) -> Tensor:
-        out = torch.zeros((self.groups,) + w.shape[1:], dtype=torch.float64, device=w.device)
-        return out.index_add_(0, self.seg, w)
-
-    def _per_entry(self, t: Tensor) -> Tensor:
-        return t.index_select(0, self.seg)
-
-    def moments(self) -> _Stats:
-        s = self._sum(self.design)
-        return s[:, 0], s[:, 1], s[:, 2]
-
-    def split(self, thr: Tensor) -> _Stats:
-        hi = self.v > self._per_entry(thr)
-        s = self._sum(self.design * hi.unsqueeze(1))
-        return s[:, 0], s[:, 1], s[:, 2]
-
-    def window(self, lo: Tensor, hi: Tensor) -> tuple[_Stats, Tensor, Tensor]:
-        above = self.split(hi)
-        keep = (self.v > self._per_entry(lo)) & (self.v <= self._per_entry(hi))
-        return above, self.v[keep], self.seg[keep]
-
-    def histogram(self, inv_width: Tensor) -> tuple[Tensor, Tensor]:
-        idx = (self.v * self._per_entry(inv_width)).floor_()
-        idx = idx.clamp_(0, _INIT_BINS - 1).to(torch.int64) + self.seg * _INIT_BINS
-        size = self.groups * _INIT_BINS
-        zeros = torch.zeros(size, dtype=torch.float64, device=idx.device)
-        counts = zeros.clone().scatter_add_(0, idx, self.design[:, 0])
-        sums = zeros.scatter_add_(0, idx, self.v)
-        return counts.view(self.groups, -1), sums.view(self.groups, -1)
-
-    def median(self) -> Tensor:
-        """Lower median per group (``torch.nanmedian`` convention); NaN for an empty group."""
-        out = torch.full((self.groups,), float("nan"), dtype=torch.float64, device=self.v.device)
-        if self.v.numel() == 0:
-            return out
-        order = torch.argsort(self.v, stable=True)
-        order = order[torch.argsort(self.seg[order], stable=True)]
-        counts = self.n.long()
-        start = torch.cumsum(counts, 0) - counts
-        has = counts > 0
-        out[has] = self.v[order][(start + (counts - 1) // 2)[has]]
-        return out
-
-    def _diff(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-        d = torch.addcmul(self._per_entry(a), self.v, self._per_entry(b))
-        return d.addcmul_(self.v2, self._per_entry(c))
-
-    def em_stats(self, a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        d = self._diff(a, b, c)
-        s = self._sum(self.design * torch.sigmoid(d).unsqueeze(1))
-        return s[:, 0], s[:, 1], s[:, 2], self._sum(torch.nn.functional.softplus(d))
-
-    def posterior(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-        return torch.sigmoid_(self._diff(a, b, c))
+        """``sigmoid(a + b x + c x^2)`` for every entry, ``(M, CH)`` (filler meaningless),
+        written over the design's row ``x`` slab by slab (the fit is over)."""
+        p = self.design[0]
+        for start, stop in self._slabs(p.shape[0]):
+            d = self._diff(a, b, c, self.design[:, start:stop], self.group[start:stop],
+                           self._work[0, : stop - start])
+            torch.sigmoid(d, out=p[start:stop])
+        return p
 
 
 class _SortedWindow:
-    """The losses of each group that lie in its Lloyd window, sorted, with prefix sums, so that
-    the stats of ``{x > t}`` cost one ``searchsorted`` of ``G`` queries.
+    """The losses of each group that lie in its Lloyd window, ordered by (group, value), with
+    prefix sums, so that the stats of ``{x > t}`` for all groups cost two ``searchsorted`` of
+    ``G`` queries. Comparisons are exact: a value ``v`` is ranked among all window values
+    (``rank(v)`` = how many are ``< v``), and ``v <= t`` exactly when ``rank(v) < q(t)`` with
+    ``q(t)`` = how many are ``<= t``; the integer keys ``group * (P + 1) + rank`` are sorted.
 
     Args:
-        v: ``(P,)`` float64 values; seg: ``(P,)`` int64 non-decreasing group; groups: ``G``.
+        v: ``(P,)`` float64 values; seg: ``(P,)`` int64 group of each; groups: ``G``.
     """
 
     def __init__(self, v: Tensor, seg: Tensor, groups: int) -> None:
+        self.values = torch.sort(v).values
+        self.stride = v.numel() + 1
+        rank = torch.searchsorted(self.values, v, right=False)
+        key, order = torch.sort(seg * self.stride + rank)
+        self.keys = key
+        v = v.index_select(0, order)
+        zero = torch.zeros(1, dtype=torch.float64, device=v.device)
+        self.s1 = torch.cat([zero, v.cumsum(0)])  # s1[j]: sum of the first j in key order
+        self.s2 = torch.cat([zero, (v * v).cumsum(0)])
         counts = torch.bincount(seg, minlength=groups)
-        width = int(counts.max()) if v.numel() else 0
-        start = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(v.numel(), device=v.device) - start.index_select(0, seg)
-        padded = torch.full((groups, width), float("inf"), dtype=torch.float64, device=v.device)
-        padded[seg, pos] = v
-        self.sorted = padded.sort(dim=1).values
-        real = torch.where(torch.isinf(self.sorted), torch.zeros_like(self.sorted), self.sorted)
-        zero = torch.zeros((groups, 1), dtype=torch.float64, device=v.device)
-        self.s1 = torch.cat([zero, real.cumsum(1)], dim=1)  # (G, width + 1) prefix sums
-        self.s2 = torch.cat([zero, (real * real).cumsum(1)], dim=1)
-        self.count = counts.to(torch.float64)
+        self.end = torch.cumsum(counts, 0)  # (G,) one past each group's last position
+        self.groups = torch.arange(groups, device=v.device)
 
     def split(self, thr: Tensor) -> _Stats:
-        below = torch.searchsorted(self.sorted, thr.unsqueeze(1).contiguous(), right=True)
+        q = torch.searchsorted(self.values, thr.contiguous(), right=True)
+        pos = torch.searchsorted(self.keys, self.groups * self.stride + q, right=False)
         return (
-            self.count - below.squeeze(1).to(torch.float64),
-            self.s1[:, -1] - self.s1.gather(1, below).squeeze(1),
-            self.s2[:, -1] - self.s2.gather(1, below).squeeze(1),
+            (self.end - pos).to(torch.float64),
+            self.s1[self.end] - self.s1[pos],
+            self.s2[self.end] - self.s2[pos],
         )
-
-
-class _Groups:
-    """All ``G = 2K`` groups: dense rows are groups ``0..K-1``, ragged groups ``K..2K-1``."""
-
-    def __init__(self, dense: _DenseBlock, ragged: _RaggedBlock) -> None:
-        self.dense = dense
-        self.ragged = ragged
-        self.k = ragged.groups
-        self._em_block = dense
-        self._em_rows = torch.arange(self.k, device=dense.design.device)
-
-    @staticmethod
-    def _cat(p: tuple[Tensor, ...], q: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        return tuple(torch.cat([s, t]) for s, t in zip(p, q))
-
-    def moments(self) -> _Stats:
-        return self._cat(self.dense.moments(), self.ragged.moments())  # type: ignore[return-value]
-
-    def split(self, thr: Tensor) -> _Stats:
-        k = self.k
-        return self._cat(self.dense.split(thr[:k]), self.ragged.split(thr[k:]))  # type: ignore
-
-    def histogram(self, top: Tensor) -> tuple[Tensor, Tensor]:
-        k = self.k
-        inv = torch.where(top > 0, _INIT_BINS / top, torch.zeros_like(top))
-        dense, ragged = self.dense.histogram(inv[:k]), self.ragged.histogram(inv[k:])
-        return self._cat(dense, ragged)  # type: ignore[return-value]
-
-    def window(self, lo: Tensor, hi: Tensor) -> tuple[_Stats, _SortedWindow]:
-        """Stats of the losses ``> hi`` and the losses in ``(lo, hi]``, sorted per group."""
-        k = self.k
-        above_d, v_d, seg_d = self.dense.window(lo[:k], hi[:k])
-        above_r, v_r, seg_r = self.ragged.window(lo[k:], hi[k:])
-        window = _SortedWindow(torch.cat([v_d, v_r]), torch.cat([seg_d, seg_r + k]), 2 * k)
-        return self._cat(above_d, above_r), window  # type: ignore[return-value]
-
-    def median(self) -> Tensor:
-        return torch.cat([self.dense.median(), self.ragged.median()])
-
-    def em_stats(self, a: Tensor, b: Tensor, c: Tensor, active: Tensor) -> tuple[Tensor, ...]:
-        """EM sums for every group; only ``active`` groups' values are meaningful."""
-        k = self.k
-        keep = active[:k][self._em_rows]
-        if 2 * int(keep.sum()) <= keep.numel():  # drop converged rows once they are the majority
-            sel = torch.nonzero(keep).view(-1)
-            self._em_block = self._em_block.subset(sel)
-            self._em_rows = self._em_rows[sel]
-        rows = self._em_rows
-        dense = tuple(
-            torch.zeros(k, dtype=torch.float64, device=a.device).index_copy_(0, rows, s)
-            for s in self._em_block.em_stats(a[rows], b[rows], c[rows])
-        )
-        return self._cat(dense, self.ragged.em_stats(a[k:], b[k:], c[k:]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +346,7 @@ def _midpoint(n: Tensor, sx: Tensor, count_hi: Tensor, sum_hi: Tensor) -> Tensor
 
 
 def _two_means(
-    groups: _Groups, n: Tensor, sx: Tensor, top: Tensor, fitted: Tensor, max_iter: int
+    groups: _Chunks, n: Tensor, sx: Tensor, top: Tensor, fitted: Tensor, max_iter: int
 ) -> _Stats:
     """Batched 1-D two-means (Lloyd) from each group's minimum (0) and maximum (``top``).
 
@@ -353,7 +357,9 @@ def _two_means(
     conditional means are non-decreasing in ``t``, hence so is ``T``: the thresholds move
     monotonically, say upwards, to the first fixed point ``t*`` above ``t_1``, and
     ``T(t) <= t*`` for every ``t <= t*``. For ``t`` in histogram bin ``b``,
-    ``T_lo = T(bins >= b high) <= T(t) <= T(bins > b high) = T_hi``. So the sequence
+    ``T_lo = T(bins >= b high) <= T(t) <= T(bins > b high) = T_hi``; the histogram holds
+    counts only, so the sums in these means are bounded by the bins' edges (which loosens each
+    bound by at most one bin width, keeping the inequalities). So the sequence
     ``l <- max(T_lo(l), t_1)`` from ``t_1`` rises to some ``l* <= t*`` with ``T(l*) >= l*``,
     and ``u <- T_hi(u)`` from ``t_1`` rises to some ``u* >= t*``: exact Lloyd resumed from
     ``l*`` rises monotonically to the same ``t*`` as plain Lloyd, never leaving
@@ -368,34 +374,41 @@ def _two_means(
     t1 = _midpoint(n, sx, count, s1)
     up, down = fitted & (t1 > t0), fitted & (t1 < t0)
 
-    counts, sums = groups.histogram(top)
-    c_ge = counts.flip(1).cumsum(1).flip(1)  # count of bins >= b
-    s_ge = sums.flip(1).cumsum(1).flip(1)
-    c_gt = torch.nn.functional.pad(c_ge[:, 1:], (0, 1))  # count of bins > b
-    s_gt = torch.nn.functional.pad(s_ge[:, 1:], (0, 1))
-    c_tot, s_tot = c_ge[:, :1], s_ge[:, :1]
-    top_ = top.unsqueeze(1)
-    zero = torch.zeros_like(top_)
+    # Rigorous bounds of the Lloyd map T on each histogram bin, from counts and bin edges.
+    counts = groups.histogram(top)
+    bins = torch.arange(_INIT_BINS, dtype=torch.float64, device=top.device)
+    c_le = counts.cumsum(1)  # entries in bins <= j
+    j_le = (counts * bins).cumsum(1)  # sum of (bin index * count) over bins <= j
+    c_tot, j_tot = c_le[:, -1], j_le[:, -1]
+    w_lo = top / _INIT_BINS * (1.0 - _EDGE_RTOL)  # the values in bin j are >= j * w_lo
+    w_hi = top / _INIT_BINS * (1.0 + _EDGE_RTOL)  # ... and <= (j + 1) * w_hi
+    zero = torch.zeros_like(top)
 
     def mean(s: Tensor, c: Tensor, empty: Tensor) -> Tensor:
         return torch.where(c > 0, s / c.clamp(min=1.0), empty)
 
-    # Counting the straddled bin high (low) can only lower (raise) both means.
-    t_lo = 0.5 * (mean(s_tot - s_ge, c_tot - c_ge, zero) + mean(s_ge, c_ge, top_))
-    t_hi = 0.5 * (mean(s_tot - s_gt, c_tot - c_gt, zero) + mean(s_gt, c_gt, top_))
-    inv = torch.where(top > 0, _INIT_BINS / top, torch.zeros_like(top))
-
-    def bound(table: Tensor, t: Tensor) -> Tensor:
-        b = (t * inv).floor_().clamp_(0, _INIT_BINS - 1).to(torch.int64)
-        return table.gather(1, b.unsqueeze(1)).squeeze(1)
+    def bound(t: Tensor, upper: bool) -> Tensor:
+        """For t in bin b, {x <= t} lies between bins < b and bins <= b: counting the
+        straddled bin high (low) can only lower (raise) both means, and so does bounding the
+        values by the bins' edges. Lower bound of T(t), or (``upper``) upper bound."""
+        b = groups.bin_index(t).unsqueeze(1)
+        c_b, j_b = counts.gather(1, b).squeeze(1), bins[b.squeeze(1)]
+        cle, jle = c_le.gather(1, b).squeeze(1), j_le.gather(1, b).squeeze(1)
+        if upper:  # low part: bins <= b, high part: bins > b, values at their upper edges
+            c_low, s_low = cle, (jle + cle) * w_hi
+            c_high, s_high = c_tot - cle, (j_tot - jle + c_tot - cle) * w_hi
+        else:  # low part: bins < b, high part: bins >= b, values at their lower edges
+            c_low, s_low = cle - c_b, (jle - j_b * c_b) * w_lo
+            c_high, s_high = c_tot - c_low, (j_tot - jle + j_b * c_b) * w_lo
+        return 0.5 * (mean(s_low, c_low, zero) + mean(s_high, c_high, top))
 
     moving = up | down
     lo = torch.where(moving, t1, t0)
     hi = lo.clone()
     for _ in range(_INIT_BINS + 2):  # monotone over finitely many bins: always terminates
-        new_lo = bound(t_lo, lo)
+        new_lo = bound(lo, upper=False)
         new_lo = torch.where(up, torch.maximum(new_lo, t1), torch.where(down, new_lo, lo))
-        new_hi = bound(t_hi, hi)
+        new_hi = bound(hi, upper=True)
         new_hi = torch.where(down, torch.minimum(new_hi, t1), torch.where(up, new_hi, hi))
         if bool((new_lo == lo).all() & (new_hi == hi).all()):
             break
@@ -403,8 +416,9 @@ def _two_means(
     thr = torch.where(up, lo, torch.where(down, hi, t0))
     # The bounds come from sums in another order than the exact steps: widen by a margin far
     # above rounding (a wider window only costs a few more losses in it).
-    margin = _WINDOW_MARGIN * top
+    margin = _WINDOW_MARGIN[groups.dtype] * top
     lo, hi = torch.minimum(lo, hi) - margin, torch.maximum(lo, hi) + margin
+    lo.clamp_(min=0.0)  # no threshold is below a group's minimum, 0 (filler is never inside)
 
     # Exact Lloyd inside the window; in 1-D the sets {x > t} are nested, so an unchanged
     # count means an unchanged assignment.
@@ -503,14 +517,16 @@ def _check_inputs(losses: Tensor, labels: Tensor) -> None:
     check_same_shape(losses, "losses", labels, "labels")
     if not losses.is_floating_point():
         raise ValueError(f"losses must be a floating-point tensor, got {losses.dtype}")
-    check_finite(losses, "losses")
     check_binary(labels, "labels")
+    # Finiteness of the losses is checked by _layout on the groups' minima / maxima.
 
 
 def _check_options(
     normalize: str, max_iter: int, tol: float, reg_covar: float, init: str, init_max_iter: int,
-    min_group_size: int, fallback: float,
+    min_group_size: int, fallback: float, dtype: str = "float32",
 ) -> None:
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
     if normalize not in _NORMALIZE:
         raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
     if init not in _INIT:
@@ -545,58 +561,163 @@ def _group_names(mask: Tensor, polarity: Tensor) -> str:
     return text
 
 
-def _fit(
-    losses: Tensor, labels: Tensor, *, normalize: str, max_iter: int, tol: float,
-    reg_covar: float, init: str, init_max_iter: int, min_group_size: int, fallback: float,
-    device: torch.device, predict: bool,
-) -> _Fit:
+def _layout(
+    losses: Tensor, labels: Tensor, *, normalize: str, dtype: torch.dtype, device: torch.device,
+    want_median: bool,
+) -> _Layout:
+    """Split the labels into the ``2K`` groups and store them as :class:`_Chunks` (see
+    :class:`_Layout` for what comes back)."""
     n_samples, k = losses.shape
     f64 = dict(dtype=torch.float64, device=device)
-    design = torch.empty((k, 3, n_samples), **f64)  # rows 1, x, x^2 of the dense block
-    x, scratch = design[:, 1], design[:, 2]
-    x.copy_(losses.to(device=device).t())
+    size = _chunk_size(n_samples)
+    per_class = -(-n_samples // size)  # dense chunks per class
+    width = per_class * size
     pos = labels.to(device=device).bool().t().contiguous()  # (K, N)
     n_pos = pos.sum(1, dtype=torch.int32).long()  # (int32 accumulation is much faster)
     majority = n_pos * 2 > n_samples  # (K,) True: the positives are the dense group
     minority = pos ^ majority.unsqueeze(1)  # (K, N) True: the entry is in the ragged group
     del pos
     flat = torch.nonzero(minority.view(-1)).view(-1)
-    seg = torch.div(flat, n_samples, rounding_mode="floor")
-    col = flat - seg * n_samples
-    v = x[seg, col]
-    n_minor = (n_samples - n_pos).where(majority, n_pos).to(torch.float64)
+    seg = torch.div(flat, n_samples, rounding_mode="floor")  # class of each ragged entry
+    col = flat - seg * n_samples  # its sample
+    del flat
+    n_minor = torch.where(majority, n_samples - n_pos, n_pos)  # (K,) int64
+    n_group = torch.cat([n_samples - n_minor, n_minor])  # (G,) labels per group
+    r_chunks = torch.div(n_minor + size - 1, size, rounding_mode="floor")
+    m_dense = k * per_class
+    m_total = m_dense + int(r_chunks.sum())
 
-    # Per-group minimum / maximum (dense groups, then ragged groups).
+    design = torch.empty((2, m_total, size), dtype=dtype, device=device)
+    x = design[0]
+    x_dense = x[:m_dense].view(k, width)
+    x_dense[:, :n_samples].copy_(losses.to(device=device).t())
+    v = x_dense[seg, col]  # the ragged groups' raw values, grouped by class
+
+    # Per-group minimum / maximum (dense groups, then ragged groups). The dense rows' other
+    # entries (already copied to v) are masked in place; they become filler below.
     inf = float("inf")
     d_min = torch.full((k,), inf, **f64)
     d_max = torch.full((k,), -inf, **f64)
+    real = x_dense[:, :n_samples]
     if n_samples > 0:
-        d_min = scratch.copy_(x).masked_fill_(minority, inf).amin(1)
-        d_max = scratch.masked_fill_(minority, -inf).amax(1)
-    r_min = torch.full((k,), inf, **f64).scatter_reduce(0, seg, v, "amin")
-    r_max = torch.full((k,), -inf, **f64).scatter_reduce(0, seg, v, "amax")
-    gmin, gmax = torch.cat([d_min, r_min]), torch.cat([d_max, r_max])
-    nonempty = torch.isfinite(gmin)
+        d_min = real.masked_fill_(minority, inf).amin(1)
+        d_max = real.masked_fill_(minority, -inf).amax(1)
+    v64 = v.to(torch.float64)
+    r_min = torch.full((k,), inf, **f64).scatter_reduce(0, seg, v64, "amin")
+    r_max = torch.full((k,), -inf, **f64).scatter_reduce(0, seg, v64, "amax")
+    gmin = torch.cat([d_min.to(torch.float64), r_min])
+    gmax = torch.cat([d_max.to(torch.float64), r_max])
+    nonempty = n_group > 0
+    # NaN propagates through amin / amax, +-inf reaches them: one check covers every loss.
+    if not bool((torch.isfinite(gmin) & torch.isfinite(gmax) | ~nonempty).all()) \
+            or not bool(torch.isfinite(v64).all()):
+        check_finite(losses, "losses")  # raises, with counts
     zeros = torch.zeros_like(gmin)
     span = torch.where(nonempty, gmax - gmin, zeros)
-    size = torch.where(nonempty, torch.maximum(gmin.abs(), gmax.abs()), zeros).clamp(min=1.0)
-    constant = nonempty & (span <= _RANGE_RTOL * size)
+    mag = torch.where(nonempty, torch.maximum(gmin.abs(), gmax.abs()), zeros).clamp(min=1.0)
+    constant = nonempty & (span <= _RANGE_RTOL * mag)
     offset = torch.where(nonempty, gmin, zeros)
     scale = torch.ones_like(span)
     if normalize == "minmax":
         scale = torch.where(constant | ~nonempty, scale, span)
 
-    # Shift / scale every group; the dense block's filler entries become 0.
-    x.sub_(offset[:k].unsqueeze(1)).div_(scale[:k].unsqueeze(1)).masked_fill_(minority, 0.0)
-    torch.mul(x, x, out=design[:, 2])
-    design[:, 0].fill_(1.0)
-    v = (v - offset[k:].index_select(0, seg)) / scale[k:].index_select(0, seg)
-    groups = _Groups(
-        _DenseBlock(design, n_minor, minority if init == "quantile" else None),
-        _RaggedBlock(v, seg, k),
-    )
-    del x, v, minority, design, scratch
+    # Shift / scale every group (in float64, rounded once to the working dtype); filler -> 0.
+    real.sub_(offset[:k].to(dtype).unsqueeze(1)).div_(scale[:k].to(dtype).unsqueeze(1))
+    real.masked_fill_(minority, 0.0)
+    x_dense[:, n_samples:].zero_()
+    v = ((v64 - offset[k:].index_select(0, seg)) / scale[k:].index_select(0, seg)).to(dtype)
+    del v64
+    median = None
+    if want_median:
+        median = torch.cat([
+            real.masked_fill(minority, float("nan")).nanmedian(dim=1).values
+            .to(torch.float64) if n_samples else torch.full((k,), math.nan, **f64),
+            _ragged_median(v, seg, n_minor),
+        ])
+    del minority
 
+    # The ragged groups: class c's entries fill chunks r_first[c], ...; the rest is filler.
+    r_first = torch.cumsum(r_chunks, 0) - r_chunks + m_dense
+    e_first = torch.cumsum(n_minor, 0) - n_minor  # first entry of each class in v
+    where = r_first.index_select(0, seg) * size + (
+        torch.arange(v.numel(), device=device) - e_first.index_select(0, seg))
+    x[m_dense:].zero_()
+    x.view(-1)[where] = v
+    del v
+    torch.mul(x, x, out=design[1])
+
+    cls = torch.arange(k, device=device)
+    group = torch.cat([cls.repeat_interleave(per_class), k + cls.repeat_interleave(r_chunks)])
+    n_minor64 = n_minor.to(torch.float64)
+    n = torch.cat([n_samples - n_minor64, n_minor64])
+    n_fill = torch.cat([width - (n_samples - n_minor64), r_chunks * size - n_minor64])
+    out = _Layout()
+    out.chunks = _Chunks(design, group, n_fill, n)
+    out.offset, out.scale, out.top = offset, scale, span / scale
+    out.constant, out.majority, out.median = constant, majority, median
+    out.output = _Output(n_samples, k, m_dense, width, where, seg, col)
+    return out
+
+
+class _Layout:
+    """What :func:`_layout` returns. Per group (dense groups, then ragged groups), ``(G,)``
+    float64: ``offset`` and ``scale`` of the normalisation, ``top`` the normalised range,
+    ``constant`` (bool) and ``median`` (normalised, only for ``init="quantile"``); ``majority``
+    ``(K,)`` bool, True where the positives are the dense group; ``output`` for
+    :func:`_assemble`."""
+
+    chunks: _Chunks
+    offset: Tensor
+    scale: Tensor
+    top: Tensor
+    constant: Tensor
+    majority: Tensor
+    median: Tensor | None
+    output: _Output
+
+
+def _ragged_median(v: Tensor, seg: Tensor, counts: Tensor) -> Tensor:
+    """Lower median of each class's packed values (``torch.nanmedian``'s convention); NaN for
+    an empty group. ``v`` is grouped by ``seg``; ``counts`` ``(K,)`` entries per class."""
+    out = torch.full((counts.numel(),), math.nan, dtype=torch.float64, device=v.device)
+    if v.numel() == 0:
+        return out
+    order = torch.argsort(v, stable=True)
+    order = order[torch.argsort(seg[order], stable=True)]
+    start = torch.cumsum(counts, 0) - counts
+    has = counts > 0
+    out[has] = v[order][(start + (counts - 1) // 2)[has]].to(torch.float64)
+    return out
+
+
+class _Output:
+    """Where each chunk entry goes in the ``(N, K)`` output (see :func:`_assemble`)."""
+
+    def __init__(self, n_samples: int, k: int, m_dense: int, width: int, where: Tensor,
+                 seg: Tensor, col: Tensor) -> None:
+        self.n_samples, self.k, self.m_dense, self.width = n_samples, k, m_dense, width
+        self.where, self.seg, self.col = where, seg, col
+
+
+def _assemble(p: Tensor, out: _Output) -> Tensor:
+    """``(N, K)`` float32 from per-entry values ``p`` ``(M, CH)`` in chunk layout."""
+    result = torch.empty((out.n_samples, out.k), dtype=torch.float32, device=p.device)
+    if out.n_samples:
+        result.copy_(p[: out.m_dense].reshape(out.k, out.width)[:, : out.n_samples].t())
+        result[out.col, out.seg] = p.view(-1)[out.where].to(torch.float32)
+    return result
+
+
+def _fit(
+    losses: Tensor, labels: Tensor, *, normalize: str, max_iter: int, tol: float,
+    reg_covar: float, init: str, init_max_iter: int, min_group_size: int, fallback: float,
+    dtype: torch.dtype, device: torch.device, predict: bool,
+) -> _Fit:
+    k = losses.shape[1]
+    inf = float("inf")
+    lay = _layout(losses, labels, normalize=normalize, dtype=dtype, device=device,
+                  want_median=init == "quantile")
+    groups, constant, majority = lay.chunks, lay.constant, lay.majority
     n, sx, sxx = groups.moments()
     polarity = torch.cat([majority, ~majority])  # (G,) True: the group holds positive labels
     fb = (n < min_group_size) | constant
@@ -611,9 +732,10 @@ def _fit(
 
     # Initial hard assignment: component 0 = low losses, component 1 = high losses.
     if init == "kmeans":
-        count, s_hi, s2_hi = _two_means(groups, n, sx, span / scale, fitted, init_max_iter)
+        count, s_hi, s2_hi = _two_means(groups, n, sx, lay.top, fitted, init_max_iter)
     else:
-        count, s_hi, s2_hi = groups.split(groups.median().nan_to_num(0.0))
+        assert lay.median is not None
+        count, s_hi, s2_hi = groups.split(lay.median.nan_to_num(0.0))
     weights, means, variances = _m_step(
         n, sx, sxx, n - count, sx - s_hi, sxx - s2_hi, reg_covar, initial=True
     )
@@ -654,18 +776,14 @@ def _fit(
     out = _Fit()
     out.weights, out.means, out.variances = weights, means, variances
     out.lower_bound, out.n_iter, out.converged = lower_bound, n_iter, converged
-    out.fallback, out.n, out.offset, out.scale, out.majority = fb, n, offset, scale, majority
+    out.fallback, out.n, out.majority = fb, n, majority
+    out.offset, out.scale = lay.offset, lay.scale
     out.clean_proba = None
     if predict:
         a, b, c = _coefficients(weights, means, variances)
-        p_dense = groups.dense.posterior(a[:k], b[:k], c[:k])
-        p_dense.index_fill_(0, torch.nonzero(fb[:k]).view(-1), fallback)
-        result = torch.empty((n_samples, k), dtype=torch.float32, device=device)
-        result.copy_(p_dense.t())
-        p_ragged = groups.ragged.posterior(a[k:], b[k:], c[k:])
-        p_ragged.masked_fill_(fb[k:].index_select(0, seg), fallback)
-        result[col, seg] = p_ragged.to(torch.float32)
-        out.clean_proba = result
+        p = groups.posterior(a, b, c)
+        p.masked_fill_(fb.index_select(0, groups.group).unsqueeze(1), fallback)
+        out.clean_proba = _assemble(p, lay.output)
     _logger.debug(
         "clean_probability: %d groups fitted, %d converged, at most %d EM rounds",
         int(fitted.sum()), int(converged.sum()), int(n_iter.max()) if n_iter.numel() else 0,
@@ -736,17 +854,17 @@ class LabelGMM:
     )
     _OPTIONS = (
         "normalize", "max_iter", "tol", "reg_covar", "init", "init_max_iter", "min_group_size",
-        "fallback",
+        "fallback", "dtype",
     )
 
     def __init__(
         self, *, normalize: str = "minmax", max_iter: int = 10, tol: float = 1e-2,
         reg_covar: float = 5e-4, init: str = "kmeans", init_max_iter: int = 300,
-        min_group_size: int = 8, fallback: float = 1.0,
+        min_group_size: int = 8, fallback: float = 1.0, dtype: str = "float32",
         device: str | torch.device | None = None,
     ) -> None:
         _check_options(normalize, max_iter, tol, reg_covar, init, init_max_iter,
-                       min_group_size, fallback)
+                       min_group_size, fallback, dtype)
         self.normalize = normalize
         self.max_iter = max_iter
         self.tol = float(tol)
@@ -755,6 +873,7 @@ class LabelGMM:
         self.init_max_iter = init_max_iter
         self.min_group_size = min_group_size
         self.fallback = float(fallback)
+        self.dtype = dtype
         self.device = device
 
     # ------------------------------------------------------------------ fitting
@@ -765,8 +884,8 @@ class LabelGMM:
         res = _fit(
             losses, labels, normalize=self.normalize, max_iter=self.max_iter, tol=self.tol,
             reg_covar=self.reg_covar, init=self.init, init_max_iter=self.init_max_iter,
-            min_group_size=self.min_group_size, fallback=self.fallback, device=device,
-            predict=predict,
+            min_group_size=self.min_group_size, fallback=self.fallback,
+            dtype=_DTYPES[self.dtype], device=device, predict=predict,
         )
         k = losses.shape[1]
         # Internal group g = side * K + k (side 0: majority polarity). Public [l, k].
@@ -842,6 +961,7 @@ class LabelGMM:
         """
         self._check_fitted()
         _check_inputs(losses, labels)
+        check_finite(losses, "losses")
         k = self.means_.shape[1]
         if losses.shape[1] != k:
             raise ValueError(
@@ -896,7 +1016,8 @@ class LabelGMM:
 def clean_probability(
     losses: Tensor, labels: Tensor, *, normalize: str = "minmax", max_iter: int = 10,
     tol: float = 1e-2, reg_covar: float = 5e-4, init: str = "kmeans", init_max_iter: int = 300,
-    min_group_size: int = 8, fallback: float = 1.0, device: str | torch.device | None = None,
+    min_group_size: int = 8, fallback: float = 1.0, dtype: str = "float32",
+    device: str | torch.device | None = None,
 ) -> Tensor:
     """Clean-label probability of every label, Eq. 6-8 of BalanceMix.
 
@@ -925,6 +1046,6 @@ def clean_probability(
     gmm = LabelGMM(
         normalize=normalize, max_iter=max_iter, tol=tol, reg_covar=reg_covar, init=init,
         init_max_iter=init_max_iter, min_group_size=min_group_size, fallback=fallback,
-        device=device,
+        dtype=dtype, device=device,
     )
     return gmm.fit_predict_clean_proba(losses, labels)
