@@ -73,6 +73,7 @@ class TrainConfig:
     gmm_max_iter: int = 10
     gmm_tol: float = 1e-2
     gmm_reg_covar: float = 5e-4
+    gmm_dtype: str = "auto"  # per-label arithmetic of the GMM fit: "auto" | "float32" | "float64"
     method_options: dict[str, Any] = field(default_factory=dict)
     # --- optimisation ---------------------------------------------------------------------
     epochs: int = 10
@@ -114,6 +115,7 @@ class TrainConfig:
             "label_source": ("views", "epoch_pass"),
             "label_management": ("none", "clean", "relabel", "full"),
             "lam_mode": ("batch", "elem"),
+            "gmm_dtype": ("auto", "float32", "float64"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

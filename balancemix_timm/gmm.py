@@ -6,10 +6,10 @@ univariate Gaussian mixture to each set with EM (Eq. 7) and takes the posterior 
 small-mean component as the probability that a label is clean (Eq. 8); ``p_G > 0.5`` marks a
 label as clean.
 
-This module fits all ``2K`` mixtures at once with dense tensor operations in float64 (no Python
-loop over groups) and follows :class:`sklearn.mixture.GaussianMixture` (``n_components=2``,
-one feature, ``covariance_type="full"``) step for step, so that from the same initial
-responsibilities both give the same posteriors up to rounding:
+This module fits all ``2K`` mixtures at once with dense tensor operations (no Python loop over
+groups) and follows :class:`sklearn.mixture.GaussianMixture` (``n_components=2``, one feature,
+``covariance_type="full"``) step for step, so that from the same initial responsibilities both
+give the same posteriors up to rounding:
 
 * initial responsibilities from a hard assignment (``init="kmeans"``: deterministic 1-D
   two-means, Lloyd's algorithm started from each group's minimum and maximum and run until the
@@ -21,22 +21,34 @@ responsibilities both give the same posteriors up to rounding:
   soon as its lower bound changes by less than ``tol``;
 * a final E-step with the final parameters gives the posteriors.
 
+Precision (``dtype``): the per-group quantities (parameters, lower bounds, the M-step) are
+always float64. The per-label arithmetic runs in ``float32`` (the default for ``tol >= 1e-4``;
+about twice as fast, half the memory) or ``float64`` (scikit-learn to rounding: parameters
+within 1e-9). In float32, each label's value is rounded once to float32 and the sums over a
+group are taken over chunks of at most 4096 labels in float32, then added in float64: posteriors
+stay within about 1e-4 of float64's and the lower bound within about 1e-6 per label, which is
+why ``dtype="auto"`` uses float64 for ``tol < 1e-4``.
+
 Implementation notes (the layout is what makes it fast):
 
-* For each class the more frequent polarity is stored densely as a ``(K, N)`` float64 tensor in
-  which the other polarity's entries are replaced by a filler ``0.0``. The filler adds nothing
-  to the sums of ``x`` and ``x**2``; its share of the sums of responsibilities and
-  log-likelihoods is one known value per class, subtracted analytically. The rarer polarity of
-  each class (the positives, for a typical multi-label data set) is stored as a ragged vector
-  with a class index. Every label is thus processed once per EM round, with per-class
-  coefficients broadcast along rows instead of gathered per entry. Rows whose group has
-  converged are dropped from the dense tensor once they are the majority.
+* For each class the more frequent polarity (the "dense" group) is stored as a row of length
+  ``N`` in which the other polarity's entries are replaced by a filler ``0.0``; the rarer
+  polarity of each class (the positives, for a typical multi-label data set) is packed. Both
+  are cut into chunks of ``CH`` entries (a power of two up to 4096), each chunk belonging to one
+  group, and padded with filler. The filler adds nothing to the sums of ``x`` and ``x**2``; its
+  share of the sums of responsibilities and log-likelihoods is one known value per group,
+  subtracted analytically. Every label is thus processed once per EM round, with per-group
+  coefficients broadcast along chunks, slab by slab through a small work space. Chunks of
+  converged groups are skipped once they are a quarter of those still in EM.
 * Inside the fit each group's losses are shifted by the group minimum (and, with
   ``normalize="minmax"``, divided by its range). EM is translation-equivariant, so the shift
   changes nothing but keeps the filler at the bottom of the data and the one-pass variance
-  ``E[x^2] - mean^2`` well conditioned (float32 loses about 7e-3 there, hence float64).
+  ``E[x^2] - mean^2`` well conditioned.
+* The lower bound needs ``sum softplus(d)`` of the log-odds ``d``; it is taken as
+  ``sum relu(d) - sum log max(r, 1 - r)`` with ``r = sigmoid(d)``: two sums of non-negative
+  terms, and no logarithm of a quantity that rounds to 0.
 * Plain Lloyd iterations need up to ~60 passes over the data on realistic losses; see
-  :func:`_two_means` for how a histogram bounds the trajectory so that one or two passes and
+  :func:`_two_means` for how a histogram of counts bounds the trajectory so that two passes and
   cheap iterations on a narrow window of losses reach exactly the same assignment.
 """
 
@@ -74,6 +86,10 @@ _INIT_BINS = 4096  # histogram bins that bound the k-means trajectory (see _two_
 # rounding of the per-group sums (float32 sums of at most _CHUNK_MAX terms per chunk).
 _WINDOW_MARGIN = {torch.float64: 1e-9, torch.float32: 1e-4}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DTYPE_OPTIONS = ("auto", *_DTYPES)
+# With dtype="auto", tolerances below this use float64: float32 sums resolve the mean
+# log-likelihood of a group to about 1e-6, too coarse to decide convergence at such a tol.
+_FLOAT32_MIN_TOL = 1e-4
 _CHUNK_MIN, _CHUNK_MAX = 64, 4096  # chunk length bounds (see _chunk_size)
 _COMPACT_SHARE = 0.25  # EM drops converged groups' chunks once they are this share of them
 _SLAB_ENTRIES = 1 << 20  # entries per slab of work space (see _Chunks)
@@ -139,6 +155,7 @@ class _Chunks:
         self._work = torch.empty((3, rows, size), dtype=self.dtype, device=device)
         self._gathered: Tensor | None = None
         self._em_chunks: Tensor | None = None  # chunk indices still in EM (None: all)
+        self._one = torch.ones((), dtype=self.dtype, device=device)
         self._inv_width = torch.zeros(self.groups, dtype=self.dtype, device=device)
 
     @property
@@ -156,11 +173,13 @@ class _Chunks:
 
     @staticmethod
     def _weighted(w: Tensor, design: Tensor, out: Tensor) -> None:
-        """Chunk sums ``out[:, r] = [sum w[r], sum w[r] x, sum w[r] x^2]`` ``(S, R, 3)`` for
-        ``w`` ``(R, S, CH)`` and ``design`` ``(2, S, CH)``. (``bmm`` into a strided ``out``
-        takes a slow generic path, hence the copies of the small results.)"""
-        out[:, :, 0] = w.sum(2).t()
-        out[:, :, 1:] = torch.bmm(w.permute(1, 0, 2), design.permute(1, 2, 0))
+        """Chunk sums of the work rows ``w`` ``(R, S, CH)`` into ``out`` ``(S, R + 2)``:
+        ``sum w[r]`` for each row, then ``sum w[0] x`` and ``sum w[0] x^2`` (``design``
+        ``(2, S, CH)``). (``bmm`` into a strided ``out`` takes a slow generic path, hence the
+        copies of the small results.)"""
+        rows = w.shape[0]
+        out[:, :rows] = w.sum(2).t()
+        out[:, rows:] = torch.bmm(w[0].unsqueeze(1), design.permute(1, 2, 0)).squeeze(1)
 
     def moments(self) -> _Stats:
         """Count, sum and sum of squares of the real entries of each group (filler x = 0)."""
@@ -178,20 +197,21 @@ class _Chunks:
         t = _round_down(thr, self.dtype).to(self.dtype)
         t_lo = None if lo is None else _round_down(lo, self.dtype).to(self.dtype)
         chunks = self.design.shape[1]
-        out = torch.empty((chunks, 1, 3), dtype=self.dtype, device=self.design.device)
+        out = torch.empty((chunks, 3), dtype=self.dtype, device=self.design.device)
         values, groups = [], []
         for start, stop in self._slabs(chunks):
             g, x = self.group[start:stop], self.x[start:stop]
             w = self._work[:1, : stop - start]
-            torch.gt(x, t.index_select(0, g).unsqueeze(1), out=w[0])
+            above = torch.gt(x, t.index_select(0, g).unsqueeze(1))
+            w[0].copy_(above)
             self._weighted(w, self.design[:, start:stop], out[start:stop])
             if t_lo is not None:
                 inside = torch.gt(x, t_lo.index_select(0, g).unsqueeze(1))
-                inside &= w[0] == 0
+                inside ^= above  # lo <= thr: {x > thr} is a subset of {x > lo}
                 flat = torch.nonzero(inside.view(-1)).view(-1)
                 values.append(x.reshape(-1)[flat].to(torch.float64))
                 groups.append(g[torch.div(flat, self.chunk, rounding_mode="floor")])
-        s = self._reduce(out.squeeze(1), self.group)
+        s = self._reduce(out, self.group)
         f64 = dict(dtype=torch.float64, device=self.design.device)
         v = torch.cat(values) if values else torch.zeros(0, **f64)
         seg = torch.cat(groups) if groups else torch.zeros(0, dtype=torch.int64, device=v.device)
@@ -208,13 +228,14 @@ class _Chunks:
         return above, _SortedWindow(v, seg, self.groups)
 
     # ------------------------------------------------------------------ k-means helpers
-    def bin_index(self, t: Tensor) -> Tensor:
-        """Histogram bin of the per-group thresholds ``t`` ``(G,)`` float64, computed with the
-        same arithmetic as the data's bins, so that ``bin(x) < bin(t)`` implies ``x <= t`` and
-        ``bin(x) > bin(t)`` implies ``x > t`` (bins are monotone in the value)."""
+    def bin_index(self, t: Tensor, repeat: int = 1) -> Tensor:
+        """Histogram bin of per-group thresholds ``t`` (``(repeat * G,)`` float64, group-major
+        repeats), computed with the same arithmetic as the data's bins, so that ``bin(x) <
+        bin(t)`` implies ``x <= t`` and ``bin(x) > bin(t)`` implies ``x > t`` (bins are
+        monotone in the value)."""
         r = _round_down(t, self.dtype).to(self.dtype)
-        b = torch.mul(r, self._inv_width).floor_().clamp_(0, _INIT_BINS - 1)
-        return b.to(torch.int64)
+        inv = self._inv_width if repeat == 1 else self._inv_width.repeat(repeat)
+        return torch.mul(r, inv).floor_().clamp_(0, _INIT_BINS - 1).to(torch.int64)
 
     def histogram(self, top: Tensor) -> Tensor:
         """Per-group counts over ``_INIT_BINS`` bins of ``[0, top]``, ``(G, BINS)`` float64.
@@ -264,7 +285,7 @@ class _Chunks:
         group = self.group if sel is None else self.group.index_select(0, sel)
         if sel is not None and self._gathered is None:
             self._gathered = torch.empty_like(self._work[:2])
-        out = torch.empty((n_chunks, 3, 3), dtype=self.dtype, device=self.design.device)
+        out = torch.empty((n_chunks, 5), dtype=self.dtype, device=self.design.device)
         for start, stop in self._slabs(n_chunks):
             w = self._work[:, : stop - start]
             if sel is None:
@@ -275,17 +296,19 @@ class _Chunks:
                 torch.index_select(self.design, 1, sel[start:stop], out=part)
             d = self._diff(a, b, c, part, group[start:stop], w[0])
             torch.clamp(d, min=0.0, out=w[2])  # relu(d)
-            torch.abs(d, out=w[1])
-            torch.sigmoid_(w[1]).log_()  # log sigmoid(|d|), in [log 1/2, 0]
-            torch.sigmoid_(d)  # row 0 now holds the responsibilities r
+            r = torch.sigmoid_(d)  # row 0 now holds the responsibilities r
+            # log sigmoid(|d|) = log max(r, 1 - r), in [log 1/2, 0] (for r below float
+            # rounding, 1 - r rounds to 1: an error of at most r, far below the sums' rounding)
+            torch.sub(self._one, r, out=w[1])
+            torch.maximum(w[1], r, out=w[1]).log_()
             self._weighted(w, part, out[start:stop])
-        s = self._reduce(out, group)  # (G, 3, 3): rows r, log sigmoid|d|, relu(d)
+        s = self._reduce(out, group)  # (G, 5): r, log sigmoid|d|, relu(d), r x, r x^2
         # softplus(d) = relu(d) - log sigmoid(|d|): two sums of non-negative terms (no
         # cancellation in the working dtype). Filler entries have d = a.
         fill = self.n_fill
-        s0 = (s[:, 0, 0] - fill * torch.sigmoid(a)).clamp_(min=0.0)
-        ssp = s[:, 2, 0] - s[:, 1, 0] - fill * torch.nn.functional.softplus(a)
-        return s0, s[:, 0, 1], s[:, 0, 2], ssp
+        s0 = (s[:, 0] - fill * torch.sigmoid(a)).clamp_(min=0.0)
+        ssp = s[:, 2] - s[:, 1] - fill * torch.nn.functional.softplus(a)
+        return s0, s[:, 3], s[:, 4], ssp
 
     def posterior(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
         """``sigmoid(a + b x + c x^2)`` for every entry, ``(M, CH)`` (filler meaningless),
@@ -375,44 +398,52 @@ def _two_means(
     up, down = fitted & (t1 > t0), fitted & (t1 < t0)
 
     # Rigorous bounds of the Lloyd map T on each histogram bin, from counts and bin edges.
+    # Rows 0..G-1 follow the lower sequence (l), rows G..2G-1 the upper one (u).
     counts = groups.histogram(top)
+    n_groups = top.numel()
     bins = torch.arange(_INIT_BINS, dtype=torch.float64, device=top.device)
     c_le = counts.cumsum(1)  # entries in bins <= j
     j_le = (counts * bins).cumsum(1)  # sum of (bin index * count) over bins <= j
-    c_tot, j_tot = c_le[:, -1], j_le[:, -1]
-    w_lo = top / _INIT_BINS * (1.0 - _EDGE_RTOL)  # the values in bin j are >= j * w_lo
-    w_hi = top / _INIT_BINS * (1.0 + _EDGE_RTOL)  # ... and <= (j + 1) * w_hi
-    zero = torch.zeros_like(top)
+    two = lambda t: torch.cat([t, t])  # noqa: E731
+    flat = [t.view(-1) for t in (counts, c_le, j_le)]
+    row = two(torch.arange(n_groups, device=top.device) * _INIT_BINS)
+    c_tot, j_tot, top2 = two(c_le[:, -1]), two(j_le[:, -1]), two(top)
+    is_u = torch.arange(2 * n_groups, device=top.device) >= n_groups
+    # Bin j holds values in [j * w_lo, (j + 1) * w_hi] (edges widened by their rounding).
+    width = torch.where(is_u, top2 * (1.0 + _EDGE_RTOL), top2 * (1.0 - _EDGE_RTOL)) / _INIT_BINS
+    zero = torch.zeros_like(top2)
 
     def mean(s: Tensor, c: Tensor, empty: Tensor) -> Tensor:
         return torch.where(c > 0, s / c.clamp(min=1.0), empty)
 
-    def bound(t: Tensor, upper: bool) -> Tensor:
+    def bounds(t: Tensor) -> Tensor:
         """For t in bin b, {x <= t} lies between bins < b and bins <= b: counting the
-        straddled bin high (low) can only lower (raise) both means, and so does bounding the
-        values by the bins' edges. Lower bound of T(t), or (``upper``) upper bound."""
-        b = groups.bin_index(t).unsqueeze(1)
-        c_b, j_b = counts.gather(1, b).squeeze(1), bins[b.squeeze(1)]
-        cle, jle = c_le.gather(1, b).squeeze(1), j_le.gather(1, b).squeeze(1)
-        if upper:  # low part: bins <= b, high part: bins > b, values at their upper edges
-            c_low, s_low = cle, (jle + cle) * w_hi
-            c_high, s_high = c_tot - cle, (j_tot - jle + c_tot - cle) * w_hi
-        else:  # low part: bins < b, high part: bins >= b, values at their lower edges
-            c_low, s_low = cle - c_b, (jle - j_b * c_b) * w_lo
-            c_high, s_high = c_tot - c_low, (j_tot - jle + j_b * c_b) * w_lo
-        return 0.5 * (mean(s_low, c_low, zero) + mean(s_high, c_high, top))
+        straddled bin high (low) can only lower (raise) both means, and so does putting each
+        value at its bin's lower (upper) edge. Rows < G: lower bounds of T(t); the others:
+        upper bounds."""
+        b = groups.bin_index(t, repeat=2)
+        idx = row + b
+        c_b, cle, jle = (f.index_select(0, idx) for f in flat)
+        jc_b = b.to(torch.float64) * c_b
+        c_low = torch.where(is_u, cle, cle - c_b)  # bins <= b (u), bins < b (l)
+        s_low = torch.where(is_u, jle + cle, jle - jc_b) * width
+        s_high = torch.where(is_u, j_tot - jle + c_tot - cle, j_tot - jle + jc_b) * width
+        return 0.5 * (mean(s_low, c_low, zero) + mean(s_high, c_tot - c_low, top2))
 
+    # Lower rows rise (up) with the floor t1, or fall (down) unclamped; upper rows the reverse.
+    clamp_rows = torch.cat([up, down])
+    free_rows = torch.cat([down, up])
+    t1_2 = two(t1)
     moving = up | down
-    lo = torch.where(moving, t1, t0)
-    hi = lo.clone()
+    cur = two(torch.where(moving, t1, t0))
     for _ in range(_INIT_BINS + 2):  # monotone over finitely many bins: always terminates
-        new_lo = bound(lo, upper=False)
-        new_lo = torch.where(up, torch.maximum(new_lo, t1), torch.where(down, new_lo, lo))
-        new_hi = bound(hi, upper=True)
-        new_hi = torch.where(down, torch.minimum(new_hi, t1), torch.where(up, new_hi, hi))
-        if bool((new_lo == lo).all() & (new_hi == hi).all()):
+        t = bounds(cur)
+        clamped = torch.where(is_u, torch.minimum(t, t1_2), torch.maximum(t, t1_2))
+        new = torch.where(clamp_rows, clamped, torch.where(free_rows, t, cur))
+        if bool((new == cur).all()):
             break
-        lo, hi = new_lo, new_hi
+        cur = new
+    lo, hi = cur[:n_groups], cur[n_groups:]
     thr = torch.where(up, lo, torch.where(down, hi, t0))
     # The bounds come from sums in another order than the exact steps: widen by a margin far
     # above rounding (a wider window only costs a few more losses in it).
@@ -509,7 +540,9 @@ class _Fit:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_inputs(losses: Tensor, labels: Tensor) -> None:
+def _check_inputs(losses: Tensor, labels: Tensor, *, values: bool = True) -> None:
+    """Types, shapes, binary labels; with ``values``, also finite losses (``_layout`` checks
+    them on the way, for the fit)."""
     check_tensor(losses, "losses")
     check_tensor(labels, "labels")
     check_ndim(losses, "losses", 2)
@@ -518,15 +551,16 @@ def _check_inputs(losses: Tensor, labels: Tensor) -> None:
     if not losses.is_floating_point():
         raise ValueError(f"losses must be a floating-point tensor, got {losses.dtype}")
     check_binary(labels, "labels")
-    # Finiteness of the losses is checked by _layout on the groups' minima / maxima.
+    if values:
+        check_finite(losses, "losses")
 
 
 def _check_options(
     normalize: str, max_iter: int, tol: float, reg_covar: float, init: str, init_max_iter: int,
-    min_group_size: int, fallback: float, dtype: str = "float32",
+    min_group_size: int, fallback: float, dtype: str = "auto",
 ) -> None:
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
+    if dtype not in _DTYPE_OPTIONS:
+        raise ValueError(f"dtype must be one of {_DTYPE_OPTIONS}, got {dtype!r}")
     if normalize not in _NORMALIZE:
         raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
     if init not in _INIT:
@@ -825,6 +859,9 @@ class LabelGMM:
             (typically the positives of a rare class) marking labels noisy would send the
             scarcest labels to re-labelling or down-weighting, which is what BalanceMix tries
             to avoid for minority classes.
+        dtype: per-label arithmetic, ``"float32"``, ``"float64"`` or ``"auto"`` (default:
+            float32, or float64 when ``tol < 1e-4``); see the module docstring. Per-group
+            quantities and the fitted attributes are float64 in every case.
         device: where to compute; default the device of ``losses`` (not saved in
             :meth:`state_dict`).
 
@@ -860,7 +897,7 @@ class LabelGMM:
     def __init__(
         self, *, normalize: str = "minmax", max_iter: int = 10, tol: float = 1e-2,
         reg_covar: float = 5e-4, init: str = "kmeans", init_max_iter: int = 300,
-        min_group_size: int = 8, fallback: float = 1.0, dtype: str = "float32",
+        min_group_size: int = 8, fallback: float = 1.0, dtype: str = "auto",
         device: str | torch.device | None = None,
     ) -> None:
         _check_options(normalize, max_iter, tol, reg_covar, init, init_max_iter,
@@ -876,16 +913,24 @@ class LabelGMM:
         self.dtype = dtype
         self.device = device
 
+    @property
+    def working_dtype(self) -> torch.dtype:
+        """The dtype of the per-label arithmetic: ``dtype``, or for ``"auto"`` float32 unless
+        ``tol < 1e-4`` (then float64)."""
+        if self.dtype == "auto":
+            return torch.float64 if self.tol < _FLOAT32_MIN_TOL else torch.float32
+        return _DTYPES[self.dtype]
+
     # ------------------------------------------------------------------ fitting
     def _run(self, losses: Tensor, labels: Tensor, *, predict: bool) -> Tensor | None:
-        _check_inputs(losses, labels)
+        _check_inputs(losses, labels, values=False)
         losses, labels = losses.detach(), labels.detach()
         device = torch.device(self.device) if self.device is not None else losses.device
         res = _fit(
             losses, labels, normalize=self.normalize, max_iter=self.max_iter, tol=self.tol,
             reg_covar=self.reg_covar, init=self.init, init_max_iter=self.init_max_iter,
             min_group_size=self.min_group_size, fallback=self.fallback,
-            dtype=_DTYPES[self.dtype], device=device, predict=predict,
+            dtype=self.working_dtype, device=device, predict=predict,
         )
         k = losses.shape[1]
         # Internal group g = side * K + k (side 0: majority polarity). Public [l, k].
@@ -961,7 +1006,6 @@ class LabelGMM:
         """
         self._check_fitted()
         _check_inputs(losses, labels)
-        check_finite(losses, "losses")
         k = self.means_.shape[1]
         if losses.shape[1] != k:
             raise ValueError(
@@ -1016,7 +1060,7 @@ class LabelGMM:
 def clean_probability(
     losses: Tensor, labels: Tensor, *, normalize: str = "minmax", max_iter: int = 10,
     tol: float = 1e-2, reg_covar: float = 5e-4, init: str = "kmeans", init_max_iter: int = 300,
-    min_group_size: int = 8, fallback: float = 1.0, dtype: str = "float32",
+    min_group_size: int = 8, fallback: float = 1.0, dtype: str = "auto",
     device: str | torch.device | None = None,
 ) -> Tensor:
     """Clean-label probability of every label, Eq. 6-8 of BalanceMix.

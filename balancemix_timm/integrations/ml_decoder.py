@@ -174,6 +174,8 @@ def add_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--bm-gmm-tol", type=float, default=1e-2)
     g.add_argument("--bm-gmm-reg-covar", type=float, default=5e-4)
     g.add_argument("--bm-gmm-init", choices=("kmeans", "quantile"), default="kmeans")
+    g.add_argument("--bm-gmm-dtype", choices=("auto", "float32", "float64"), default="auto",
+                   help="per-label arithmetic of the GMM fits (auto: float32 unless tol < 1e-4)")
     g.add_argument("--bm-gmm-min-group-size", type=int, default=8,
                    help="(class, polarity) groups with fewer labels count as clean")
     g.add_argument("--bm-gmm-device", default=None,
@@ -500,6 +502,7 @@ class BalanceMixPlugin:
                 reg_covar=args.bm_gmm_reg_covar,
                 init=args.bm_gmm_init,
                 min_group_size=args.bm_gmm_min_group_size,
+                dtype=args.bm_gmm_dtype,
                 device=args.bm_gmm_device,
             ),
             label_source=args.bm_label_source,

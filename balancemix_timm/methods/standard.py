@@ -96,7 +96,8 @@ class BalanceMixMethod(TrainingMethod):
             sampler_labels=cfg.sampler_labels,
             base_loss=cfg.base_loss,
             gmm_options=dict(
-                normalize=cfg.gmm_normalize, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar
+                normalize=cfg.gmm_normalize, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar,
+                dtype=cfg.gmm_dtype,
             ),
             seed=cfg.seed,
             num_replicas=trainer.world_size,

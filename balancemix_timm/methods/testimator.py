@@ -307,6 +307,7 @@ class TEstimatorMethod(MixupMethod):
         clean = select_clean(
             probs, given, threshold=self.clean_threshold, normalize=cfg.gmm_normalize,
             max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar,
+            dtype=cfg.gmm_dtype,
         )
         self.rho_pos, self.rho_neg, self.valid = estimate_flip_rates(
             given, clean, min_clean=self.min_clean, max_rate=self.max_flip_rate, min_z=self.min_z
