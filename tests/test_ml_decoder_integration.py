@@ -382,6 +382,35 @@ def test_standin_loop_with_balancemix(train_set, val_set, tmp_path):
     assert ckpt["epoch"] == 3 and {"model", "ema", "optimizer", "scheduler", "balancemix"} <= set(ckpt)
 
 
+@pytest.mark.gpu
+def test_plugin_on_cuda_moves_tables_to_the_training_device(train_set):
+    """--bm-device auto: after the first mix() the engine's tables live on the GPU; a whole
+    AMP loop (mix, criterion, record, refresh) then runs without host copies of the state."""
+    plugin = bm.setup(parse(["--balancemix", "--bm-warmup-epochs", "1"]), train_set)
+    model = small_model().cuda()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    plugin.attach(model, None, optimizer, None, None)
+    loader = plugin.train_loader(batch_size=16)
+    for epoch in range(2):
+        plugin.set_epoch(epoch)
+        for input_data, target in loader:
+            input_data, target = plugin.mix(input_data.cuda(), target.max(dim=1)[0].cuda())
+            with torch.autocast("cuda", dtype=torch.float16):
+                output = model(input_data).float()
+            loss = plugin.criterion(output, target)
+            model.zero_grad()
+            loss.backward()
+            optimizer.step()
+            plugin.record()
+            assert math.isfinite(float(loss))
+        plugin.end_epoch(epoch)
+    engine = plugin.engine
+    assert engine.device.type == "cuda"
+    assert all(getattr(engine, name).is_cuda for name in ("given_labels", "refined_labels", "probs"))
+    assert [h["applied"] for h in engine.history] == [True, True]
+    assert bool(engine.seen.all())
+
+
 def test_epoch_pass_records_every_sample(train_set):
     plugin = bm.setup(parse(["--balancemix", "--bm-label-source", "epoch_pass"]), train_set)
     model = small_model()

@@ -179,7 +179,10 @@ def add_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--bm-gmm-min-group-size", type=int, default=8,
                    help="(class, polarity) groups with fewer labels count as clean")
     g.add_argument("--bm-gmm-device", default=None,
-                   help="device of the GMM fits (default: the CPU, where the engine's tables live)")
+                   help="device of the GMM fits (default: where the engine's tables live)")
+    g.add_argument("--bm-device", default="auto",
+                   help="device of the engine's per-sample tables: auto (the training device, "
+                        "from the first batch), cpu, or a device such as cuda:0")
     g.add_argument("--bm-seed", type=int, default=0,
                    help="seed of the samplers, the Mixup lambdas and the loader's worker seeds")
     g.add_argument("--bm-checkpoint-dir", default="models/",
@@ -376,6 +379,10 @@ class BalanceMixPlugin:
         resume: A ``balancemix-last.pth`` to restore in :meth:`attach`.
         verify_targets: Check on each epoch's first batch that the loop's targets equal the
             engine's labels.
+        device: Where the engine's per-sample tables live (and its GMM refresh computes):
+            ``"auto"`` (default) moves them to the device of the first batch given to
+            :meth:`mix`, so that the per-step calls index them in place with no host-device
+            copies; ``"cpu"`` keeps them on the host; any other device places them there now.
     """
 
     def __init__(
@@ -403,6 +410,7 @@ class BalanceMixPlugin:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         resume: str | os.PathLike[str] | None = None,
         verify_targets: bool = True,
+        device: str | torch.device = "auto",
     ) -> None:
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise ValueError(f"dataset must be a map-style data set, got {type(dataset).__name__}")
@@ -439,7 +447,9 @@ class BalanceMixPlugin:
             base_loss=base,
             gmm_options=gmm_options,
             seed=seed,
+            device=None if device == "auto" else device,
         )
+        self.auto_device = device == "auto"
         if len(dataset) != self.engine.num_samples_total:  # type: ignore[arg-type]
             raise ValueError(
                 f"labels has {self.engine.num_samples_total} rows for a dataset of {len(dataset)} samples"  # type: ignore[arg-type]
@@ -510,6 +520,7 @@ class BalanceMixPlugin:
             seed=args.bm_seed,
             checkpoint_dir=args.bm_checkpoint_dir,
             resume=args.bm_resume,
+            device=args.bm_device,
         )
 
     # ------------------------------------------------------------------ data
@@ -625,10 +636,13 @@ class BalanceMixPlugin:
             self._check_targets(target, b)
             self._verify_pending = False
         self._device = input.device
+        if self.auto_device and self.engine.device != input.device:
+            _logger.info("BalanceMix tables moved to %s (the training device)", input.device)
+            self.engine.to(input.device)
         return input, self.engine.mixed_targets(b.index_r, b.index_m, b.lam, device=input.device)
 
     def _check_targets(self, target: Tensor, batch: MixedBatch) -> None:
-        expected = self.engine.given_labels[batch.index_r]
+        expected = self.engine.given_labels[batch.index_r.to(self.engine.device)].cpu()
         if not isinstance(target, Tensor) or tuple(target.shape) != tuple(expected.shape):
             got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
             raise ValueError(
