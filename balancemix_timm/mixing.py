@@ -396,18 +396,29 @@ class PairedDataset(Dataset):
         dataset: A map-style dataset whose items are ``(image, target, index)``; items of the
             form ``(image, target)`` get the requested index appended. ``image`` may be a tensor
             or a tuple of views (first = training view).
+        minority_dataset: Where the minority items are read from (default: ``dataset``). When
+            ``dataset`` returns extra views (for Eq. 9), give the same data set with the plain
+            training transform: :class:`MixupCollate` keeps only the random items' extra views,
+            so the minority items' would be built and dropped (a third of the augmentation
+            work with two views). It must have the same length and sample order.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
-        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise ValueError(f"dataset must be a sized map-style dataset, got {type(dataset).__name__}")
+    def __init__(self, dataset: Dataset, minority_dataset: Dataset | None = None) -> None:
+        for name, ds in (("dataset", dataset), ("minority_dataset", minority_dataset)):
+            if ds is not None and (not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__")):
+                raise ValueError(f"{name} must be a sized map-style dataset, got {type(ds).__name__}")
+        if minority_dataset is not None and len(minority_dataset) != len(dataset):  # type: ignore[arg-type]
+            raise ValueError(
+                f"minority_dataset has {len(minority_dataset)} items, dataset {len(dataset)}"  # type: ignore[arg-type]
+            )
         self.dataset = dataset
+        self.minority_dataset = dataset if minority_dataset is None else minority_dataset
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def _item(self, index: int) -> tuple[Any, Any, Any]:
-        item = self.dataset[index]
+    def _item(self, index: int, dataset: Dataset) -> tuple[Any, Any, Any]:
+        item = dataset[index]
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
             length = f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""
             raise ValueError(
@@ -421,7 +432,7 @@ class PairedDataset(Dataset):
             raise ValueError(f"index must be a (random_idx, minority_idx) pair, got {pair!r}")
         r = _check_int(pair[0], "random_idx")
         m = _check_int(pair[1], "minority_idx")
-        return self._item(r), self._item(m)
+        return self._item(r, self.dataset), self._item(m, self.minority_dataset)
 
 
 class MixedBatch(NamedTuple):

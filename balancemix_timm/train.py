@@ -12,6 +12,7 @@ line per epoch), ``last.pth`` (atomic, every epoch), ``best.pth``, ``summary.jso
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import logging
@@ -170,7 +171,9 @@ class Trainer:
 
         self.method = build_method(cfg.method, self)
         extra = self.method.num_extra_views
+        self._minority_set = self.train_set  # minority items: the training view only
         if extra:
+            self._minority_set = copy.copy(self.train_set)
             self.train_set.transform = MultiView(self._train_tf, 1 + extra)
         self.train_sampler = None
         if not self.method.paired:
@@ -245,7 +248,8 @@ class Trainer:
             collate = MixupCollate(alpha=cfg.alpha, mode=cfg.lam_mode, seed=cfg.seed)
             collate.set_epoch(epoch)
             batch_sampler = PairedBatchSampler(self.method.paired_sampler, cfg.batch_size, drop_last=False)
-            return DataLoader(PairedDataset(self.train_set), batch_sampler=batch_sampler, collate_fn=collate, **common)
+            pairs = PairedDataset(self.train_set, self._minority_set)
+            return DataLoader(pairs, batch_sampler=batch_sampler, collate_fn=collate, **common)
         assert self.train_sampler is not None
         self.train_sampler.set_epoch(epoch)
         return DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=self.train_sampler, drop_last=False, **common)

@@ -337,3 +337,34 @@ def test_paired_dataset_appends_index_and_validates() -> None:
     assert out.index_r.tolist() == [3, 1] and out.index_m.tolist() == [7, 2]
     with pytest.raises(ValueError, match="batch"):
         MixupCollate()([])
+
+
+def test_minority_items_read_without_views() -> None:
+    """With a plain minority set, the random items keep their views and the minority items are
+    single images: the same mixed batch as reading both through the views."""
+    views, plain = TinyDataset(views=3), TinyDataset(views=1)
+    both = PairedDataset(views)
+    lean = PairedDataset(views, plain)
+    (_, _, _), (img_m, t_m, i_m) = lean[(3, 7)]
+    assert isinstance(img_m, torch.Tensor) and i_m == 7 and torch.equal(img_m, views.images[7])
+    pairs = [(0, 5), (2, 3), (9, 9)]
+    a = MixupCollate(seed=3)([both[p] for p in pairs])
+    b = MixupCollate(seed=3)([lean[p] for p in pairs])
+    for field in MixedBatch._fields:
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert b.view_r.shape == (2, 3, 3, 4, 4)
+    with pytest.raises(ValueError, match="minority_dataset"):
+        PairedDataset(views, TinyDataset(n=10))
+
+
+def test_trainer_reads_minority_items_without_views(tmp_path) -> None:
+    from balancemix_timm.config import load_config
+    from balancemix_timm.train import Trainer
+    from tests._tiny import tiny
+
+    trainer = Trainer(load_config(None, tiny(data_root=str(tmp_path / "demo"), output_dir=str(tmp_path))))
+    pairs = trainer._train_loader(0).dataset
+    assert isinstance(pairs, PairedDataset)
+    (img_r, _, _), (img_m, _, _) = pairs[(0, 1)]
+    assert isinstance(img_r, tuple) and len(img_r) == 3  # training view + Eq. 9's two views
+    assert isinstance(img_m, torch.Tensor)

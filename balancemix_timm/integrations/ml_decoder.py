@@ -558,9 +558,7 @@ class BalanceMixPlugin:
         self.batch_size = int(batch_size)
         self._num_workers, self._pin_memory = int(num_workers), bool(pin_memory)
         loader_kwargs.setdefault("worker_init_fn", seed_worker)
-        pairs: Dataset = PairedDataset(self.train_set)
-        if self.train_set is not self.dataset:  # views only for the random instances
-            pairs = _PairedViews(self.train_set, self.dataset)
+        pairs = PairedDataset(self.train_set, self.dataset)  # views only for the random instances
         loader = DataLoader(
             pairs,
             batch_sampler=batch_sampler,
@@ -852,32 +850,6 @@ class BalanceMixPlugin:
         best = ckpt.get("highest_mAP")
         _logger.info("resumed from %s: next epoch %d", path, start)
         return start, (0 if best is None else best)
-
-
-def _indexed_item(dataset: Dataset, index: int) -> tuple[Any, Any, int]:
-    item = dataset[index]
-    if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-        raise ValueError("dataset items must be (image, target) or (image, target, index) tuples")
-    return item[0], item[1], index
-
-
-class _PairedViews(Dataset):
-    """``(random_idx, minority_idx)`` -> (random item with all its views, minority item, one view).
-
-    :class:`~balancemix_timm.mixing.MixupCollate` mixes view 0 and keeps only the random items'
-    extra views, so the minority item is read through the single-view data set: a third fewer
-    augmentations than reading both through the views.
-    """
-
-    def __init__(self, views: Dataset, plain: Dataset) -> None:
-        self.views, self.plain = views, plain
-
-    def __len__(self) -> int:
-        return len(self.plain)  # type: ignore[arg-type]
-
-    def __getitem__(self, pair: Sequence[int]) -> tuple[tuple[Any, Any, int], tuple[Any, Any, int]]:
-        r, m = int(pair[0]), int(pair[1])
-        return _indexed_item(self.views, r), _indexed_item(self.plain, m)
 
 
 def _first_of_pairs(batch: Sequence[Any]) -> tuple[Tensor, Tensor]:
