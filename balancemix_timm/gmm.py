@@ -92,7 +92,9 @@ _DTYPE_OPTIONS = ("auto", *_DTYPES)
 _FLOAT32_MIN_TOL = 1e-4
 _CHUNK_MIN, _CHUNK_MAX = 64, 4096  # chunk length bounds (see _chunk_size)
 _COMPACT_SHARE = 0.25  # EM drops converged groups' chunks once they are this share of them
-_SLAB_ENTRIES = 1 << 20  # entries per slab of work space (see _Chunks)
+# Entries per slab of work space (see _Chunks): on CPU a few MB that stay in cache; on a GPU
+# one slab (every pass one kernel launch per operation over all the data).
+_SLAB_ENTRIES = {"cpu": 1 << 20, "other": 1 << 62}
 _EDGE_RTOL = 8.0 * torch.finfo(torch.float32).eps  # rounding of a bin's edges (see histogram)
 
 _Stats = tuple[Tensor, Tensor, Tensor]
@@ -147,7 +149,8 @@ class _Chunks:
         self.n = n
         _, chunks, size = design.shape
         self.chunk = size
-        self.slab = max(1, _SLAB_ENTRIES // size)  # chunks per slab
+        slab = _SLAB_ENTRIES["cpu" if design.device.type == "cpu" else "other"]
+        self.slab = max(1, min(chunks, slab // size))  # chunks per slab
         rows = min(chunks, self.slab)
         device = design.device
         # Work space for one slab: three rows in EM (r, log sigmoid|d|, relu d), scratch otherwise;

@@ -29,7 +29,7 @@ part() {  # part NAME COMMAND...: run COMMAND if NAME is in $ONLY, remember a fa
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$PY" -c "import torch, timm, sklearn; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), 'timm', timm.__version__, 'sklearn', sklearn.__version__)"
 part tests "$PY" -m pytest tests -q -m gpu -p no:cacheprovider
-part gmm "$PY" benchmarks/bench_gmm.py --device cuda --threads 8 --repeat 10 --sklearn-groups 160
+part gmm "$PY" benchmarks/bench_gmm.py --device cuda --threads 8 --repeat 10 --sklearn-groups 160 --compare-float64
 part engine "$PY" benchmarks/bench_engine_state.py --device cuda --threads 8 --repeat 5
 part step "$PY" benchmarks/bench_step.py --device cuda --amp --model resnet50 --image-size 448 \
     --batch-size 64 --workers 8 --threads 8 --num-batches 3 --rounds 4 --piece-repeat 10 \

@@ -422,3 +422,18 @@ def test_losses_requiring_grad_are_detached():
     assert not p.requires_grad
     assert torch.equal(p, clean_probability(losses, labels))
     assert not LabelGMM().fit(leaf, labels).predict_clean_proba(leaf, labels).requires_grad
+
+
+@DTYPES
+def test_result_does_not_depend_on_the_slab_size(monkeypatch, dtype):
+    """The work space's slab size (one chunk per slab here, all chunks at once on a GPU) only
+    changes how the passes are cut, not the per-chunk sums."""
+    losses, labels = make_data(3000, POS_RATES, seed=17)
+    model = LabelGMM(dtype=dtype)
+    p = model.fit_predict_clean_proba(losses, labels)
+    for entries in (1, 1 << 62):
+        monkeypatch.setattr(gmm_module, "_SLAB_ENTRIES", {"cpu": entries, "other": entries})
+        other = LabelGMM(dtype=dtype)
+        torch.testing.assert_close(other.fit_predict_clean_proba(losses, labels), p, rtol=0,
+                                   atol=1e-6)
+        assert torch.equal(other.n_iter_, model.n_iter_)
