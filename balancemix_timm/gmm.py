@@ -96,6 +96,7 @@ _COMPACT_SHARE = 0.25  # EM drops converged groups' chunks once they are this sh
 # one slab (every pass one kernel launch per operation over all the data).
 _SLAB_ENTRIES = {"cpu": 1 << 20, "other": 1 << 62}
 _EDGE_RTOL = 8.0 * torch.finfo(torch.float32).eps  # rounding of a bin's edges (see histogram)
+_CHECK_EVERY = 4  # steps of the k-means bound sequences between convergence checks
 
 _Stats = tuple[Tensor, Tensor, Tensor]
 
@@ -439,11 +440,13 @@ def _two_means(
     t1_2 = two(t1)
     moving = up | down
     cur = two(torch.where(moving, t1, t0))
-    for _ in range(_INIT_BINS + 2):  # monotone over finitely many bins: always terminates
+    # Monotone over finitely many bins: always terminates. A converged sequence stays put, so
+    # convergence is read back (a device synchronisation on a GPU) every few steps only.
+    for step in range(_INIT_BINS + 2):
         t = bounds(cur)
         clamped = torch.where(is_u, torch.minimum(t, t1_2), torch.maximum(t, t1_2))
         new = torch.where(clamp_rows, clamped, torch.where(free_rows, t, cur))
-        if bool((new == cur).all()):
+        if step % _CHECK_EVERY == _CHECK_EVERY - 1 and bool((new == cur).all()):
             break
         cur = new
     lo, hi = cur[:n_groups], cur[n_groups:]
