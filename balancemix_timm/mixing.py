@@ -396,11 +396,12 @@ class PairedDataset(Dataset):
         dataset: A map-style dataset whose items are ``(image, target, index)``; items of the
             form ``(image, target)`` get the requested index appended. ``image`` may be a tensor
             or a tuple of views (first = training view).
-        minority_dataset: Where the minority items are read from (default: ``dataset``). When
-            ``dataset`` returns extra views (for Eq. 9), give the same data set with the plain
-            training transform: :class:`MixupCollate` keeps only the random items' extra views,
-            so the minority items' would be built and dropped (a third of the augmentation
-            work with two views). It must have the same length and sample order.
+        minority_dataset: Where the minority items are read from (default: ``dataset``), same
+            length and sample order. With views (for Eq. 9), the same data set with the plain
+            training transform saves building the minority items' views, which
+            :class:`MixupCollate` drops (a third of the augmentation work with two views); the
+            trainer does not use it: on the demo it cost 1.5 mAP over 5 seeds, unexplained
+            (docs/performance.md, target 4).
     """
 
     def __init__(self, dataset: Dataset, minority_dataset: Dataset | None = None) -> None:

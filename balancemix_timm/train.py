@@ -12,7 +12,6 @@ line per epoch), ``last.pth`` (atomic, every epoch), ``best.pth``, ``summary.jso
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import logging
@@ -171,9 +170,7 @@ class Trainer:
 
         self.method = build_method(cfg.method, self)
         extra = self.method.num_extra_views
-        self._minority_set = self.train_set  # minority items: the training view only
         if extra:
-            self._minority_set = copy.copy(self.train_set)
             self.train_set.transform = MultiView(self._train_tf, 1 + extra)
         self.train_sampler = None
         if not self.method.paired:
@@ -248,7 +245,9 @@ class Trainer:
             collate = MixupCollate(alpha=cfg.alpha, mode=cfg.lam_mode, seed=cfg.seed)
             collate.set_epoch(epoch)
             batch_sampler = PairedBatchSampler(self.method.paired_sampler, cfg.batch_size, drop_last=False)
-            pairs = PairedDataset(self.train_set, self._minority_set)
+            # Minority items are read through the views too (their extra views are dropped):
+            # reading them without measured -1.5 demo mAP over 5 seeds (docs/performance.md).
+            pairs = PairedDataset(self.train_set)
             return DataLoader(pairs, batch_sampler=batch_sampler, collate_fn=collate, **common)
         assert self.train_sampler is not None
         self.train_sampler.set_epoch(epoch)
