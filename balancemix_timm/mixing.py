@@ -400,8 +400,8 @@ class PairedDataset(Dataset):
             length and sample order. With views (for Eq. 9), the same data set with the plain
             training transform saves building the minority items' views, which
             :class:`MixupCollate` drops (a third of the augmentation work with two views); the
-            trainer does not use it: on the demo it cost 1.5 mAP over 5 seeds, unexplained
-            (docs/performance.md, target 4).
+            trainer does not use it: on the demo, loading in the main process, it cost 1.5 mAP
+            over 5 seeds (not with worker processes; unexplained, docs/performance.md target 4).
     """
 
     def __init__(self, dataset: Dataset, minority_dataset: Dataset | None = None) -> None:
