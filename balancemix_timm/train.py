@@ -246,7 +246,8 @@ class Trainer:
             collate.set_epoch(epoch)
             batch_sampler = PairedBatchSampler(self.method.paired_sampler, cfg.batch_size, drop_last=False)
             # Minority items are read through the views too (their extra views are dropped):
-            # reading them without measured -1.5 demo mAP over 5 seeds (docs/performance.md).
+            # without them the demo (main-process loading) lost 1.5 mAP over 5 seeds, see
+            # docs/performance.md, target 4.
             pairs = PairedDataset(self.train_set)
             return DataLoader(pairs, batch_sampler=batch_sampler, collate_fn=collate, **common)
         assert self.train_sampler is not None
