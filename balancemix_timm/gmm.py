@@ -547,8 +547,8 @@ class _Fit:
 
 
 def _check_inputs(losses: Tensor, labels: Tensor, *, values: bool = True) -> None:
-    """Types, shapes, binary labels; with ``values``, also finite losses (``_layout`` checks
-    them on the way, for the fit)."""
+    """Types and shapes; with ``values``, also binary labels and finite losses (``_layout``
+    checks both on the way, for the fit, without extra passes)."""
     check_tensor(losses, "losses")
     check_tensor(labels, "labels")
     check_ndim(losses, "losses", 2)
@@ -556,8 +556,8 @@ def _check_inputs(losses: Tensor, labels: Tensor, *, values: bool = True) -> Non
     check_same_shape(losses, "losses", labels, "labels")
     if not losses.is_floating_point():
         raise ValueError(f"losses must be a floating-point tensor, got {losses.dtype}")
-    check_binary(labels, "labels")
     if values:
+        check_binary(labels, "labels")
         check_finite(losses, "losses")
 
 
@@ -612,7 +612,11 @@ def _layout(
     size = _chunk_size(n_samples)
     per_class = -(-n_samples // size)  # dense chunks per class
     width = per_class * size
-    pos = labels.to(device=device).bool().t().contiguous()  # (K, N)
+    given = labels.to(device=device)
+    as_bool = given.bool()
+    if given.dtype != torch.bool and not bool(given.eq(as_bool).all()):
+        check_binary(labels, "labels")  # only 0 and 1 equal their bool: raises, naming them
+    pos = as_bool.t().contiguous()  # (K, N)
     n_pos = pos.sum(1, dtype=torch.int32).long()  # (int32 accumulation is much faster)
     majority = n_pos * 2 > n_samples  # (K,) True: the positives are the dense group
     minority = pos ^ majority.unsqueeze(1)  # (K, N) True: the entry is in the ragged group

@@ -12,23 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._tiny import tiny
+
 from balancemix_timm.config import load_config
 
-TINY = dict(
-    data="demo",
+# The shared tiny trainer config, smaller and with the trainer's default optimiser settings
+# (plain SGD at lr 0.01), one epoch without warm-up, on the CPU.
+TINY = tiny(
     demo_num_train=120,
     demo_num_val=48,
-    demo_num_classes=20,
-    image_size=32,
-    model="resnet10t",
     epochs=1,
     warmup_epochs=0,
     batch_size=20,
     eval_batch_size=48,
-    noise="mislabel",
-    noise_rate=0.4,
-    progress=False,
-    plots=False,
+    lr=0.01,
     eps=0.6,
     device="cpu",
 )
