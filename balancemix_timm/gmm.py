@@ -281,9 +281,10 @@ class _Chunks:
             keep = active.index_select(0, self.group)
             if int(keep.sum()) <= (1.0 - _COMPACT_SHARE) * chunks:
                 self._em_chunks = torch.nonzero(keep).view(-1)
-        elif bool((~active.index_select(0, self.group.index_select(0, self._em_chunks))).any()):
+        else:
             keep = active.index_select(0, self.group.index_select(0, self._em_chunks))
-            self._em_chunks = self._em_chunks[keep]
+            if not bool(keep.all()):
+                self._em_chunks = self._em_chunks[keep]
         sel = self._em_chunks
         n_chunks = chunks if sel is None else sel.numel()
         group = self.group if sel is None else self.group.index_select(0, sel)
