@@ -34,7 +34,16 @@ from .metrics import average_precision, class_groups
 from .noise import apply_noise, noise_rate_report
 from .refine import LabelState
 from .sampling import ShardedRandomSampler
-from .utils import ModelEma, atomic_save, epoch_seed, resolve_device, rng_state, seed_everything, seed_worker
+from .utils import (
+    ModelEma,
+    atomic_save,
+    epoch_seed,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    seed_worker,
+    view_probabilities,
+)
 
 __all__ = ["Trainer", "train", "main", "build_datasets"]
 
@@ -291,14 +300,8 @@ class Trainer:
     @torch.no_grad()
     def view_probs(self, views: Tensor, model: nn.Module | None = None) -> Tensor:
         """Probabilities of (V, B, C, H, W) views in eval mode, no grad: (V, B, K)."""
-        model = self.model if model is None else model
-        v, b = views.shape[:2]
-        was_training = model.training
-        model.eval()
-        with self.autocast():
-            logits = model(views.flatten(0, 1).to(self.device, non_blocking=True))
-        model.train(was_training)
-        return torch.sigmoid(logits.float()).view(v, b, -1)
+        return view_probabilities(self.model if model is None else model, views, self.device,
+                                  amp=self.amp)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of training; returns the mean loss and timings."""

@@ -23,9 +23,38 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "seed_worker",
+    "view_probabilities",
 ]
 
 _logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def view_probabilities(model: nn.Module, views: torch.Tensor, device: torch.device, *,
+                       amp: bool) -> torch.Tensor:
+    """Sigmoid probabilities of augmented views, as recorded for Eq. 2, 6 and 9 of BalanceMix.
+
+    The model runs in eval mode (restored afterwards), without gradient, under float16
+    autocast when ``amp``.
+
+    Args:
+        model: the classifier.
+        views: ``(V, B, C, H, W)`` views, on any device (moved to ``device``).
+        device: where the model runs.
+        amp: float16 autocast (CUDA).
+
+    Returns:
+        ``(V, B, K)`` float32 probabilities.
+    """
+    v, b = views.shape[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            logits = model(views.flatten(0, 1).to(device, non_blocking=True))
+    finally:
+        model.train(was_training)
+    return torch.sigmoid(logits.float()).view(v, b, -1)
 
 
 class ModelEma(nn.Module):

@@ -64,7 +64,6 @@ import functools
 import importlib
 import logging
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -77,7 +76,7 @@ from balancemix_timm.engine import LABEL_MANAGEMENT_LEVELS, BalanceMix, RefreshR
 from balancemix_timm.loss import asl_elementwise
 from balancemix_timm.mixing import MixedBatch, MixupCollate, PairedDataset
 from balancemix_timm.sampling import PairedBatchSampler, ShardedRandomSampler
-from balancemix_timm.utils import atomic_save, epoch_seed, seed_worker
+from balancemix_timm.utils import atomic_save, epoch_seed, seed_worker, view_probabilities
 
 __all__ = [
     "ML_DECODER_TRESNETS",
@@ -668,18 +667,9 @@ class BalanceMixPlugin:
         loss = self.engine.loss(logits, targets, b.index_r.to(logits.device))
         return loss * logits.shape[0] if self.reduction == "sum" else loss
 
-    @torch.no_grad()
-    def _view_probs(self, model: nn.Module, views: Tensor, device: torch.device) -> Tensor:
-        v, b = views.shape[:2]
-        was_training = model.training
-        model.eval()
-        amp = torch.autocast(device_type="cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
-        try:
-            with amp:
-                logits = model(views.flatten(0, 1).to(device, non_blocking=True))
-        finally:
-            model.train(was_training)
-        return torch.sigmoid(logits.float()).view(v, b, -1)
+    @staticmethod
+    def _view_probs(model: nn.Module, views: Tensor, device: torch.device) -> Tensor:
+        return view_probabilities(model, views, device, amp=device.type == "cuda")
 
     def _model(self, model: nn.Module | None, what: str) -> nn.Module:
         model = model if model is not None else self._attached.model
