@@ -97,6 +97,10 @@ _COMPACT_SHARE = 0.25  # EM drops converged groups' chunks once they are this sh
 _SLAB_ENTRIES = {"cpu": 1 << 20, "other": 1 << 62}
 _EDGE_RTOL = 8.0 * torch.finfo(torch.float32).eps  # rounding of a bin's edges (see histogram)
 _CHECK_EVERY = 4  # steps of the k-means bound sequences between convergence checks
+# Sums of logarithms of entries in [1/2, 1] are taken as logarithms of products of up to this
+# many entries (>= 2**-64, far above float32's smallest normal number, 2**-126). Chunk
+# lengths are powers of two in [_LOG_GROUP, _LOG_GROUP**2].
+_LOG_GROUP = 64
 
 _Stats = tuple[Tensor, Tensor, Tensor]
 
@@ -127,44 +131,44 @@ def _round_down(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class _Chunks:
-    """The ``G = 2K`` groups' values in one ``(2, M, CH)`` tensor of rows ``x`` and ``x**2``.
+    """The ``G = 2K`` groups' values in one ``(M, CH)`` tensor ``x``, one group per chunk (row).
 
     Every per-label pass is a dense elementwise operation on ``(S, CH)`` slabs of chunks with
     per-chunk coefficients broadcast along the chunk (a small work space, reused slab after
-    slab), and every per-group sum is a batched matrix product (or row sum) per chunk, in the
+    slab), and every per-group sum is a row sum or a batched dot product per chunk, in the
     working dtype over at most ``CH`` terms, followed by a float64 sum over each group's chunks.
+    Squares are formed slab by slab, never stored: the data stay one tensor of at most
+    ``4 * N * K`` bytes plus padding, which a C allocator can recycle from one fit to the next
+    (glibc maps allocations above 32 MB afresh on each call, and first touching them costs
+    about as much as a whole EM round).
 
     Args:
-        design: ``(2, M, CH)`` rows ``x``, ``x**2`` in the working dtype.
+        x: ``(M, CH)`` values in the working dtype.
         group: ``(M,)`` int64 group of each chunk, non-decreasing.
         n_fill: ``(G,)`` float64 number of filler entries of each group.
         n: ``(G,)`` float64 number of real entries of each group.
     """
 
-    def __init__(self, design: Tensor, group: Tensor, n_fill: Tensor, n: Tensor) -> None:
-        self.design = design
-        self.dtype = design.dtype
+    def __init__(self, x: Tensor, group: Tensor, n_fill: Tensor, n: Tensor) -> None:
+        self.x = x
+        self.dtype = x.dtype
         self.group = group
         self.groups = n_fill.numel()
         self.n_fill = n_fill
         self.n = n
-        _, chunks, size = design.shape
+        chunks, size = x.shape
         self.chunk = size
-        slab = _SLAB_ENTRIES["cpu" if design.device.type == "cpu" else "other"]
+        slab = _SLAB_ENTRIES["cpu" if x.device.type == "cpu" else "other"]
         self.slab = max(1, min(chunks, slab // size))  # chunks per slab
         rows = min(chunks, self.slab)
-        device = design.device
-        # Work space for one slab: three rows in EM (r, log sigmoid|d|, relu d), scratch otherwise;
-        # and room for a slab of gathered chunks once EM runs on a subset of the groups.
+        device = x.device
+        # Work space for one slab: three rows (in EM: r, then max(r, 1 - r), relu d); and room
+        # for a slab of gathered chunks once EM runs on a subset of the groups.
         self._work = torch.empty((3, rows, size), dtype=self.dtype, device=device)
         self._gathered: Tensor | None = None
         self._em_chunks: Tensor | None = None  # chunk indices still in EM (None: all)
         self._one = torch.ones((), dtype=self.dtype, device=device)
         self._inv_width = torch.zeros(self.groups, dtype=self.dtype, device=device)
-
-    @property
-    def x(self) -> Tensor:
-        return self.design[0]
 
     def _slabs(self, chunks: int) -> list[tuple[int, int]]:
         return [(s, min(chunks, s + self.slab)) for s in range(0, chunks, self.slab)]
@@ -176,18 +180,25 @@ class _Chunks:
         return out.index_add_(0, group, s.to(torch.float64))
 
     @staticmethod
-    def _weighted(w: Tensor, design: Tensor, out: Tensor) -> None:
-        """Chunk sums of the work rows ``w`` ``(R, S, CH)`` into ``out`` ``(S, R + 2)``:
-        ``sum w[r]`` for each row, then ``sum w[0] x`` and ``sum w[0] x^2`` (``design``
-        ``(2, S, CH)``). (``bmm`` into a strided ``out`` takes a slow generic path, hence the
-        copies of the small results.)"""
-        rows = w.shape[0]
-        out[:, :rows] = w.sum(2).t()
-        out[:, rows:] = torch.bmm(w[0].unsqueeze(1), design.permute(1, 2, 0)).squeeze(1)
+    def _moments(w: Tensor, x: Tensor, scratch: Tensor, out: Tensor) -> None:
+        """Per-chunk ``sum w``, ``sum w x`` and ``sum w x^2`` of ``(S, CH)`` slabs into ``out``
+        ``(S, 3)``. ``scratch`` ``(S, CH)`` (not ``w``) is overwritten. (Products and row sums:
+        a batched ``bmm`` dot product is several times slower, and a row sum does not depend
+        on how many rows a slab holds.)"""
+        out[:, 0] = w.sum(1)
+        wx = torch.mul(w, x, out=scratch)
+        out[:, 1] = wx.sum(1)
+        out[:, 2] = wx.mul_(x).sum(1)
 
     def moments(self) -> _Stats:
         """Count, sum and sum of squares of the real entries of each group (filler x = 0)."""
-        s = self._reduce(self.design.sum(2).t(), self.group)
+        chunks = self.x.shape[0]
+        out = torch.empty((chunks, 2), dtype=self.dtype, device=self.x.device)
+        out[:, 0] = self.x.sum(1)
+        for start, stop in self._slabs(chunks):
+            x = self.x[start:stop]
+            out[start:stop, 1] = torch.mul(x, x, out=self._work[0, : stop - start]).sum(1)
+        s = self._reduce(out, self.group)
         return self.n, s[:, 0], s[:, 1]
 
     def _per_chunk(self, t: Tensor, group: Tensor) -> Tensor:
@@ -200,15 +211,15 @@ class _Chunks:
         filler (x = 0) is never counted."""
         t = _round_down(thr, self.dtype).to(self.dtype)
         t_lo = None if lo is None else _round_down(lo, self.dtype).to(self.dtype)
-        chunks = self.design.shape[1]
-        out = torch.empty((chunks, 3), dtype=self.dtype, device=self.design.device)
+        chunks = self.x.shape[0]
+        out = torch.empty((chunks, 3), dtype=self.dtype, device=self.x.device)
         values, groups = [], []
         for start, stop in self._slabs(chunks):
             g, x = self.group[start:stop], self.x[start:stop]
-            w = self._work[:1, : stop - start]
+            w = self._work[:, : stop - start]
             above = torch.gt(x, t.index_select(0, g).unsqueeze(1))
             w[0].copy_(above)
-            self._weighted(w, self.design[:, start:stop], out[start:stop])
+            self._moments(w[0], x, w[1], out[start:stop])
             if t_lo is not None:
                 inside = torch.gt(x, t_lo.index_select(0, g).unsqueeze(1))
                 inside ^= above  # lo <= thr: {x > thr} is a subset of {x > lo}
@@ -216,7 +227,7 @@ class _Chunks:
                 values.append(x.reshape(-1)[flat].to(torch.float64))
                 groups.append(g[torch.div(flat, self.chunk, rounding_mode="floor")])
         s = self._reduce(out, self.group)
-        f64 = dict(dtype=torch.float64, device=self.design.device)
+        f64 = dict(dtype=torch.float64, device=self.x.device)
         v = torch.cat(values) if values else torch.zeros(0, **f64)
         seg = torch.cat(groups) if groups else torch.zeros(0, dtype=torch.int64, device=v.device)
         return (s[:, 0], s[:, 1], s[:, 2]), v, seg
@@ -252,31 +263,48 @@ class _Chunks:
         self._inv_width = inv.to(self.dtype)
         bins = self.groups * _INIT_BINS
         counts = torch.zeros(bins, dtype=torch.int64, device=self.x.device)
-        for start, stop in self._slabs(self.design.shape[1]):
+        for start, stop in self._slabs(self.x.shape[0]):
             g = self.group[start:stop]
             b = torch.mul(self.x[start:stop], self._inv_width.index_select(0, g).unsqueeze(1),
                           out=self._work[0, : stop - start])
             idx = b.to(torch.int32)  # b >= 0: truncation is floor (G * BINS < 2**31)
-            idx.clamp_(max=_INIT_BINS - 1).add_((g * _INIT_BINS).to(torch.int32).unsqueeze(1))
-            counts += torch.bincount(idx.view(-1), minlength=bins)
+            # Count into the bins of this slab's groups only (chunks are in group order).
+            first, last = int(g[0]), int(g[-1])
+            idx.clamp_(max=_INIT_BINS - 1).add_(((g - first) * _INIT_BINS).to(torch.int32)
+                                                .unsqueeze(1))
+            span = (last - first + 1) * _INIT_BINS
+            counts[first * _INIT_BINS: first * _INIT_BINS + span] += torch.bincount(
+                idx.view(-1), minlength=span)
         counts = counts.view(self.groups, _INIT_BINS).to(torch.float64)
         counts[:, 0] -= self.n_fill  # the filler sits at x = 0, in bin 0
         return counts
 
     # ------------------------------------------------------------------ EM
-    def _diff(self, a: Tensor, b: Tensor, c: Tensor, design: Tensor, group: Tensor,
-              out: Tensor) -> Tensor:
-        """``d = a + b x + c x^2`` per entry of ``design`` ``(2, S, CH)``, into ``out``."""
-        d = torch.addcmul(self._per_chunk(a, group), design[0], self._per_chunk(b, group),
-                          out=out)
-        return d.addcmul_(design[1], self._per_chunk(c, group))
+    def _diff(self, a: Tensor, b: Tensor, c: Tensor, x: Tensor, group: Tensor,
+              scratch: Tensor, out: Tensor) -> Tensor:
+        """``d = a + (b + c x) x`` per entry of ``x`` ``(S, CH)``, into ``out`` (``scratch``
+        of the same shape receives ``b + c x``)."""
+        inner = torch.addcmul(self._per_chunk(b, group), x, self._per_chunk(c, group),
+                              out=scratch)
+        return torch.addcmul(self._per_chunk(a, group), inner, x, out=out)
+
+    @staticmethod
+    def _sum_log(m: Tensor, out: Tensor) -> None:
+        """Per-chunk ``sum log m`` of ``m`` ``(S, CH)`` with entries in ``[1/2, 1]``, into
+        ``out`` ``(S,)``: the logarithms of products of ``CH / _LOG_GROUP <= _LOG_GROUP``
+        entries each (``>= 2**-64``, far from underflow; a product of ``n`` factors is off by
+        at most ``n - 1`` roundings, the same order as the logarithms it replaces), of which
+        there are only ``_LOG_GROUP`` per chunk: a logarithm costs about ten products."""
+        rows, size = m.shape
+        prod = m.view(rows, size // _LOG_GROUP, _LOG_GROUP).prod(1)
+        out.copy_(prod.log_().sum(1))
 
     def em_stats(self, a: Tensor, b: Tensor, c: Tensor, active: Tensor) -> tuple[Tensor, ...]:
         """Per group: sums of ``r``, ``r x``, ``r x^2`` and ``softplus(d)`` over the real
         entries, where ``d = a + b x + c x^2`` and ``r = sigmoid(d)``; only ``active`` groups'
         values are meaningful. Once the others hold ``_COMPACT_SHARE`` of the chunks, only the
         active groups' chunks are visited (gathered slab by slab into a reused buffer)."""
-        chunks = self.design.shape[1]
+        chunks = self.x.shape[0]
         if self._em_chunks is None:
             keep = active.index_select(0, self.group)
             if int(keep.sum()) <= (1.0 - _COMPACT_SHARE) * chunks:
@@ -289,39 +317,44 @@ class _Chunks:
         n_chunks = chunks if sel is None else sel.numel()
         group = self.group if sel is None else self.group.index_select(0, sel)
         if sel is not None and self._gathered is None:
-            self._gathered = torch.empty_like(self._work[:2])
-        out = torch.empty((n_chunks, 5), dtype=self.dtype, device=self.design.device)
+            self._gathered = torch.empty_like(self._work[0])
+        # Per chunk: sums of r, r x, r x^2, log max(r, 1 - r), relu(d).
+        out = torch.empty((n_chunks, 5), dtype=self.dtype, device=self.x.device)
         for start, stop in self._slabs(n_chunks):
             w = self._work[:, : stop - start]
             if sel is None:
-                part = self.design[:, start:stop]
+                x = self.x[start:stop]
             else:
                 assert self._gathered is not None
-                part = self._gathered[:, : stop - start]
-                torch.index_select(self.design, 1, sel[start:stop], out=part)
-            d = self._diff(a, b, c, part, group[start:stop], w[0])
+                x = self._gathered[: stop - start]
+                torch.index_select(self.x, 0, sel[start:stop], out=x)
+            d = self._diff(a, b, c, x, group[start:stop], w[1], w[0])
             torch.clamp(d, min=0.0, out=w[2])  # relu(d)
             r = torch.sigmoid_(d)  # row 0 now holds the responsibilities r
             # log sigmoid(|d|) = log max(r, 1 - r), in [log 1/2, 0] (for r below float
             # rounding, 1 - r rounds to 1: an error of at most r, far below the sums' rounding)
             torch.sub(self._one, r, out=w[1])
-            torch.maximum(w[1], r, out=w[1]).log_()
-            self._weighted(w, part, out[start:stop])
-        s = self._reduce(out, group)  # (G, 5): r, log sigmoid|d|, relu(d), r x, r x^2
+            torch.maximum(w[1], r, out=w[1])
+            self._sum_log(w[1], out[start:stop, 3])
+            out[start:stop, 4] = w[2].sum(1)
+            self._moments(r, x, w[2], out[start:stop, :3])
+        s = self._reduce(out, group)
         # softplus(d) = relu(d) - log sigmoid(|d|): two sums of non-negative terms (no
         # cancellation in the working dtype). Filler entries have d = a.
         fill = self.n_fill
         s0 = (s[:, 0] - fill * torch.sigmoid(a)).clamp_(min=0.0)
-        ssp = s[:, 2] - s[:, 1] - fill * torch.nn.functional.softplus(a)
-        return s0, s[:, 3], s[:, 4], ssp
+        ssp = s[:, 4] - s[:, 3] - fill * torch.nn.functional.softplus(a)
+        return s0, s[:, 1], s[:, 2], ssp
 
-    def posterior(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-        """``sigmoid(a + b x + c x^2)`` for every entry, ``(M, CH)`` (filler meaningless),
-        written over the design's row ``x`` slab by slab (the fit is over)."""
-        p = self.design[0]
+    def posterior(self, a: Tensor, b: Tensor, c: Tensor, first: int = 0) -> Tensor:
+        """``sigmoid(a + b x + c x^2)`` for every entry of the chunks from ``first`` on,
+        ``(M - first, CH)`` (filler meaningless), written over ``x`` slab by slab (the fit is
+        over)."""
+        p = self.x[first:]
+        group = self.group[first:]
         for start, stop in self._slabs(p.shape[0]):
-            d = self._diff(a, b, c, self.design[:, start:stop], self.group[start:stop],
-                           self._work[0, : stop - start])
+            w = self._work[:, : stop - start]
+            d = self._diff(a, b, c, p[start:stop], group[start:stop], w[1], w[0])
             torch.sigmoid(d, out=p[start:stop])
         return p
 
@@ -391,16 +424,15 @@ def _two_means(
     ``l <- max(T_lo(l), t_1)`` from ``t_1`` rises to some ``l* <= t*`` with ``T(l*) >= l*``,
     and ``u <- T_hi(u)`` from ``t_1`` rises to some ``u* >= t*``: exact Lloyd resumed from
     ``l*`` rises monotonically to the same ``t*`` as plain Lloyd, never leaving
-    ``[l*, u*]`` (symmetrically downwards). The bound sequences cost no data pass, and the
+    ``[l*, u*]`` (symmetrically downwards). ``t_1`` itself is only needed as a floor (and a
+    start): its bounds ``T_lo(t_0) <= t_1 <= T_hi(t_0)`` serve as well whenever they tell
+    the direction (see the code). The bound sequences cost no data pass, and the
     exact steps only need the few losses inside ``(l*, u*]`` (widened by
     ``_WINDOW_MARGIN * top`` against rounding) plus the totals above ``u*`` (one pass). Should
     rounding ever push a threshold out of the window anyway, the remaining iterations run on
     the full data.
     """
     t0 = 0.5 * top
-    count, s1, _ = groups.split(t0)
-    t1 = _midpoint(n, sx, count, s1)
-    up, down = fitted & (t1 > t0), fitted & (t1 < t0)
 
     # Rigorous bounds of the Lloyd map T on each histogram bin, from counts and bin edges.
     # Rows 0..G-1 follow the lower sequence (l), rows G..2G-1 the upper one (u).
@@ -435,17 +467,30 @@ def _two_means(
         s_high = torch.where(is_u, j_tot - jle + c_tot - cle, j_tot - jle + jc_b) * width
         return 0.5 * (mean(s_low, c_low, zero) + mean(s_high, c_tot - c_low, top2))
 
+    # The first step t1 = T(t0) is bounded like any other. When the bounds tell its direction
+    # (up: T_lo(t0) > t0), they serve in place of t1 below: Lloyd has no fixed point in
+    # [t0, t1) (there T(t) >= T(t0) = t1 > t), so a floor anywhere in [t0, t1] keeps the
+    # lower sequence below t* and Lloyd from its limit still ends at t*; the upper sequence
+    # may start anywhere above t1 (symmetrically downwards). Only if some group's direction
+    # is unclear does a pass over the data compute t1 exactly.
+    t1_rows = bounds(two(t0))  # (T_lo(t0), T_hi(t0)): a floor and a ceiling of t1
+    t1_lo, t1_hi = t1_rows[:n_groups], t1_rows[n_groups:]
+    up, down = fitted & (t1_lo > t0), fitted & (t1_hi < t0)
+    if bool((fitted & ~up & ~down).any()):
+        count, s1, _ = groups.split(t0)
+        t1 = _midpoint(n, sx, count, s1)
+        up, down = fitted & (t1 > t0), fitted & (t1 < t0)
+        t1_rows = two(t1)
     # Lower rows rise (up) with the floor t1, or fall (down) unclamped; upper rows the reverse.
     clamp_rows = torch.cat([up, down])
     free_rows = torch.cat([down, up])
-    t1_2 = two(t1)
-    moving = up | down
-    cur = two(torch.where(moving, t1, t0))
+    moving = two(up | down)
+    cur = torch.where(moving, t1_rows, two(t0))
     # Monotone over finitely many bins: always terminates. A converged sequence stays put, so
     # convergence is read back (a device synchronisation on a GPU) every few steps only.
     for step in range(_INIT_BINS + 2):
         t = bounds(cur)
-        clamped = torch.where(is_u, torch.minimum(t, t1_2), torch.maximum(t, t1_2))
+        clamped = torch.where(is_u, torch.minimum(t, t1_rows), torch.maximum(t, t1_rows))
         new = torch.where(clamp_rows, clamped, torch.where(free_rows, t, cur))
         if step % _CHECK_EVERY == _CHECK_EVERY - 1 and bool((new == cur).all()):
             break
@@ -615,13 +660,16 @@ def _layout(
     width = per_class * size
     given = labels.to(device=device)
     as_bool = given.bool()
-    if given.dtype != torch.bool and not bool(given.eq(as_bool).all()):
-        check_binary(labels, "labels")  # only 0 and 1 equal their bool: raises, naming them
-    pos = as_bool.t().contiguous()  # (K, N)
-    n_pos = pos.sum(1, dtype=torch.int32).long()  # (int32 accumulation is much faster)
+    # Binary labels: as many entries equal 1 as are non-zero (NaN is non-zero and not 1).
+    # (Counting is much faster than comparing with the bool copy, a mixed-dtype pass.)
+    if given.dtype != torch.bool and \
+            int(torch.count_nonzero(as_bool)) != int(torch.count_nonzero(given.eq(1))):
+        check_binary(labels, "labels")  # raises, naming the values
+    minority = as_bool.t().contiguous()  # (K, N) positives; then True: in the ragged group
+    n_pos = minority.sum(1, dtype=torch.int32).long()  # (int32 accumulation is much faster)
     majority = n_pos * 2 > n_samples  # (K,) True: the positives are the dense group
-    minority = pos ^ majority.unsqueeze(1)  # (K, N) True: the entry is in the ragged group
-    del pos
+    if bool(majority.any()):
+        minority[majority] = ~minority[majority]
     flat = torch.nonzero(minority.view(-1)).view(-1)
     seg = torch.div(flat, n_samples, rounding_mode="floor")  # class of each ragged entry
     col = flat - seg * n_samples  # its sample
@@ -632,21 +680,23 @@ def _layout(
     m_dense = k * per_class
     m_total = m_dense + int(r_chunks.sum())
 
-    design = torch.empty((2, m_total, size), dtype=dtype, device=device)
-    x = design[0]
+    x = torch.empty((m_total, size), dtype=dtype, device=device)
     x_dense = x[:m_dense].view(k, width)
     x_dense[:, :n_samples].copy_(losses.to(device=device).t())
-    v = x_dense[seg, col]  # the ragged groups' raw values, grouped by class
+    in_dense = seg * width + col  # the ragged entries' positions in the dense rows
+    dense_flat = x_dense.view(-1)
+    v = dense_flat[in_dense]  # the ragged groups' raw values, grouped by class
 
     # Per-group minimum / maximum (dense groups, then ragged groups). The dense rows' other
-    # entries (already copied to v) are masked in place; they become filler below.
+    # entries (already copied to v) are overwritten in place (by index: they are few); they
+    # become filler below.
     inf = float("inf")
     d_min = torch.full((k,), inf, **f64)
     d_max = torch.full((k,), -inf, **f64)
     real = x_dense[:, :n_samples]
     if n_samples > 0:
-        d_min = real.masked_fill_(minority, inf).amin(1)
-        d_max = real.masked_fill_(minority, -inf).amax(1)
+        d_min = dense_flat.index_fill_(0, in_dense, inf).view(k, width)[:, :n_samples].amin(1)
+        d_max = dense_flat.index_fill_(0, in_dense, -inf).view(k, width)[:, :n_samples].amax(1)
     v64 = v.to(torch.float64)
     r_min = torch.full((k,), inf, **f64).scatter_reduce(0, seg, v64, "amin")
     r_max = torch.full((k,), -inf, **f64).scatter_reduce(0, seg, v64, "amax")
@@ -668,7 +718,7 @@ def _layout(
 
     # Shift / scale every group (in float64, rounded once to the working dtype); filler -> 0.
     real.sub_(offset[:k].to(dtype).unsqueeze(1)).div_(scale[:k].to(dtype).unsqueeze(1))
-    real.masked_fill_(minority, 0.0)
+    dense_flat.index_fill_(0, in_dense, 0.0)
     x_dense[:, n_samples:].zero_()
     v = ((v64 - offset[k:].index_select(0, seg)) / scale[k:].index_select(0, seg)).to(dtype)
     del v64
@@ -679,7 +729,7 @@ def _layout(
             .to(torch.float64) if n_samples else torch.full((k,), math.nan, **f64),
             _ragged_median(v, seg, n_minor),
         ])
-    del minority
+    del minority, in_dense
 
     # The ragged groups: class c's entries fill chunks r_first[c], ...; the rest is filler.
     r_first = torch.cumsum(r_chunks, 0) - r_chunks + m_dense
@@ -689,7 +739,6 @@ def _layout(
     x[m_dense:].zero_()
     x.view(-1)[where] = v
     del v
-    torch.mul(x, x, out=design[1])
 
     cls = torch.arange(k, device=device)
     group = torch.cat([cls.repeat_interleave(per_class), k + cls.repeat_interleave(r_chunks)])
@@ -697,7 +746,7 @@ def _layout(
     n = torch.cat([n_samples - n_minor64, n_minor64])
     n_fill = torch.cat([width - (n_samples - n_minor64), r_chunks * size - n_minor64])
     out = _Layout()
-    out.chunks = _Chunks(design, group, n_fill, n)
+    out.chunks = _Chunks(x, group, n_fill, n)
     out.offset, out.scale, out.top = offset, scale, span / scale
     out.constant, out.majority, out.median = constant, majority, median
     out.output = _Output(n_samples, k, m_dense, width, where, seg, col)
@@ -709,7 +758,7 @@ class _Layout:
     float64: ``offset`` and ``scale`` of the normalisation, ``top`` the normalised range,
     ``constant`` (bool) and ``median`` (normalised, only for ``init="quantile"``); ``majority``
     ``(K,)`` bool, True where the positives are the dense group; ``output`` for
-    :func:`_assemble`."""
+    :func:`_predict`."""
 
     chunks: _Chunks
     offset: Tensor
@@ -736,7 +785,9 @@ def _ragged_median(v: Tensor, seg: Tensor, counts: Tensor) -> Tensor:
 
 
 class _Output:
-    """Where each chunk entry goes in the ``(N, K)`` output (see :func:`_assemble`)."""
+    """Where the ragged groups' chunk entries go in the ``(N, K)`` output (see
+    :func:`_predict`): entry ``where[i]`` of the flattened chunks is label ``(col[i], seg[i])``;
+    the dense groups are column ``k`` of the losses for class ``k``."""
 
     def __init__(self, n_samples: int, k: int, m_dense: int, width: int, where: Tensor,
                  seg: Tensor, col: Tensor) -> None:
@@ -744,12 +795,41 @@ class _Output:
         self.where, self.seg, self.col = where, seg, col
 
 
-def _assemble(p: Tensor, out: _Output) -> Tensor:
-    """``(N, K)`` float32 from per-entry values ``p`` ``(M, CH)`` in chunk layout."""
-    result = torch.empty((out.n_samples, out.k), dtype=torch.float32, device=p.device)
-    if out.n_samples:
-        result.copy_(p[: out.m_dense].reshape(out.k, out.width)[:, : out.n_samples].t())
-        result[out.col, out.seg] = p.view(-1)[out.where].to(torch.float32)
+def _predict(losses: Tensor, lay: _Layout, a: Tensor, b: Tensor, c: Tensor,
+             fallback_groups: Tensor, fallback: float) -> Tensor:
+    """Eq. 8 for every label, ``(N, K)`` float32: the posterior ``sigmoid(a + (b + c z) z)``
+    of the clean component with each group's coefficients, ``z`` the normalised loss.
+
+    The dense groups (column ``k`` of ``losses`` for class ``k``, bar the ragged entries) are
+    evaluated straight in the ``(N, K)`` layout of ``losses``, slab by slab with the same
+    arithmetic as the fit's (so from the same normalised values), which spares a transposed
+    copy of the whole output; the ragged groups are evaluated on their chunks and written
+    over their entries. Groups in ``fallback_groups`` ``(G,)`` get ``fallback``."""
+    chunks, out = lay.chunks, lay.output
+    n, k, dtype = out.n_samples, out.k, chunks.dtype
+    device = chunks.x.device
+    result = torch.empty((n, k), dtype=torch.float32, device=device)
+    if n == 0:
+        return result
+    offset, scale, a_k, b_k, c_k = (t[:k].to(dtype).unsqueeze(0)
+                                    for t in (lay.offset, lay.scale, a, b, c))
+    rows = min(n, max(1, chunks.slab * chunks.chunk // k))
+    work = torch.empty((3, rows, k), dtype=dtype, device=device)
+    x = losses.to(device=device)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        z, inner, d = work[:, : stop - start]
+        z.copy_(x[start:stop]).sub_(offset).div_(scale)
+        torch.addcmul(b_k, z, c_k, out=inner)
+        torch.sigmoid(torch.addcmul(a_k, inner, z, out=d), out=result[start:stop])
+    dense_fallback = torch.nonzero(fallback_groups[:k]).view(-1)
+    if dense_fallback.numel():
+        result.index_fill_(1, dense_fallback, fallback)
+    p = chunks.posterior(a, b, c, first=out.m_dense)  # (ragged chunks, CH)
+    p.masked_fill_(fallback_groups.index_select(0, chunks.group[out.m_dense:]).unsqueeze(1),
+                   fallback)
+    values = p.reshape(-1)[out.where - out.m_dense * chunks.chunk].to(torch.float32)
+    result.view(-1).index_copy_(0, out.col * k + out.seg, values)
     return result
 
 
@@ -826,9 +906,7 @@ def _fit(
     out.clean_proba = None
     if predict:
         a, b, c = _coefficients(weights, means, variances)
-        p = groups.posterior(a, b, c)
-        p.masked_fill_(fb.index_select(0, groups.group).unsqueeze(1), fallback)
-        out.clean_proba = _assemble(p, lay.output)
+        out.clean_proba = _predict(losses, lay, a, b, c, fb, fallback)
     _logger.debug(
         "clean_probability: %d groups fitted, %d converged, at most %d EM rounds",
         int(fitted.sum()), int(converged.sum()), int(n_iter.max()) if n_iter.numel() else 0,

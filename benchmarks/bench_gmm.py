@@ -27,13 +27,10 @@ import resource
 import time
 import warnings
 
-# Idle OpenMP threads otherwise spin against each other (and anything else) on a small, busy CPU.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from balancemix_timm.gmm import LabelGMM, clean_probability  # noqa: E402
+from balancemix_timm.gmm import LabelGMM, clean_probability
 
 
 def make_data(
