@@ -217,12 +217,13 @@ class _Chunks:
         for start, stop in self._slabs(chunks):
             g, x = self.group[start:stop], self.x[start:stop]
             w = self._work[:, : stop - start]
-            above = torch.gt(x, t.index_select(0, g).unsqueeze(1))
-            w[0].copy_(above)
-            self._moments(w[0], x, w[1], out[start:stop])
+            # (Comparisons written as 0.0 / 1.0 straight into the work space are several
+            # times faster than into a bool tensor.)
+            above = torch.gt(x, t.index_select(0, g).unsqueeze(1), out=w[0])
+            self._moments(above, x, w[1], out[start:stop])
             if t_lo is not None:
-                inside = torch.gt(x, t_lo.index_select(0, g).unsqueeze(1))
-                inside ^= above  # lo <= thr: {x > thr} is a subset of {x > lo}
+                inside = torch.gt(x, t_lo.index_select(0, g).unsqueeze(1), out=w[1])
+                inside -= above  # lo <= thr: {x > thr} is a subset of {x > lo}
                 flat = torch.nonzero(inside.view(-1)).view(-1)
                 values.append(x.reshape(-1)[flat].to(torch.float64))
                 groups.append(g[torch.div(flat, self.chunk, rounding_mode="floor")])
@@ -318,7 +319,7 @@ class _Chunks:
         group = self.group if sel is None else self.group.index_select(0, sel)
         if sel is not None and self._gathered is None:
             self._gathered = torch.empty_like(self._work[0])
-        # Per chunk: sums of r, r x, r x^2, log max(r, 1 - r), relu(d).
+        # Per chunk: sums of r, relu(d), r x, r x^2, log max(r, 1 - r).
         out = torch.empty((n_chunks, 5), dtype=self.dtype, device=self.x.device)
         for start, stop in self._slabs(n_chunks):
             w = self._work[:, : stop - start]
@@ -328,23 +329,23 @@ class _Chunks:
                 assert self._gathered is not None
                 x = self._gathered[: stop - start]
                 torch.index_select(self.x, 0, sel[start:stop], out=x)
-            d = self._diff(a, b, c, x, group[start:stop], w[1], w[0])
-            torch.clamp(d, min=0.0, out=w[2])  # relu(d)
+            d = self._diff(a, b, c, x, group[start:stop], w[2], w[0])
+            torch.clamp(d, min=0.0, out=w[1])  # relu(d)
             r = torch.sigmoid_(d)  # row 0 now holds the responsibilities r
             # log sigmoid(|d|) = log max(r, 1 - r), in [log 1/2, 0] (for r below float
             # rounding, 1 - r rounds to 1: an error of at most r, far below the sums' rounding)
-            torch.sub(self._one, r, out=w[1])
-            torch.maximum(w[1], r, out=w[1])
-            self._sum_log(w[1], out[start:stop, 3])
-            out[start:stop, 4] = w[2].sum(1)
-            self._moments(r, x, w[2], out[start:stop, :3])
+            torch.sub(self._one, r, out=w[2])
+            self._sum_log(torch.maximum(w[2], r, out=w[2]), out[start:stop, 4])
+            torch.mul(r, x, out=w[2])
+            out[start:stop, :3] = w.sum(2).t()  # r, relu(d), r x: one reduction
+            out[start:stop, 3] = w[2].mul_(x).sum(1)
         s = self._reduce(out, group)
         # softplus(d) = relu(d) - log sigmoid(|d|): two sums of non-negative terms (no
         # cancellation in the working dtype). Filler entries have d = a.
         fill = self.n_fill
         s0 = (s[:, 0] - fill * torch.sigmoid(a)).clamp_(min=0.0)
-        ssp = s[:, 4] - s[:, 3] - fill * torch.nn.functional.softplus(a)
-        return s0, s[:, 1], s[:, 2], ssp
+        ssp = s[:, 1] - s[:, 4] - fill * torch.nn.functional.softplus(a)
+        return s0, s[:, 2], s[:, 3], ssp
 
     def posterior(self, a: Tensor, b: Tensor, c: Tensor, first: int = 0) -> Tensor:
         """``sigmoid(a + b x + c x^2)`` for every entry of the chunks from ``first`` on,

@@ -13,9 +13,15 @@ loop (extrapolated to all 2K groups by number of labels; scikit-learn's OpenMP a
 to ``--threads`` like torch), the time ratio, the agreement of the clean decisions (p > 0.5)
 and the largest probability difference.
 
+OpenMP's idle-thread policy matters to both sides on a small CPU and is left as the
+environment sets it (printed first): unset, libgomp (torch's and scikit-learn's) spins a
+while before sleeping; ``OMP_WAIT_POLICY=PASSIVE`` sleeps at once, which spares a loaded
+machine but makes each waking of the pool cost tens of microseconds.
+
 Example::
 
     python benchmarks/bench_gmm.py --threads 2 --sklearn-groups 160
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_gmm.py --threads 2 --sklearn-groups 160
     python benchmarks/bench_gmm.py --sklearn-groups 0 --compare-float64   # torch only
 """
 
@@ -104,6 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')} "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     losses, labels, wrong = make_data(args.n, args.k, args.noise, args.seed)
     losses, labels = losses.to(args.device), labels.to(args.device)
     print(f"data: N={args.n} K={args.k} positives/image={labels.sum(1).mean():.2f} "
