@@ -120,14 +120,28 @@ def test_matches_sklearn_from_same_initialisation(settings, dtype):
                                        rtol=lb_tol)
 
 
+def _count_splits(monkeypatch) -> list:
+    """Record every full-data split (the first Lloyd step or a fallback)."""
+    calls = []
+    split = gmm_module._Chunks.split
+    monkeypatch.setattr(gmm_module._Chunks, "split",
+                        lambda self, thr: calls.append(1) or split(self, thr))
+    return calls
+
+
 @DTYPES
-def test_kmeans_init_is_plain_lloyd_on_multimodal_data(dtype):
+def test_kmeans_init_is_plain_lloyd_on_multimodal_data(monkeypatch, dtype):
     """The histogram-accelerated two-means must stop where plain Lloyd stops (max_iter=0:
-    the fitted parameters are the initial ones)."""
+    the fitted parameters are the initial ones), whether the first step's direction comes
+    from the histogram bounds (no full-data split: the usual case) or from a split."""
     tol = TOL[dtype][3]
+    splits = _count_splits(monkeypatch)
+    seen = set()
     for seed in range(6):
+        del splits[:]
         losses, labels = make_data(3000, POS_RATES, seed=seed, modes=9)
         model = LabelGMM(max_iter=0, dtype=dtype).fit(losses, labels)
+        seen.add(len(splits) > 0)
         assert not model.converged_.any() and (model.n_iter_ == 0).all()
         for k in range(len(POS_RATES)):
             for l in (0, 1):
@@ -137,14 +151,18 @@ def test_kmeans_init_is_plain_lloyd_on_multimodal_data(dtype):
                 np.testing.assert_allclose(model.means_[l, k].numpy(), mu[order], atol=tol)
                 np.testing.assert_allclose(model.variances_[l, k].numpy(), var[order], atol=tol)
                 np.testing.assert_allclose(model.weights_[l, k].numpy(), w[order], atol=tol)
+    assert False in seen  # at least one data set needed no split for the first step
 
 
 @DTYPES
 def test_kmeans_init_exact_with_coarse_histogram(monkeypatch, dtype):
-    """With 2 bins the bounds are loose and the exact window holds most losses: same result."""
+    """With 2 bins the bounds are loose (the first step's direction needs a split) and the
+    exact window holds most losses: same result."""
     monkeypatch.setattr(gmm_module, "_INIT_BINS", 2)
+    splits = _count_splits(monkeypatch)
     losses, labels = make_data(1500, POS_RATES, seed=3, modes=7)
     model = LabelGMM(max_iter=0, dtype=dtype).fit(losses, labels)
+    assert splits  # the direction of the first step was not clear from the bounds
     for k in range(len(POS_RATES)):
         for l in (0, 1):
             _, x = group_values(losses, labels, k, l)
@@ -375,13 +393,10 @@ def test_kmeans_init_exact_when_a_threshold_leaves_the_window(monkeypatch, dtype
     """A window narrower than the path (negative margin) sends the rest to the full data."""
     monkeypatch.setattr(gmm_module, "_WINDOW_MARGIN",
                         {torch.float64: -0.05, torch.float32: -0.05})
-    calls = []
-    split = gmm_module._Chunks.split
-    monkeypatch.setattr(gmm_module._Chunks, "split",
-                        lambda self, thr: calls.append(1) or split(self, thr))
+    calls = _count_splits(monkeypatch)
     losses, labels = make_data(1500, POS_RATES, seed=14, modes=6)
     model = LabelGMM(max_iter=0, dtype=dtype).fit(losses, labels)
-    assert len(calls) > 1  # the first split (t0) plus the fallback ones
+    assert calls  # the iterations that left the window ran on the full data
     for k in range(len(POS_RATES)):
         for l in (0, 1):
             _, x = group_values(losses, labels, k, l)
