@@ -96,7 +96,12 @@ _COMPACT_SHARE = 0.25  # EM drops converged groups' chunks once they are this sh
 # one slab (every pass one kernel launch per operation over all the data).
 _SLAB_ENTRIES = {"cpu": 1 << 20, "other": 1 << 62}
 _EDGE_RTOL = 8.0 * torch.finfo(torch.float32).eps  # rounding of a bin's edges (see histogram)
-_CHECK_EVERY = 4  # steps of the k-means bound sequences between convergence checks
+# The k-means bound sequences (see _two_means): at most so many plain steps, checked for
+# convergence every _CHECK_EVERY, then a search of their limits, so many bins at a time. On a
+# CPU a step costs little and the search grows with the bins; on a GPU both cost the same
+# few dozen kernel launches, so the search starts at once and takes wide strides.
+_BOUND_SEARCH = {"cpu": (24, 64), "other": (0, 512)}
+_CHECK_EVERY = 4
 # Sums of logarithms of entries in [1/2, 1] are taken as logarithms of products of up to this
 # many entries (>= 2**-64, far above float32's smallest normal number, 2**-126). Chunk
 # lengths are powers of two in [_LOG_GROUP, _LOG_GROUP**2].
@@ -245,12 +250,13 @@ class _Chunks:
 
     # ------------------------------------------------------------------ k-means helpers
     def bin_index(self, t: Tensor, repeat: int = 1) -> Tensor:
-        """Histogram bin of per-group thresholds ``t`` (``(repeat * G,)`` float64, group-major
-        repeats), computed with the same arithmetic as the data's bins, so that ``bin(x) <
-        bin(t)`` implies ``x <= t`` and ``bin(x) > bin(t)`` implies ``x > t`` (bins are
-        monotone in the value)."""
+        """Histogram bin of per-group thresholds ``t`` (``(repeat * G, ...)`` float64,
+        group-major repeats along the first dimension), computed with the same arithmetic as
+        the data's bins, so that ``bin(x) < bin(t)`` implies ``x <= t`` and ``bin(x) >
+        bin(t)`` implies ``x > t`` (bins are monotone in the value)."""
         r = _round_down(t, self.dtype).to(self.dtype)
         inv = self._inv_width if repeat == 1 else self._inv_width.repeat(repeat)
+        inv = inv.view((-1,) + (1,) * (t.dim() - 1))
         return torch.mul(r, inv).floor_().clamp_(0, _INIT_BINS - 1).to(torch.int64)
 
     def histogram(self, top: Tensor) -> Tensor:
@@ -454,19 +460,21 @@ def _two_means(
     def mean(s: Tensor, c: Tensor, empty: Tensor) -> Tensor:
         return torch.where(c > 0, s / c.clamp(min=1.0), empty)
 
-    def bounds(t: Tensor) -> Tensor:
-        """For t in bin b, {x <= t} lies between bins < b and bins <= b: counting the
-        straddled bin high (low) can only lower (raise) both means, and so does putting each
-        value at its bin's lower (upper) edge. Rows < G: lower bounds of T(t); the others:
-        upper bounds."""
-        b = groups.bin_index(t, repeat=2)
-        idx = row + b
-        c_b, cle, jle = (f.index_select(0, idx) for f in flat)
+    col = lambda t: t.unsqueeze(1)  # noqa: E731  (per-row constants against (2G, W) bins)
+
+    def bounds_at(b: Tensor) -> Tensor:
+        """Bounds of T for t in bins ``b`` ``(2G, W)``. For t in bin b, {x <= t} lies between
+        bins < b and bins <= b: counting the straddled bin high (low) can only lower (raise)
+        both means, and so does putting each value at its bin's lower (upper) edge. Rows < G:
+        lower bounds of T(t); the others: upper bounds."""
+        idx = col(row) + b
+        c_b, cle, jle = (f.index_select(0, idx.view(-1)).view(idx.shape) for f in flat)
         jc_b = b.to(torch.float64) * c_b
-        c_low = torch.where(is_u, cle, cle - c_b)  # bins <= b (u), bins < b (l)
-        s_low = torch.where(is_u, jle + cle, jle - jc_b) * width
-        s_high = torch.where(is_u, j_tot - jle + c_tot - cle, j_tot - jle + jc_b) * width
-        return 0.5 * (mean(s_low, c_low, zero) + mean(s_high, c_tot - c_low, top2))
+        u, c_all, j_all, w = col(is_u), col(c_tot), col(j_tot), col(width)
+        c_low = torch.where(u, cle, cle - c_b)  # bins <= b (u), bins < b (l)
+        s_low = torch.where(u, jle + cle, jle - jc_b) * w
+        s_high = torch.where(u, j_all - jle + c_all - cle, j_all - jle + jc_b) * w
+        return 0.5 * (mean(s_low, c_low, col(zero)) + mean(s_high, c_all - c_low, col(top2)))
 
     # The first step t1 = T(t0) is bounded like any other. When the bounds tell its direction
     # (up: T_lo(t0) > t0), they serve in place of t1 below: Lloyd has no fixed point in
@@ -474,28 +482,59 @@ def _two_means(
     # lower sequence below t* and Lloyd from its limit still ends at t*; the upper sequence
     # may start anywhere above t1 (symmetrically downwards). Only if some group's direction
     # is unclear does a pass over the data compute t1 exactly.
-    t1_rows = bounds(two(t0))  # (T_lo(t0), T_hi(t0)): a floor and a ceiling of t1
-    t1_lo, t1_hi = t1_rows[:n_groups], t1_rows[n_groups:]
+    t1_rows = bounds_at(col(groups.bin_index(two(t0), repeat=2))).squeeze(1)
+    t1_lo, t1_hi = t1_rows[:n_groups], t1_rows[n_groups:]  # a floor and a ceiling of t1
     up, down = fitted & (t1_lo > t0), fitted & (t1_hi < t0)
     if bool((fitted & ~up & ~down).any()):
         count, s1, _ = groups.split(t0)
         t1 = _midpoint(n, sx, count, s1)
         up, down = fitted & (t1 > t0), fitted & (t1 < t0)
         t1_rows = two(t1)
-    # Lower rows rise (up) with the floor t1, or fall (down) unclamped; upper rows the reverse.
-    clamp_rows = torch.cat([up, down])
-    free_rows = torch.cat([down, up])
-    moving = two(up | down)
-    cur = torch.where(moving, t1_rows, two(t0))
-    # Monotone over finitely many bins: always terminates. A converged sequence stays put, so
-    # convergence is read back (a device synchronisation on a GPU) every few steps only.
-    for step in range(_INIT_BINS + 2):
-        t = bounds(cur)
-        clamped = torch.where(is_u, torch.minimum(t, t1_rows), torch.maximum(t, t1_rows))
-        new = torch.where(clamp_rows, clamped, torch.where(free_rows, t, cur))
-        if step % _CHECK_EVERY == _CHECK_EVERY - 1 and bool((new == cur).all()):
+    # Each row follows t <- g(t): its bound, for the lower rows of rising groups floored at
+    # t1 (the upper rows of falling groups: capped at t1); rows of groups that do not move
+    # stay at t0.
+    clamp_rows = col(torch.cat([up, down]))
+    step = two(up).long() - two(down).long()  # +1 rising, -1 falling, 0 staying (per row)
+
+    def g_at(b: Tensor) -> Tensor:
+        g = bounds_at(b)
+        t1_col = col(t1_rows)
+        clamped = torch.where(col(is_u), torch.minimum(g, t1_col), torch.maximum(g, t1_col))
+        return torch.where(clamp_rows, clamped, g)
+
+    map_steps, search_bins = _BOUND_SEARCH["cpu" if top.device.type == "cpu" else "other"]
+    cur = torch.where(step != 0, t1_rows, two(t0))
+    moving = step != 0
+    # Plain steps first (cheap on a CPU, and the first ones cross many bins); convergence is
+    # read back (a device synchronisation on a GPU) every few steps only.
+    for i in range(map_steps):
+        new = g_at(col(groups.bin_index(cur, repeat=2))).squeeze(1)
+        new = torch.where(moving, new, cur)
+        if i % _CHECK_EVERY == _CHECK_EVERY - 1 and bool((new == cur).all()):
+            moving = torch.zeros_like(moving)
             break
         cur = new
+    # Then a search. A rising row's g(t) depends only on bin(t), is monotone, and g(s) >= s
+    # at every iterate s, so the sequence rises to g(p) for the first bin p >= bin(s) with
+    # bin(g(p)) <= p (every such p bounds the sequence; the limit is one); falling rows
+    # symmetrically; a row that has converged stops at its own bin, and at the first or last
+    # bin every row stops. That bin is searched for, search_bins bins of every row at a time.
+    if bool(moving.any()):
+        base = groups.bin_index(cur, repeat=2)
+        offsets = torch.arange(search_bins, device=top.device)
+        pending = moving
+        for _ in range(-(-_INIT_BINS // search_bins) + 1):
+            cand = (col(base) + col(step) * offsets).clamp_(0, _INIT_BINS - 1)  # (2G, W)
+            g = g_at(cand)
+            g_bin = groups.bin_index(g, repeat=2)
+            stop = torch.where(col(step > 0), g_bin <= cand, g_bin >= cand)
+            found = stop.any(1) & pending
+            first = stop.to(torch.int8).argmax(1, keepdim=True)  # the first stopping bin
+            cur = torch.where(found, g.gather(1, first).squeeze(1), cur)
+            pending = pending & ~found
+            if not bool(pending.any()):
+                break
+            base = base + step * search_bins
     lo, hi = cur[:n_groups], cur[n_groups:]
     thr = torch.where(up, lo, torch.where(down, hi, t0))
     # The bounds come from sums in another order than the exact steps: widen by a margin far

@@ -154,6 +154,24 @@ def test_kmeans_init_is_plain_lloyd_on_multimodal_data(monkeypatch, dtype):
     assert False in seen  # at least one data set needed no split for the first step
 
 
+def test_kmeans_bound_sequences_plain_steps_or_search_agree(monkeypatch):
+    """The bound sequences' limits (hence the window and the whole fit) are the same whether
+    they are followed step by step, searched for bin by bin, in wide strides (the GPU's
+    setting) or mixed."""
+    losses, labels = make_data(2500, POS_RATES, seed=5, modes=8)
+    windows = []
+    window = gmm_module._Chunks.window
+    monkeypatch.setattr(gmm_module._Chunks, "window",
+                        lambda self, lo, hi: windows.append((lo, hi)) or window(self, lo, hi))
+    results = []
+    for setting in [(5000, 64), (0, 1), (0, 512), (3, 7), (24, 64)]:
+        monkeypatch.setattr(gmm_module, "_BOUND_SEARCH", {"cpu": setting, "other": setting})
+        results.append(clean_probability(losses, labels))
+    for (lo, hi), p in zip(windows[1:], results[1:]):
+        assert torch.equal(lo, windows[0][0]) and torch.equal(hi, windows[0][1])
+        assert torch.equal(p, results[0])
+
+
 @DTYPES
 def test_kmeans_init_exact_with_coarse_histogram(monkeypatch, dtype):
     """With 2 bins the bounds are loose (the first step's direction needs a split) and the
