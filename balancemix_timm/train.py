@@ -254,9 +254,9 @@ class Trainer:
             collate = MixupCollate(alpha=cfg.alpha, mode=cfg.lam_mode, seed=cfg.seed)
             collate.set_epoch(epoch)
             batch_sampler = PairedBatchSampler(self.method.paired_sampler, cfg.batch_size, drop_last=False)
-            # Minority items are read through the views too (their extra views are dropped):
-            # without them the demo (main-process loading) lost 1.5 mAP over 5 seeds, see
-            # docs/performance.md, target 4.
+            # Minority items are read through the views too (their extra views are dropped).
+            # Reading them without views measured the same on the demo once the augmentation
+            # stream was varied (docs/performance.md, target 4); kept for the published figures.
             pairs = PairedDataset(self.train_set)
             return DataLoader(pairs, batch_sampler=batch_sampler, collate_fn=collate, **common)
         assert self.train_sampler is not None
