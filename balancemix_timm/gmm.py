@@ -698,14 +698,10 @@ def _layout(
     size = _chunk_size(n_samples)
     per_class = -(-n_samples // size)  # dense chunks per class
     width = per_class * size
-    given = labels.to(device=device)
-    as_bool = given.bool()
-    # Binary labels: as many entries equal 1 as are non-zero (NaN is non-zero and not 1).
-    # (Counting is much faster than comparing with the bool copy, a mixed-dtype pass.)
-    if given.dtype != torch.bool and \
-            int(torch.count_nonzero(as_bool)) != int(torch.count_nonzero(given.eq(1))):
-        check_binary(labels, "labels")  # raises, naming the values
-    minority = as_bool.t().contiguous()  # (K, N) positives; then True: in the ragged group
+    given = check_binary(labels.to(device=device), "labels")
+    # (K, N) positives, then True where the entry is in the ragged group: always a new tensor
+    # (it is changed in place below; a transposed bool (N, 1) input would be a view of it).
+    minority = torch.empty((k, n_samples), dtype=torch.bool, device=device).copy_(given.t())
     n_pos = minority.sum(1, dtype=torch.int32).long()  # (int32 accumulation is much faster)
     majority = n_pos * 2 > n_samples  # (K,) True: the positives are the dense group
     if bool(majority.any()):

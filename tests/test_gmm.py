@@ -323,6 +323,16 @@ def test_input_dtypes_and_label_types():
     assert ((p >= 0) & (p <= 1)).all()
 
 
+def test_inputs_are_not_modified():
+    """A single class whose positives are the majority, as bool labels: the fit must not flip
+    the caller's labels (their transpose is a view of them)."""
+    losses, _ = make_data(300, [0.5], seed=16)
+    labels = torch.rand(300, 1, generator=torch.Generator().manual_seed(3)) < 0.8
+    before_labels, before_losses = labels.clone(), losses.clone()
+    clean_probability(losses, labels)
+    assert torch.equal(labels, before_labels) and torch.equal(losses, before_losses)
+
+
 def test_predict_matches_fit_and_state_dict_round_trip():
     losses, labels = make_data(700, POS_RATES, seed=10)
     model = LabelGMM(max_iter=20, min_group_size=10)
