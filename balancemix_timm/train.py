@@ -298,10 +298,11 @@ class Trainer:
             ema.update(model)
 
     @torch.no_grad()
-    def view_probs(self, views: Tensor, model: nn.Module | None = None) -> Tensor:
-        """Probabilities of (V, B, C, H, W) views in eval mode, no grad: (V, B, K)."""
+    def view_probs(self, views: Tensor, model: nn.Module | None = None, count: int | None = None) -> Tensor:
+        """Probabilities of (V, B, C, H, W) views (the first ``count`` of B) in eval mode, no grad:
+        (V, count, K); see :func:`~balancemix_timm.utils.view_probabilities`."""
         return view_probabilities(self.model if model is None else model, views, self.device,
-                                  amp=self.amp)
+                                  amp=self.amp, count=count)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of training; returns the mean loss and timings."""

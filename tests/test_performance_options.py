@@ -40,9 +40,10 @@ def test_view_fraction_records_the_first_share_of_each_random_batch(data_root, t
     forwarded: list[tuple[int, int]] = []
     original = trainer.view_probs
 
-    def counting(views, model=None):
-        forwarded.append(tuple(views.shape[:2]))
-        return original(views, model)
+    def counting(views, model=None, count=None):
+        probs = original(views, model, count)  # (V, samples forwarded, K)
+        forwarded.append(tuple(probs.shape[:2]))
+        return probs
 
     trainer.view_probs = counting  # type: ignore[method-assign]
     trainer.train_epoch(0)
