@@ -249,13 +249,13 @@ class _Chunks:
         return above, _SortedWindow(v, seg, self.groups)
 
     # ------------------------------------------------------------------ k-means helpers
-    def bin_index(self, t: Tensor, repeat: int = 1) -> Tensor:
-        """Histogram bin of per-group thresholds ``t`` (``(repeat * G, ...)`` float64,
-        group-major repeats along the first dimension), computed with the same arithmetic as
-        the data's bins, so that ``bin(x) < bin(t)`` implies ``x <= t`` and ``bin(x) >
-        bin(t)`` implies ``x > t`` (bins are monotone in the value)."""
+    def bin_index(self, t: Tensor) -> Tensor:
+        """Histogram bin of per-group thresholds ``t`` (``(R * G, ...)`` float64: rows of the
+        groups in order, repeated ``R`` times along the first dimension), computed with the
+        same arithmetic as the data's bins, so that ``bin(x) < bin(t)`` implies ``x <= t`` and
+        ``bin(x) > bin(t)`` implies ``x > t`` (bins are monotone in the value)."""
         r = _round_down(t, self.dtype).to(self.dtype)
-        inv = self._inv_width if repeat == 1 else self._inv_width.repeat(repeat)
+        inv = self._inv_width.repeat(t.shape[0] // self.groups)
         inv = inv.view((-1,) + (1,) * (t.dim() - 1))
         return torch.mul(r, inv).floor_().clamp_(0, _INIT_BINS - 1).to(torch.int64)
 
@@ -482,7 +482,7 @@ def _two_means(
     # lower sequence below t* and Lloyd from its limit still ends at t*; the upper sequence
     # may start anywhere above t1 (symmetrically downwards). Only if some group's direction
     # is unclear does a pass over the data compute t1 exactly.
-    t1_rows = bounds_at(col(groups.bin_index(two(t0), repeat=2))).squeeze(1)
+    t1_rows = bounds_at(col(groups.bin_index(two(t0)))).squeeze(1)
     t1_lo, t1_hi = t1_rows[:n_groups], t1_rows[n_groups:]  # a floor and a ceiling of t1
     up, down = fitted & (t1_lo > t0), fitted & (t1_hi < t0)
     if bool((fitted & ~up & ~down).any()):
@@ -508,7 +508,7 @@ def _two_means(
     # Plain steps first (cheap on a CPU, and the first ones cross many bins); convergence is
     # read back (a device synchronisation on a GPU) every few steps only.
     for i in range(map_steps):
-        new = g_at(col(groups.bin_index(cur, repeat=2))).squeeze(1)
+        new = g_at(col(groups.bin_index(cur))).squeeze(1)
         new = torch.where(moving, new, cur)
         if i % _CHECK_EVERY == _CHECK_EVERY - 1 and bool((new == cur).all()):
             moving = torch.zeros_like(moving)
@@ -520,13 +520,13 @@ def _two_means(
     # symmetrically; a row that has converged stops at its own bin, and at the first or last
     # bin every row stops. That bin is searched for, search_bins bins of every row at a time.
     if bool(moving.any()):
-        base = groups.bin_index(cur, repeat=2)
+        base = groups.bin_index(cur)
         offsets = torch.arange(search_bins, device=top.device)
         pending = moving
         for _ in range(-(-_INIT_BINS // search_bins) + 1):
             cand = (col(base) + col(step) * offsets).clamp_(0, _INIT_BINS - 1)  # (2G, W)
             g = g_at(cand)
-            g_bin = groups.bin_index(g, repeat=2)
+            g_bin = groups.bin_index(g)
             stop = torch.where(col(step > 0), g_bin <= cand, g_bin >= cand)
             found = stop.any(1) & pending
             first = stop.to(torch.int8).argmax(1, keepdim=True)  # the first stopping bin
