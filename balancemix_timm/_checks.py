@@ -13,6 +13,7 @@ from torch import Tensor
 
 __all__ = [
     "check_tensor",
+    "binary_mask",
     "check_binary",
     "check_finite",
     "check_probabilities",
@@ -56,22 +57,29 @@ def check_finite(value: Tensor, name: str) -> Tensor:
     return value
 
 
-def check_binary(value: Tensor, name: str) -> Tensor:
-    """Raise ``ValueError`` unless every entry of ``value`` is 0 or 1."""
+def binary_mask(value: Tensor, name: str) -> Tensor:
+    """``value`` as a bool tensor (``value`` itself if bool) after checking that every entry is
+    0 or 1; raise ``ValueError`` naming ``name`` otherwise."""
     check_tensor(value, name)
     if value.dtype == torch.bool:
         return value
+    mask = value.bool()
     # Binary exactly when as many entries equal 1 as are non-zero (NaN is non-zero and not 1).
-    # Counting is several times faster than comparing with a bool copy (a mixed-dtype pass).
-    if int(torch.count_nonzero(value)) == int(torch.count_nonzero(value.eq(1))):
-        return value
+    # Counting bools is several times faster than comparing with a bool copy (a mixed-dtype
+    # pass) or counting the values themselves.
+    if int(torch.count_nonzero(mask)) == int(torch.count_nonzero(value.eq(1))):
+        return mask
     check_finite(value, name)
     bad = (value != 0) & (value != 1)
-    if bool(bad.any()):
-        example = value[bad].flatten()[0].item()
-        raise ValueError(
-            f"{name} must be binary (0 or 1); found {int(bad.sum())} other entries, e.g. {example}"
-        )
+    example = value[bad].flatten()[0].item()
+    raise ValueError(
+        f"{name} must be binary (0 or 1); found {int(bad.sum())} other entries, e.g. {example}"
+    )
+
+
+def check_binary(value: Tensor, name: str) -> Tensor:
+    """Raise ``ValueError`` unless every entry of ``value`` is 0 or 1; return ``value``."""
+    binary_mask(value, name)
     return value
 
 

@@ -62,6 +62,7 @@ import torch
 from torch import Tensor
 
 from balancemix_timm._checks import (
+    binary_mask,
     check_binary,
     check_finite,
     check_ndim,
@@ -698,10 +699,10 @@ def _layout(
     size = _chunk_size(n_samples)
     per_class = -(-n_samples // size)  # dense chunks per class
     width = per_class * size
-    given = check_binary(labels.to(device=device), "labels")
+    positives = binary_mask(labels.to(device=device), "labels")
     # (K, N) positives, then True where the entry is in the ragged group: always a new tensor
     # (it is changed in place below; a transposed bool (N, 1) input would be a view of it).
-    minority = torch.empty((k, n_samples), dtype=torch.bool, device=device).copy_(given.t())
+    minority = torch.empty((k, n_samples), dtype=torch.bool, device=device).copy_(positives.t())
     n_pos = minority.sum(1, dtype=torch.int32).long()  # (int32 accumulation is much faster)
     majority = n_pos * 2 > n_samples  # (K,) True: the positives are the dense group
     if bool(majority.any()):
