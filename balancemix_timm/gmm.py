@@ -370,18 +370,22 @@ class _Chunks:
 class _SortedWindow:
     """The losses of each group that lie in its Lloyd window, ordered by (group, value), with
     prefix sums, so that the stats of ``{x > t}`` for all groups cost two ``searchsorted`` of
-    ``G`` queries. Comparisons are exact: a value ``v`` is ranked among all window values
-    (``rank(v)`` = how many are ``< v``), and ``v <= t`` exactly when ``rank(v) < q(t)`` with
-    ``q(t)`` = how many are ``<= t``; the integer keys ``group * (P + 1) + rank`` are sorted.
+    ``G`` queries. Comparisons are exact: each value ``v`` gets its position ``rank(v)`` in the
+    sorted window values (ties in consecutive positions), and ``v <= t`` exactly when
+    ``rank(v) < q(t)`` with ``q(t)`` = how many are ``<= t``; the integer keys
+    ``group * (P + 1) + rank`` are sorted.
 
     Args:
         v: ``(P,)`` float64 values; seg: ``(P,)`` int64 group of each; groups: ``G``.
     """
 
     def __init__(self, v: Tensor, seg: Tensor, groups: int) -> None:
-        self.values = torch.sort(v).values
+        self.values, by_value = torch.sort(v)
         self.stride = v.numel() + 1
-        rank = torch.searchsorted(self.values, v, right=False)
+        # Each value's position in the sorted order. Equal values get consecutive positions,
+        # so all of them fall on the same side of any q(t) (a cheap stand-in for rank(v)).
+        rank = torch.empty_like(by_value).scatter_(
+            0, by_value, torch.arange(v.numel(), device=v.device))
         key, order = torch.sort(seg * self.stride + rank)
         self.keys = key
         v = v.index_select(0, order)
