@@ -175,11 +175,47 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def _coerce_field(name: str, annotation: str, value: Any) -> Any:
+    """``value`` as the type the field declares, or ``ValueError`` naming the field.
+
+    YAML 1.1 reads ``1e-4`` (no dot) as a string, and a recipe may quote a number; numeric fields
+    therefore accept numeric strings. Integers are accepted for float fields, integral floats for
+    int fields; booleans are never numbers. Other fields are passed through unchanged.
+    """
+    kinds = {part.strip() for part in annotation.split("|")}
+    if value is None and "None" in kinds:
+        return None
+    if "float" in kinds:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"config {name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config {name} must be a number, got {value!r}")
+        return float(value)
+    if "int" in kinds:
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                raise ValueError(f"config {name} must be an integer, got {value!r}") from None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config {name} must be an integer, got {value!r}")
+        return value
+    if kinds == {"bool"} and not isinstance(value, bool):
+        raise ValueError(f"config {name} must be true or false, got {value!r}")
+    return value
+
+
 def _from_mapping(values: Mapping[str, Any]) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown config keys: {unknown}; known keys are listed in docs/training.md")
+    values = {k: _coerce_field(k, str(known[k].type), v) for k, v in values.items()}
     cfg = TrainConfig(**values)
     cfg.validate()
     return cfg
