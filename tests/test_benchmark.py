@@ -65,13 +65,13 @@ def test_cell_statistics_and_fraction_rows():
 def test_micro_benchmark_writes_tables_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(BUDGETS, "micro", MICRO)
     calls: list[str] = []
-    real_train = benchmark.train
+    real_train = benchmark.runner.train
 
     def counting_train(cfg, **kwargs):
         calls.append(cfg.run_name)
         return real_train(cfg, **kwargs)
 
-    monkeypatch.setattr(benchmark, "train", counting_train)
+    monkeypatch.setattr(benchmark.runner, "train", counting_train)
     out, rep = tmp_path / "bench", tmp_path / "report"
     argv = ["--budget", "micro", "--out", str(out), "--report-dir", str(rep)]
     assert benchmark.main(argv) == 0
@@ -127,7 +127,7 @@ def test_report_of_fixed_fake_runs_is_golden(tmp_path, monkeypatch):
     """
     from tests._fake_benchmark import fake_plots, golden_report
 
-    monkeypatch.setattr(benchmark, "_plots", fake_plots)
+    monkeypatch.setattr(benchmark.report, "_plots", fake_plots)
     monkeypatch.chdir(tmp_path)
     expected = (Path(__file__).parent / "data" / "benchmark_golden_results.md").read_text()
     assert golden_report(tmp_path) == expected
