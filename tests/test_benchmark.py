@@ -131,3 +131,30 @@ def test_report_of_fixed_fake_runs_is_golden(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     expected = (Path(__file__).parent / "data" / "benchmark_golden_results.md").read_text()
     assert golden_report(tmp_path) == expected
+
+
+def test_budget_and_method_added_as_data_only(tmp_path, monkeypatch, capsys):
+    """A new budget (three seeds, its own training fields) and a new method are rows of
+    ``grid``'s tables: planned, configured and reported without touching the runner."""
+    from balancemix_timm.benchmark import METHOD_OVERRIDES, METHOD_TITLES, grid
+    from tests._fake_benchmark import write_fake_runs
+
+    monkeypatch.setitem(METHOD_TITLES, "hill", "Hill")
+    monkeypatch.setitem(METHOD_OVERRIDES, "hill", {"method_options": {"margin": 1.0}})
+    budget = Budget(train=dict(grid._FULL_TRAIN, lr=1e-3), methods=("bce", "hill", "balancemix"),
+                    settings=("single", "clean"), seeds=(0, 1, 2), description="extension test")
+    monkeypatch.setitem(BUDGETS, "ext", budget)
+    specs = plan_runs(budget)
+    assert [s.key for s in specs[:3]] == ["bce-single-s0", "hill-single-s0", "balancemix-single-s0"]
+    assert len(specs) == 3 * 2 * 3
+    hill = benchmark.run_config(specs[1], budget, tmp_path)
+    assert hill["method_options"] == {"margin": 1.0} and hill["lr"] == 1e-3
+    assert benchmark.run_config(specs[2], budget, tmp_path)["eps"] == 0.55  # per-(method, setting) data
+
+    write_fake_runs(tmp_path / "out", [(s.key, s.method) for s in specs], skip_every=0)
+    monkeypatch.setattr(benchmark.report, "_plots", lambda *a: [])
+    rep = tmp_path / "rep"
+    assert benchmark.main(["--budget", "ext", "--out", str(tmp_path / "out"), "--report-dir", str(rep), "--report-only"]) == 0
+    md = (rep / "results.md").read_text()
+    assert "18 of 18 planned runs finished" in md and "| seeds | 0, 1, 2 " in md
+    assert "## Table 3: missing labels" in md and "| Hill | " in md

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .collect import _lm_curves, collect_results
+from .collect import collect_results, label_management_curves
 from .grid import BUDGETS, Budget, plan_runs
 from .report import write_report
-from .runner import _is_finished, run_benchmark, run_config
+from .runner import is_finished, run_benchmark, run_config
 
 _logger = logging.getLogger("balancemix_timm.benchmark")
 
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         for spec in plan_runs(budget, seeds):
             values = run_config(spec, budget, out, workers=args.workers, train_overrides=overrides)
-            print(("done " if _is_finished(out / "runs" / spec.key, values) else "todo ") + spec.key)
+            print(("done " if is_finished(out / "runs" / spec.key, values) else "todo ") + spec.key)
         return 0
     stats = None
     if not args.report_only:
@@ -75,6 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = collect_results(budget, out, seeds=seeds)
     notes = Path(args.notes).read_text() if args.notes else None
     path = write_report(results, report_dir, command=command, notes=notes, run_stats=stats,
-                        lm_curves=_lm_curves(budget, out, min(seeds or budget.seeds)))
+                        lm_curves=label_management_curves(budget, out, min(seeds or budget.seeds)))
     _logger.info("wrote %s", path)
     return 1 if stats and stats["failed"] else 0

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config import load_config
-from .grid import _ALL_SETTINGS, ABLATION_ROWS, BUDGETS, SETTING_TITLES, Budget, RunSpec, plan_runs
+from .grid import ABLATION_ROWS, BUDGETS, RUN_ORDER, SETTING_TITLES, Budget, RunSpec, plan_runs
 
-_GROUPS = ("", "_many", "_medium", "_few")
-_GROUP_TITLES = ("All", "Many", "Medium", "Few")
+#: Suffixes of the class groups' metrics (``mAP``, ``mAP_many``, ...) and their titles.
+GROUPS = ("", "_many", "_medium", "_few")
+GROUP_TITLES = ("All", "Many", "Medium", "Few")
 
 
 def _read_json(path: Path) -> Any:
@@ -45,10 +46,11 @@ class _Cell:
         return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(mean=_nan_none(self.mean), std=_nan_none(self.std), n=self.n, values=[_nan_none(x) for x in self.values])
+        return dict(mean=nan_to_none(self.mean), std=nan_to_none(self.std), n=self.n, values=[nan_to_none(x) for x in self.values])
 
 
-def _nan_none(x: float) -> float | None:
+def nan_to_none(x: float) -> float | None:
+    """``x`` as a float, ``None`` for ``None`` or NaN (JSON has no NaN)."""
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
@@ -117,10 +119,11 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
         return c
 
     main_table: dict[str, dict[str, dict[str, Any]]] = {}
-    settings_main = [s for s in _ALL_SETTINGS if s in budget.settings]
+    settings_main = [s for s in RUN_ORDER if s in budget.settings]
+    settings_main += [s for s in budget.settings if s not in settings_main]  # settings added since
     for method in budget.methods:
         main_table[method] = {
-            s: {("mAP" + g): cell(method, s, "mAP" + g).as_dict() for g in _GROUPS} for s in settings_main
+            s: {("mAP" + g): cell(method, s, "mAP" + g).as_dict() for g in GROUPS} for s in settings_main
         }
     ablation_table: dict[str, dict[str, Any]] = {}
     for title, method, abl in ABLATION_ROWS:
@@ -175,7 +178,7 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
             for label, var in (("paper (literal, T=1)", None), (name, name)):
                 if label in variants.get(setting, {}):
                     continue
-                cells = {("mAP" + g): cell("balancemix", setting, "mAP" + g, variant=var).as_dict() for g in _GROUPS}
+                cells = {("mAP" + g): cell("balancemix", setting, "mAP" + g, variant=var).as_dict() for g in GROUPS}
                 last_spread = _Cell(), _Cell()
                 for r in runs.values():
                     if (r["method"], r["setting"], r["ablation"], r["variant"]) == ("balancemix", setting, None, var) \
@@ -217,7 +220,18 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
 
 
 
-def _lm_curves(budget: Budget, out: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
+def label_management_curves(budget: Budget, out: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Per-epoch metrics rows of the finished BalanceMix runs of ``seed`` on mislabel / flip.
+
+    Args:
+        budget: The budget (unused: the runs are found by their keys).
+        out: The benchmark's output folder.
+        seed: The seed whose runs are read.
+
+    Returns:
+        ``"<setting title> (seed <seed>)"`` -> the run's ``metrics.jsonl`` rows, for runs with
+        label-management figures.
+    """
     curves = {}
     for setting in ("mislabel20", "mislabel40", "flip40"):
         run_dir = out / "runs" / RunSpec("balancemix", setting, seed).key

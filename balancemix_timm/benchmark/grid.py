@@ -1,9 +1,20 @@
 """What the benchmark runs: label settings, methods, budgets and the plan of runs of a budget.
 
-Everything a budget is made of is data here: :data:`SETTINGS` (label settings), :data:`METHOD_TITLES`
-(methods, in the tables' order), :data:`ABLATION_ROWS` (Table 5), :data:`METHOD_OVERRIDES` and
-:data:`BUDGETS` (name -> :class:`Budget`). :func:`plan_runs` turns a budget into its
-:class:`RunSpec` list; the runner, the results and the report only read these.
+Everything a budget is made of is data here: :data:`SETTINGS` / :data:`SETTING_TITLES` (label
+settings, in the tables' order), :data:`METHOD_TITLES` (methods, in the tables' order),
+:data:`ABLATION_ROWS` (Table 5), :data:`METHOD_OVERRIDES` / :data:`METHOD_SETTING_OVERRIDES`
+(per-method options) and :data:`BUDGETS` (name -> :class:`Budget`). :func:`plan_runs` turns a
+budget into its :class:`RunSpec` list; the runner, the results and the report only read these.
+
+To extend the benchmark, edit data here only:
+
+* a budget (e.g. a pre-trained regime, or three seeds): a new :class:`Budget` entry in
+  :data:`BUDGETS`, with its own ``train`` fields (``pretrained_path=...``, ``image_size=...``)
+  and ``seeds=(0, 1, 2)``;
+* a method (e.g. Hill, SPLC; the trainer must know its ``method`` name): a row of
+  :data:`METHOD_TITLES` (which puts it in every budget that runs all methods) and, if it needs
+  options, of :data:`METHOD_OVERRIDES`;
+* a label setting: a row of :data:`SETTINGS` and of :data:`SETTING_TITLES`.
 """
 
 from __future__ import annotations
@@ -11,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-#: Label settings: name -> (config fields, label for the tables).
+#: Label settings: name -> config fields, in the tables' order.
 SETTINGS: dict[str, dict[str, Any]] = {
     "clean": dict(noise="clean", noise_rate=0.0),
     "mislabel20": dict(noise="mislabel", noise_rate=0.2),
@@ -20,12 +31,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "flip40": dict(noise="random_flip", noise_rate=0.4),
     "single": dict(noise="single_positive", noise_rate=0.0),
 }
+#: Label settings' names in the tables.
 SETTING_TITLES = {
     "clean": "Clean", "mislabel20": "Mislabel 20%", "mislabel40": "Mislabel 40%",
     "flip20": "Rand. flip 20%", "flip40": "Rand. flip 40%", "single": "Single positive",
 }
 
-#: Method names of the tables, in the paper's order.
+#: Methods (name -> title in the tables), in the paper's order: the one list of methods.
 METHOD_TITLES = {
     "bce": "Default (BCE)", "mixup": "Mixup (BCE)", "coteaching": "Co-teaching", "asl": "ASL",
     "testimator": "T-estimator", "llr": "LL-R", "llct": "LL-Ct", "balancemix": "BalanceMix",
@@ -51,6 +63,10 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 #: The paper's re-labeling threshold for the single-positive setting.
 SINGLE_POSITIVE_EPS = 0.55
+#: Per-(method, label setting) option overrides, applied after :data:`METHOD_OVERRIDES`.
+METHOD_SETTING_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
+    ("balancemix", "single"): {"eps": SINGLE_POSITIVE_EPS},
+}
 
 
 @dataclass(frozen=True)
@@ -99,9 +115,11 @@ _COMMON_TRAIN: dict[str, Any] = dict(
     plots=False,
 )
 
-_ALL_METHODS = ("bce", "mixup", "coteaching", "asl", "testimator", "llr", "llct", "balancemix")
-_ALL_SETTINGS = ("mislabel40", "flip40", "single", "clean", "mislabel20", "flip20")  # run order
-_DISPLAY_ORDER = ("clean", "mislabel20", "mislabel40", "flip20", "flip40", "single")
+_ALL_METHODS = tuple(METHOD_TITLES)
+#: Run order of the label settings: the headline settings first, so a grid cut short fills them.
+RUN_ORDER = ("mislabel40", "flip40", "single", "clean", "mislabel20", "flip20")
+#: Display order of the label settings (the tables' and plots').
+DISPLAY_ORDER = tuple(SETTINGS)
 
 _FULL_TRAIN = dict(_COMMON_TRAIN, demo_num_train=800, demo_num_val=400, image_size=32, epochs=6, warmup_epochs=2)
 
@@ -117,7 +135,7 @@ BUDGETS: dict[str, Budget] = {
     "full": Budget(
         train=_FULL_TRAIN,
         methods=_ALL_METHODS,
-        settings=_ALL_SETTINGS,
+        settings=RUN_ORDER,
         ablation_settings=("clean", "mislabel40", "flip40", "single"),
         sampler_variants=(
             ("T=0.5", {"sampler_temperature": 0.5}),
@@ -157,7 +175,7 @@ def plan_runs(budget: Budget, seeds: Sequence[int] | None = None) -> list[RunSpe
     headline settings of all tables before the rest), without duplicates."""
     seeds = tuple(budget.seeds if seeds is None else seeds)
     specs: list[RunSpec] = []
-    order = [s for s in _ALL_SETTINGS if s in budget.settings or s in budget.ablation_settings]
+    order = [s for s in RUN_ORDER if s in budget.settings or s in budget.ablation_settings]
     order += [s for s in budget.settings if s not in order]
     for seed in seeds:
         for setting in order:

@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .collect import _GROUP_TITLES, _GROUPS, _nan_none
-from .grid import _DISPLAY_ORDER, METHOD_TITLES, SETTING_TITLES
+from .collect import GROUP_TITLES, GROUPS, nan_to_none
+from .grid import DISPLAY_ORDER, METHOD_TITLES, SETTING_TITLES
 
 _logger = logging.getLogger("balancemix_timm.benchmark")
 
@@ -45,12 +45,12 @@ def _aug_text(t: Mapping[str, Any]) -> str:
 def _main_table(results: Mapping[str, Any], settings: Sequence[str], rate_titles: Sequence[str]) -> list[str]:
     main = results["main"]
     methods = [m for m in METHOD_TITLES if m in main]
-    head = "| Method | " + " | ".join(f"{g} {r}".strip() for g in _GROUP_TITLES for r in rate_titles) + " |"
-    lines = [head, "|" + "---|" * (1 + len(_GROUP_TITLES) * len(rate_titles))]
-    best = {(g, s): _bold_best({m: main[m].get(s, {}).get("mAP" + g) for m in methods}) for g in _GROUPS for s in settings}
+    head = "| Method | " + " | ".join(f"{g} {r}".strip() for g in GROUP_TITLES for r in rate_titles) + " |"
+    lines = [head, "|" + "---|" * (1 + len(GROUP_TITLES) * len(rate_titles))]
+    best = {(g, s): _bold_best({m: main[m].get(s, {}).get("mAP" + g) for m in methods}) for g in GROUPS for s in settings}
     for m in methods:
         row = [METHOD_TITLES[m]]
-        for g in _GROUPS:
+        for g in GROUPS:
             for s in settings:
                 c = main[m].get(s, {}).get("mAP" + g)
                 text = _fmt(c)
@@ -65,7 +65,7 @@ def headline(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     if "balancemix" not in main:
         return out
-    for s in _DISPLAY_ORDER:
+    for s in DISPLAY_ORDER:
         bm = main["balancemix"].get(s, {}).get("mAP")
         if not bm or bm.get("mean") is None:
             continue
@@ -97,7 +97,7 @@ def _plots(results: Mapping[str, Any], report_dir: Path, prefix: str) -> list[st
     written: list[str] = []
     main = results["main"]
     methods = [m for m in METHOD_TITLES if m in main]
-    settings = [s for s in _DISPLAY_ORDER if any(s in main[m] for m in methods)]
+    settings = [s for s in DISPLAY_ORDER if any(s in main[m] for m in methods)]
     if methods and settings:
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
         width = 0.8 / len(methods)
@@ -176,7 +176,7 @@ def write_report(
     results = dict(results)
     _REPORT_SEEDS[0] = len(results["budget"]["seeds"])
     results["headline"] = headline(results)
-    (report_dir / f"{name}.json").write_text(json.dumps(dict(results, command=command), indent=1, default=_nan_none))
+    (report_dir / f"{name}.json").write_text(json.dumps(dict(results, command=command), indent=1, default=nan_to_none))
     plots = _plots(dict(results, _runs_metrics=dict(lm_curves or {})), report_dir, name)
     b = results["budget"]
     t = b["train"]
@@ -368,7 +368,7 @@ def write_report(
         L.append("|---|---|---|---|---|---|---|---|")
         for s, rows in var.items():
             for label, c in rows.items():
-                L.append(f"| {SETTING_TITLES[s]} | {label} | " + " | ".join(_fmt(c.get('mAP' + g)) for g in _GROUPS)
+                L.append(f"| {SETTING_TITLES[s]} | {label} | " + " | ".join(_fmt(c.get('mAP' + g)) for g in GROUPS)
                          + f" | {_fmt(c.get('sampler_max_over_min'), 2)} | {_fmt(c.get('sampler_ess_fraction'), 3)} |")
         L.append("")
     if plots:

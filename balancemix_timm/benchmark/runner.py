@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from ..config import config_diff, load_config
 from ..train import train
-from .grid import BUDGETS, METHOD_OVERRIDES, SETTINGS, SINGLE_POSITIVE_EPS, Budget, RunSpec, plan_runs
+from .grid import BUDGETS, METHOD_OVERRIDES, METHOD_SETTING_OVERRIDES, SETTINGS, Budget, RunSpec, plan_runs
 
 _logger = logging.getLogger("balancemix_timm.benchmark")
 
@@ -43,13 +43,13 @@ def run_config(spec: RunSpec, budget: Budget, out: Path, *, workers: int = 0,
         run_name=spec.key,
         workers=workers,
     )
-    for key, value in METHOD_OVERRIDES.get(spec.method, {}).items():
-        if isinstance(value, dict):
-            values[key] = dict(values.get(key) or {}, **value)
-        else:
-            values[key] = value
-    if spec.method == "balancemix" and spec.setting == "single":
-        values["eps"] = SINGLE_POSITIVE_EPS
+    for overrides in (METHOD_OVERRIDES.get(spec.method, {}),
+                      METHOD_SETTING_OVERRIDES.get((spec.method, spec.setting), {})):
+        for key, value in overrides.items():
+            if isinstance(value, dict):
+                values[key] = dict(values.get(key) or {}, **value)
+            else:
+                values[key] = value
     values.update(dict(spec.variant_overrides))
     return values
 
@@ -66,7 +66,7 @@ def _expected_config(values: Mapping[str, Any]) -> dict[str, Any]:
     return cfg.to_dict()
 
 
-def _is_finished(run_dir: Path, values: Mapping[str, Any]) -> bool:
+def is_finished(run_dir: Path, values: Mapping[str, Any]) -> bool:
     """``summary.json`` exists and ``config.yaml`` holds the same configuration."""
     if not (run_dir / "summary.json").is_file():
         return False
@@ -188,7 +188,7 @@ def run_benchmark(
     skipped = 0
     for spec in specs:
         values = run_config(spec, budget, out, workers=workers, train_overrides=train_overrides)
-        if _is_finished(out / "runs" / spec.key, values):
+        if is_finished(out / "runs" / spec.key, values):
             skipped += 1
         else:
             todo.append((spec, values))
