@@ -141,7 +141,8 @@ def test_budget_and_method_added_as_data_only(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setitem(METHOD_TITLES, "hill", "Hill")
     monkeypatch.setitem(METHOD_OVERRIDES, "hill", {"method_options": {"margin": 1.0}})
-    budget = Budget(train=dict(grid._FULL_TRAIN, lr=1e-3), methods=("bce", "hill", "balancemix"),
+    budget = Budget(train=dict(grid._FULL_TRAIN, lr=1e-3, pretrained_path="/weights/resnet10t.pth"),
+                    methods=("bce", "hill", "balancemix"),
                     settings=("single", "clean"), seeds=(0, 1, 2), description="extension test")
     monkeypatch.setitem(BUDGETS, "ext", budget)
     specs = plan_runs(budget)
@@ -158,3 +159,21 @@ def test_budget_and_method_added_as_data_only(tmp_path, monkeypatch, capsys):
     md = (rep / "results.md").read_text()
     assert "18 of 18 planned runs finished" in md and "| seeds | 0, 1, 2 " in md
     assert "## Table 3: missing labels" in md and "| Hill | " in md
+    assert "| model | `resnet10t` from pre-trained weights `resnet10t.pth` (timm), linear head |" in md
+
+
+def test_package_layers_point_down():
+    """grid <- runner, grid <- collect <- report, and cli on top: no circle, no module over ~500 lines."""
+    import ast
+
+    allowed = {
+        "grid": set(), "runner": {"grid"}, "collect": {"grid"}, "report": {"grid", "collect"},
+        "cli": {"grid", "runner", "collect", "report"}, "__main__": {"cli"},
+        "__init__": {"grid", "runner", "collect", "report", "cli"},
+    }
+    for path in sorted(Path(benchmark.__file__).parent.glob("*.py")):
+        source = path.read_text()
+        assert len(source.splitlines()) <= 500, path.name
+        imported = {node.module.split(".")[0] for node in ast.walk(ast.parse(source))
+                    if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+        assert imported <= allowed[path.stem], (path.name, imported - allowed[path.stem])

@@ -35,11 +35,12 @@ it).
 from __future__ import annotations
 
 from .cli import build_parser, main
-from .collect import _Cell, _row_at_fraction, collect_results
+from .collect import _Cell, _row_at_fraction, collect_results  # noqa: F401 - the private two for the tests
 from .grid import (
     ABLATION_ROWS,
     BUDGETS,
     METHOD_OVERRIDES,
+    METHOD_SETTING_OVERRIDES,
     METHOD_TITLES,
     SETTING_TITLES,
     SETTINGS,
@@ -64,4 +65,10 @@ __all__ = [
     "write_report",
     "headline",
     "main",
+    "build_parser",
+    "SETTING_TITLES",
+    "METHOD_TITLES",
+    "METHOD_OVERRIDES",
+    "METHOD_SETTING_OVERRIDES",
+    "SINGLE_POSITIVE_EPS",
 ]

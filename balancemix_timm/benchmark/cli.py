@@ -14,13 +14,14 @@ from .grid import BUDGETS, Budget, plan_runs
 from .report import write_report
 from .runner import is_finished, run_benchmark, run_config
 
-_logger = logging.getLogger("balancemix_timm.benchmark")
+_logger = logging.getLogger(__name__)
 
 #: First line of the package's docstring (the parser's description).
 DESCRIPTION = "``balancemix-benchmark``: the paper's tables (1, 2, 3, 5, 7) measured on the offline demo data."
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``balancemix-benchmark`` argument parser."""
     p = argparse.ArgumentParser(prog="balancemix-benchmark", description=DESCRIPTION)
     p.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="grid size (default quick)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the budget's, 0)")
@@ -39,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark (unless ``--report-only`` / ``--dry-run``) and write its report.
+
+    Args:
+        argv: Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 1 when a run failed, else 0.
+    """
     from ..config import parse_overrides
 
     args = build_parser().parse_args(argv)

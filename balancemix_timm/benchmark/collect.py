@@ -18,6 +18,7 @@ GROUP_TITLES = ("All", "Many", "Medium", "Few")
 
 
 def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, ``None`` when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -55,6 +56,7 @@ def nan_to_none(x: float) -> float | None:
 
 
 def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``run_dir/metrics.jsonl`` (unparsable lines skipped; none when missing)."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []

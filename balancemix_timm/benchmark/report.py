@@ -12,13 +12,14 @@ from typing import Any, Mapping, Sequence
 from .collect import GROUP_TITLES, GROUPS, nan_to_none
 from .grid import DISPLAY_ORDER, METHOD_TITLES, SETTING_TITLES
 
-_logger = logging.getLogger("balancemix_timm.benchmark")
+_logger = logging.getLogger(__name__)
 
 #: Seeds requested by the report being written (cells with fewer say so).
 _REPORT_SEEDS = [1]
 
 
 def _fmt(c: Mapping[str, Any] | None, digits: int = 1) -> str:
+    """A cell as ``mean ± std`` (``(n=k)`` when fewer seeds than requested; ``n/a`` when empty)."""
     if not c or c.get("mean") is None:
         return "n/a"
     s = f"{c['mean']:.{digits}f}"
@@ -30,11 +31,18 @@ def _fmt(c: Mapping[str, Any] | None, digits: int = 1) -> str:
 
 
 def _bold_best(cells: dict[str, Mapping[str, Any]]) -> set[str]:
+    """The keys of the cells with the highest mean (ties all win)."""
     vals = {k: c["mean"] for k, c in cells.items() if c and c.get("mean") is not None}
     if not vals:
         return set()
     best = max(vals.values())
     return {k for k, v in vals.items() if v == best}
+
+
+def _init_text(t: Mapping[str, Any]) -> str:
+    """How the backbone starts: from scratch, or from the local weights of ``pretrained_path``."""
+    path = t.get("pretrained_path")
+    return f"from pre-trained weights `{Path(path).name}`" if path else "from scratch"
 
 
 def _aug_text(t: Mapping[str, Any]) -> str:
@@ -43,6 +51,7 @@ def _aug_text(t: Mapping[str, Any]) -> str:
 
 
 def _main_table(results: Mapping[str, Any], settings: Sequence[str], rate_titles: Sequence[str]) -> list[str]:
+    """Markdown lines of a Table 1-3: methods x (class group, setting), best cell per column in bold."""
     main = results["main"]
     methods = [m for m in METHOD_TITLES if m in main]
     head = "| Method | " + " | ".join(f"{g} {r}".strip() for g in GROUP_TITLES for r in rate_titles) + " |"
@@ -86,6 +95,7 @@ def headline(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _plots(results: Mapping[str, Any], report_dir: Path, prefix: str) -> list[str]:
+    """Draw the report's PNG plots (none without matplotlib); returns their file names."""
     try:
         import matplotlib
 
@@ -205,13 +215,13 @@ def write_report(
     L.append("|---|---|")
     L.append(f"| data | demo set (`balancemix_timm.data.demo`): {t['demo_num_train']} train / {t['demo_num_val']} val images, "
              f"{t['demo_num_classes']} classes, imbalance ratio {t['demo_imbalance_ratio']:g}, {t['image_size']} px, data seed {t['demo_seed']} |")
-    L.append(f"| model | `{t['model']}` from scratch (timm), linear head |")
+    L.append(f"| model | `{t['model']}` {_init_text(t)} (timm), {str(t.get('head') or 'linear').replace('_', '-')} head |")
     L.append(f"| training | {t['epochs']} epochs, batch {t['batch_size']}, {t['optimizer']} lr {t['lr']:g} wd {t['weight_decay']:g}, "
              f"{t['scheduler']} schedule, augmentation: {_aug_text(t)}; BalanceMix / T-estimator warm-up {t['warmup_epochs']} epochs |")
     L.append(f"| methods | {', '.join(METHOD_TITLES[m] for m in b['methods'])} |")
     L.append(f"| label settings | {', '.join(SETTING_TITLES[s] for s in b['settings'])} |")
     L.append(f"| seeds | {', '.join(map(str, b['seeds']))} (training seed = noise seed) |")
-    L.append(f"| metric | last-epoch validation mAP (%), as the paper; mean ± sample std over seeds when several |")
+    L.append("| metric | last-epoch validation mAP (%), as the paper; mean ± sample std over seeds when several |")
     cpu_text = (f" ({results['total_cpu_time_s'] / 60:.1f} CPU-min over the {results['runs_with_cpu_time']} runs with a CPU-time record)"
                 if results.get("runs_with_cpu_time") else "")
     L.append(f"| run time | {results['total_run_time_s'] / 60:.1f} min of training wall time summed over the finished runs{cpu_text}"

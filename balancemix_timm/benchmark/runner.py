@@ -15,7 +15,7 @@ from ..config import config_diff, load_config
 from ..train import train
 from .grid import BUDGETS, METHOD_OVERRIDES, METHOD_SETTING_OVERRIDES, SETTINGS, Budget, RunSpec, plan_runs
 
-_logger = logging.getLogger("balancemix_timm.benchmark")
+_logger = logging.getLogger(__name__)
 
 
 def run_config(spec: RunSpec, budget: Budget, out: Path, *, workers: int = 0,
@@ -106,6 +106,7 @@ def _prepare_run_dir(run_dir: Path, values: Mapping[str, Any]) -> str | None:
 
 
 def _train_values(values: Mapping[str, Any], resume: str | None) -> dict[str, Any]:
+    """Train one run from its config fields; returns its summary."""
     cfg = load_config(None, dict(values))
     return train(cfg, resume=resume)
 
@@ -131,6 +132,7 @@ def _prepare_data(values: Mapping[str, Any]) -> None:
 
 def _worker(values: dict[str, Any], resume: str | None, threads: int,
             deadline: float | None = None) -> tuple[float, float] | None:  # pragma: no cover - subprocess
+    """One run in a pool process; ``(wall, cpu)`` seconds, or ``None`` past ``deadline``."""
     import torch
 
     if deadline is not None and time.time() > deadline:
@@ -143,6 +145,7 @@ def _worker(values: dict[str, Any], resume: str | None, threads: int,
 
 
 def _after_run(run_dir: Path, wall: float, keep_checkpoints: bool, cpu: float | None = None) -> None:
+    """Record the run's times in ``bench.json`` and drop its checkpoints unless kept."""
     (run_dir / "bench.json").write_text(json.dumps(dict(
         wall_time=wall, cpu_time=cpu, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )))
