@@ -171,6 +171,7 @@ def test_package_layers_point_down():
         "cli": {"grid", "runner", "collect", "report"}, "__main__": {"cli"},
         "__init__": {"grid", "runner", "collect", "report", "cli"},
     }
+    assert benchmark.__doc__.splitlines()[0] == benchmark.cli.DESCRIPTION  # the parser's description
     for path in sorted(Path(benchmark.__file__).parent.glob("*.py")):
         source = path.read_text()
         assert len(source.splitlines()) <= 500, path.name
