@@ -1,0 +1,245 @@
+"""Reading finished runs (``summary.json``, ``metrics.jsonl``, ``bench.json``) into the results
+structure of the tables (:func:`collect_results`): cells of mean / std over seeds."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..config import load_config
+from .grid import ABLATION_ROWS, BUDGETS, RUN_ORDER, SETTING_TITLES, Budget, RunSpec, plan_runs
+
+#: Suffixes of the class groups' metrics (``mAP``, ``mAP_many``, ...) and their titles.
+GROUPS = ("", "_many", "_medium", "_few")
+GROUP_TITLES = ("All", "Many", "Medium", "Few")
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, ``None`` when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class _Cell:
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        v = [x for x in self.values if not math.isnan(x)]
+        return sum(v) / len(v) if v else float("nan")
+
+    @property
+    def std(self) -> float:
+        v = [x for x in self.values if not math.isnan(x)]
+        if len(v) < 2:
+            return float("nan")
+        m = sum(v) / len(v)
+        return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(mean=nan_to_none(self.mean), std=nan_to_none(self.std), n=self.n, values=[nan_to_none(x) for x in self.values])
+
+
+def nan_to_none(x: float) -> float | None:
+    """``x`` as a float, ``None`` for ``None`` or NaN (JSON has no NaN)."""
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``run_dir/metrics.jsonl`` (unparsable lines skipped; none when missing)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+    return rows
+
+
+def _row_at_fraction(metrics: Sequence[Mapping[str, Any]], epochs: int, fraction: float) -> Mapping[str, Any] | None:
+    """The metrics row of epoch ``max(1, round(fraction * epochs))`` (1-based)."""
+    target = max(1, int(math.floor(fraction * epochs + 0.5)))
+    for row in metrics:
+        if int(row.get("epoch", -1)) == target:
+            return row
+    return None
+
+
+def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """Read every finished run of ``budget`` under ``out`` into the tables' numbers (JSON-ready)."""
+    budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    out = Path(out)
+    specs = plan_runs(budget, seeds)
+    runs: dict[str, dict[str, Any]] = {}
+    missing: list[str] = []
+    thresholds = sizes = None
+    total_wall = total_cpu = 0.0
+    n_cpu = 0
+    finished_at: list[str] = []
+    for spec in specs:
+        run_dir = out / "runs" / spec.key
+        summary = _read_json(run_dir / "summary.json")
+        if summary is None:
+            missing.append(spec.key)
+            continue
+        bench = _read_json(run_dir / "bench.json") or {}
+        total_wall += float(bench.get("wall_time", 0.0))
+        if bench.get("finished_at"):
+            finished_at.append(str(bench["finished_at"]))
+        if bench.get("cpu_time") is not None:
+            total_cpu += float(bench["cpu_time"])
+            n_cpu += 1
+        thresholds = thresholds or summary.get("group_thresholds")
+        sizes = sizes or summary.get("group_sizes")
+        metrics = _read_metrics(run_dir)
+        runs[spec.key] = dict(
+            method=spec.method, setting=spec.setting, seed=spec.seed, ablation=spec.ablation, variant=spec.variant,
+            last=summary.get("last", {}), metrics=metrics, wall_time=bench.get("wall_time"), cpu_time=bench.get("cpu_time"),
+            noise_report=summary.get("noise_report"), epochs=summary.get("epochs"),
+        )
+
+    def cell(method: str, setting: str, metric: str, *, ablation: str | None = None, variant: str | None = None) -> _Cell:
+        c = _Cell()
+        for r in runs.values():
+            if (r["method"], r["setting"], r["ablation"], r["variant"]) == (method, setting, ablation, variant):
+                c.values.append(float(r["last"].get(metric, float("nan"))))
+        return c
+
+    main_table: dict[str, dict[str, dict[str, Any]]] = {}
+    settings_main = [s for s in RUN_ORDER if s in budget.settings]
+    settings_main += [s for s in budget.settings if s not in settings_main]  # settings added since
+    for method in budget.methods:
+        main_table[method] = {
+            s: {("mAP" + g): cell(method, s, "mAP" + g).as_dict() for g in GROUPS} for s in settings_main
+        }
+    ablation_table: dict[str, dict[str, Any]] = {}
+    for title, method, abl in ABLATION_ROWS:
+        row_name = "mixup" if method == "mixup" else abl
+        if row_name is not None and row_name not in budget.ablation_rows:
+            continue
+        ablation_table[title] = {s: cell(method, s, "mAP", ablation=abl).as_dict() for s in budget.ablation_settings}
+
+    # Table 7: label management at 25 / 50 / 100% of training.
+    lm_keys = ("clean_precision", "clean_recall", "relabel_proportion", "relabel_accuracy")
+    table7: dict[str, dict[str, dict[str, Any]]] = {}
+    for setting in ("mislabel20", "mislabel40"):
+        if setting not in budget.settings or "balancemix" not in budget.methods:
+            continue
+        table7[setting] = {}
+        for frac in (0.25, 0.5, 1.0):
+            cells = {k: _Cell() for k in lm_keys}
+            epoch = None
+            for r in runs.values():
+                if (r["method"], r["setting"], r["ablation"], r["variant"]) != ("balancemix", setting, None, None):
+                    continue
+                row = _row_at_fraction(r["metrics"], int(r["epochs"] or budget.train["epochs"]), frac)
+                if row is None:
+                    continue
+                epoch = row.get("epoch")
+                for k in lm_keys:
+                    v = row.get(k)
+                    cells[k].values.append(100.0 * float(v) if v is not None else float("nan"))
+            table7[setting][f"{int(frac * 100)}%"] = dict({k: c.as_dict() for k, c in cells.items()}, epoch=epoch)
+        # Reference: the precision of keeping every given label (share of labels left correct).
+        base = _Cell()
+        for r in runs.values():
+            if (r["method"], r["setting"], r["ablation"], r["variant"]) == ("balancemix", setting, None, None) \
+                    and r.get("noise_report"):
+                base.values.append(100.0 * (1.0 - float(r["noise_report"].get("changed_fraction", float("nan")))))
+        table7[setting]["given_labels_precision"] = base.as_dict()
+
+    # Minority sampler's weight spread per epoch (seed 0 BalanceMix runs) and the variants.
+    spread: dict[str, list[dict[str, Any]]] = {}
+    for r in runs.values():
+        if r["method"] == "balancemix" and r["seed"] == min(budget.seeds if seeds is None else seeds) \
+                and r["ablation"] in (None, "minority"):
+            name = f"{r['setting']}" + (f" ({r['variant']})" if r["variant"] else "") + \
+                (" [+minority only]" if r["ablation"] == "minority" else "")
+            spread[name] = [
+                dict(epoch=m.get("epoch"), **{k[len("lm_sampler_"):]: m[k] for k in m if k.startswith("lm_sampler_")})
+                for m in r["metrics"]
+            ]
+    variants: dict[str, dict[str, Any]] = {}
+    for name, _ in budget.sampler_variants:
+        for setting in budget.sampler_settings:
+            for label, var in (("paper (literal, T=1)", None), (name, name)):
+                if label in variants.get(setting, {}):
+                    continue
+                cells = {("mAP" + g): cell("balancemix", setting, "mAP" + g, variant=var).as_dict() for g in GROUPS}
+                last_spread = _Cell(), _Cell()
+                for r in runs.values():
+                    if (r["method"], r["setting"], r["ablation"], r["variant"]) == ("balancemix", setting, None, var) \
+                            and r["metrics"]:
+                        last_spread[0].values.append(float(r["last"].get("lm_sampler_max_over_min", float("nan"))))
+                        last_spread[1].values.append(float(r["last"].get("lm_sampler_ess_fraction", float("nan"))))
+                cells["sampler_max_over_min"] = last_spread[0].as_dict()
+                cells["sampler_ess_fraction"] = last_spread[1].as_dict()
+                variants.setdefault(setting, {})[label] = cells
+
+    meta = _read_json(out / "data" / "demo_meta.json") or {}
+    data_info = dict(options=meta.get("options"), train_positive_counts=meta.get("train_positive_counts"),
+                     val_positive_counts=meta.get("val_positive_counts"), class_names=meta.get("class_names"))
+    return dict(
+        data=data_info,
+        budget=dict(train=load_config(None, dict(budget.train)).to_dict(), methods=list(budget.methods), settings=list(budget.settings),
+                    ablation_settings=list(budget.ablation_settings), ablation_rows=list(budget.ablation_rows),
+                    sampler_variants=[[n, dict(o)] for n, o in budget.sampler_variants],
+                    seeds=list(budget.seeds if seeds is None else seeds), description=budget.description),
+        group_thresholds=thresholds,
+        group_sizes=sizes,
+        finished=len(runs),
+        planned=len(specs),
+        missing=missing,
+        total_run_time_s=total_wall,
+        total_cpu_time_s=total_cpu,
+        runs_with_cpu_time=n_cpu,
+        finished_between=[min(finished_at), max(finished_at)] if finished_at else None,
+        main=main_table,
+        ablation=ablation_table,
+        table7=table7,
+        sampler_spread=spread,
+        sampler_variants=variants,
+        runs={k: dict(method=r["method"], setting=r["setting"], seed=r["seed"], ablation=r["ablation"],
+                      variant=r["variant"], wall_time=r["wall_time"], cpu_time=r.get("cpu_time"),
+                      last={k2: v for k2, v in r["last"].items() if isinstance(v, (int, float))})
+              for k, r in runs.items()},
+    )
+
+
+
+def label_management_curves(budget: Budget, out: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Per-epoch metrics rows of the finished BalanceMix runs of ``seed`` on mislabel / flip.
+
+    Args:
+        budget: The budget (unused: the runs are found by their keys).
+        out: The benchmark's output folder.
+        seed: The seed whose runs are read.
+
+    Returns:
+        ``"<setting title> (seed <seed>)"`` -> the run's ``metrics.jsonl`` rows, for runs with
+        label-management figures.
+    """
+    curves = {}
+    for setting in ("mislabel20", "mislabel40", "flip40"):
+        run_dir = out / "runs" / RunSpec("balancemix", setting, seed).key
+        rows = _read_metrics(run_dir)
+        if rows and (run_dir / "summary.json").is_file() and any("clean_precision" in r for r in rows):
+            curves[f"{SETTING_TITLES[setting]} (seed {seed})"] = rows
+    return curves
+
+

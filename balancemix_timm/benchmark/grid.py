@@ -1,0 +1,200 @@
+"""What the benchmark runs: label settings, methods, budgets and the plan of runs of a budget.
+
+Everything a budget is made of is data here: :data:`SETTINGS` / :data:`SETTING_TITLES` (label
+settings, in the tables' order), :data:`METHOD_TITLES` (methods, in the tables' order),
+:data:`ABLATION_ROWS` (Table 5), :data:`METHOD_OVERRIDES` / :data:`METHOD_SETTING_OVERRIDES`
+(per-method options) and :data:`BUDGETS` (name -> :class:`Budget`). :func:`plan_runs` turns a
+budget into its :class:`RunSpec` list; the runner, the results and the report only read these.
+
+To extend the benchmark, edit data here only:
+
+* a budget (e.g. a pre-trained regime, or three seeds): a new :class:`Budget` entry in
+  :data:`BUDGETS`, with its own ``train`` fields (``pretrained_path=...``, ``image_size=...``)
+  and ``seeds=(0, 1, 2)``;
+* a method (e.g. Hill, SPLC; the trainer must know its ``method`` name): a row of
+  :data:`METHOD_TITLES` (which puts it in every budget that runs all methods) and, if it needs
+  options, of :data:`METHOD_OVERRIDES`;
+* a label setting: a row of :data:`SETTINGS` and of :data:`SETTING_TITLES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+#: Label settings: name -> config fields, in the tables' order.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "clean": dict(noise="clean", noise_rate=0.0),
+    "mislabel20": dict(noise="mislabel", noise_rate=0.2),
+    "mislabel40": dict(noise="mislabel", noise_rate=0.4),
+    "flip20": dict(noise="random_flip", noise_rate=0.2),
+    "flip40": dict(noise="random_flip", noise_rate=0.4),
+    "single": dict(noise="single_positive", noise_rate=0.0),
+}
+#: Label settings' names in the tables.
+SETTING_TITLES = {
+    "clean": "Clean", "mislabel20": "Mislabel 20%", "mislabel40": "Mislabel 40%",
+    "flip20": "Rand. flip 20%", "flip40": "Rand. flip 40%", "single": "Single positive",
+}
+
+#: Methods (name -> title in the tables), in the paper's order: the one list of methods.
+METHOD_TITLES = {
+    "bce": "Default (BCE)", "mixup": "Mixup (BCE)", "coteaching": "Co-teaching", "asl": "ASL",
+    "testimator": "T-estimator", "llr": "LL-R", "llct": "LL-Ct", "balancemix": "BalanceMix",
+}
+
+#: Table 5's rows: (title, method, ablation). ``None`` ablation on balancemix = full BalanceMix
+#: (the main grid's run); the BCE and random-sampler rows are the main grid's Default and Mixup
+#: runs (``method=mixup`` is Mixup of two random streams with BCE, the engine's
+#: ``ablation=mixup`` without the engine's bookkeeping).
+ABLATION_ROWS: tuple[tuple[str, str, str | None], ...] = (
+    ("Default (BCE loss)", "bce", None),
+    ("+ Random sampler (= Mixup)", "mixup", None),
+    ("+ Minority sampler (Eq. 4)", "balancemix", "minority"),
+    ("+ Clean labels (Eq. 8)", "balancemix", "clean"),
+    ("+ Re-labeled labels (Eq. 9)", "balancemix", "relabel"),
+    ("+ Ambiguous labels (Eq. 10) = BalanceMix", "balancemix", None),
+)
+
+#: Per-method option overrides shared by every budget.
+METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
+    "llr": {"method_options": {"reduction": "sum_mean"}},
+    "llct": {"method_options": {"reduction": "sum_mean"}},
+}
+#: The paper's re-labeling threshold for the single-positive setting.
+SINGLE_POSITIVE_EPS = 0.55
+#: Per-(method, label setting) option overrides, applied after :data:`METHOD_OVERRIDES`.
+METHOD_SETTING_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
+    ("balancemix", "single"): {"eps": SINGLE_POSITIVE_EPS},
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A benchmark budget: shared training settings and the grid of runs.
+
+    Attributes:
+        train: :class:`~balancemix_timm.config.TrainConfig` fields shared by every run.
+        methods: methods of Tables 1-3.
+        settings: label settings of the main grid (keys of :data:`SETTINGS`).
+        ablation_settings: label settings of Table 5 (empty: no ablation).
+        ablation_rows: Table 5 rows to run (keys: the ``ablation`` names; the BCE and full
+            rows come from the main grid, or are run if missing from it).
+        sampler_variants: extra BalanceMix runs comparing the minority sampler's forms, as
+            ``(name, overrides)`` on ``sampler_settings``.
+        sampler_settings: label settings of the sampler comparison.
+        seeds: default seeds.
+        description: one line for the report.
+    """
+
+    train: Mapping[str, Any]
+    methods: tuple[str, ...]
+    settings: tuple[str, ...]
+    ablation_settings: tuple[str, ...] = ()
+    ablation_rows: tuple[str, ...] = ("mixup", "minority", "clean", "relabel")
+    sampler_variants: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    sampler_settings: tuple[str, ...] = ("mislabel40",)
+    seeds: tuple[int, ...] = (0,)
+    description: str = ""
+
+
+_COMMON_TRAIN: dict[str, Any] = dict(
+    data="demo",
+    demo_num_classes=24,
+    demo_imbalance_ratio=100.0,
+    demo_seed=0,
+    model="resnet10t",
+    batch_size=32,
+    optimizer="adamw",
+    lr=5e-3,
+    cutout=False,  # the paper's augmentation is RandAugment (+ Mixup); Cutout is ML-Decoder's
+    weight_decay=1e-4,
+    scheduler="cosine",
+    device="cpu",
+    progress=False,
+    plots=False,
+)
+
+_ALL_METHODS = tuple(METHOD_TITLES)
+#: Run order of the label settings: the headline settings first, so a grid cut short fills them.
+RUN_ORDER = ("mislabel40", "flip40", "single", "clean", "mislabel20", "flip20")
+#: Display order of the label settings (the tables' and plots').
+DISPLAY_ORDER = tuple(SETTINGS)
+
+_FULL_TRAIN = dict(_COMMON_TRAIN, demo_num_train=800, demo_num_val=400, image_size=32, epochs=6, warmup_epochs=2)
+
+#: The named budgets (``--budget``).
+BUDGETS: dict[str, Budget] = {
+    "quick": Budget(
+        train=_FULL_TRAIN,
+        methods=_ALL_METHODS,
+        settings=("mislabel40",),
+        ablation_settings=("mislabel40",),
+        description="quick subset: every method and every Table 5 row on mislabel 40%, one seed (the full grid's settings)",
+    ),
+    "full": Budget(
+        train=_FULL_TRAIN,
+        methods=_ALL_METHODS,
+        settings=RUN_ORDER,
+        ablation_settings=("clean", "mislabel40", "flip40", "single"),
+        sampler_variants=(
+            ("T=0.5", {"sampler_temperature": 0.5}),
+            ("T=4", {"sampler_temperature": 4.0}),
+            ("positive score", {"sampler_score": "positive"}),
+        ),
+        description="full grid: 8 methods x 6 label settings, Table 5 ablation on 4 settings, sampler comparison",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the grid."""
+
+    method: str
+    setting: str
+    seed: int
+    ablation: str | None = None
+    variant: str | None = None
+    variant_overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Folder name of the run (unique in a grid)."""
+        parts = [self.method]
+        if self.ablation:
+            parts.append(f"abl-{self.ablation}")
+        if self.variant:
+            parts.append("var-" + "".join(c if c.isalnum() or c in ".-" else "_" for c in self.variant))
+        parts += [self.setting, f"s{self.seed}"]
+        return "-".join(parts)
+
+
+def plan_runs(budget: Budget, seeds: Sequence[int] | None = None) -> list[RunSpec]:
+    """Every run of ``budget``, most informative first (so a cut-short grid fills the
+    headline settings of all tables before the rest), without duplicates."""
+    seeds = tuple(budget.seeds if seeds is None else seeds)
+    specs: list[RunSpec] = []
+    order = [s for s in RUN_ORDER if s in budget.settings or s in budget.ablation_settings]
+    order += [s for s in budget.settings if s not in order]
+    for seed in seeds:
+        for setting in order:
+            if setting in budget.settings:
+                specs += [RunSpec(m, setting, seed) for m in budget.methods]
+            if setting in budget.ablation_settings:
+                specs.append(RunSpec("bce", setting, seed))
+                specs += [RunSpec("mixup", setting, seed) if a == "mixup" else RunSpec("balancemix", setting, seed, ablation=a)
+                          for a in budget.ablation_rows]
+                specs.append(RunSpec("balancemix", setting, seed))
+        for name, overrides in budget.sampler_variants:
+            for setting in budget.sampler_settings:
+                specs.append(RunSpec("balancemix", setting, seed, variant=name,
+                                     variant_overrides=tuple(sorted(overrides.items()))))
+    seen: set[str] = set()
+    unique = []
+    for spec in specs:
+        if spec.key not in seen:
+            seen.add(spec.key)
+            unique.append(spec)
+    return unique
+
