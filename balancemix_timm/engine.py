@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_binary, check_finite, check_ndim, check_tensor, check_unit_interval
-from .gmm import clean_probability
+from .gmm import LabelGMM
 from .loss import balancemix_loss
 from .mixing import _check_lam, _interpolate
 from .refine import LabelState, refine_labels
@@ -144,6 +144,11 @@ class BalanceMix:
         probs: (N, K) float32, latest recorded probabilities (mean of the views).
         losses: (N, K) float32, BCE of ``probs`` against the given labels (Eq. 6).
         seen: (N,) bool, whether a sample has a recorded prediction.
+        last_gmm: The :class:`~balancemix_timm.gmm.LabelGMM` fitted by the last
+            :meth:`refresh` (None before it, with ``label_management="none"`` and after
+            loading a checkpoint). After a refresh, :attr:`losses` holds the losses it was fed
+            (of the seen samples), :attr:`clean_prob` its posteriors and :attr:`state` the
+            resulting label states: what the diagnostics read, with no recomputation.
     """
 
     def __init__(
@@ -217,6 +222,7 @@ class BalanceMix:
         self.epoch = 0
         self.applied = False  # whether refined labels / states are in use
         self.history: list[dict[str, Any]] = []
+        self.last_gmm: LabelGMM | None = None  # the mixtures fitted by the last refresh
 
         self.random_sampler = ShardedRandomSampler(
             n, num_samples, seed=self.seed, num_replicas=num_replicas, rank=rank
@@ -419,12 +425,17 @@ class BalanceMix:
 
         seen = self.seen
         all_seen = n_unseen == 0  # the usual case: no masked copies of the (N, K) tables
+        # LabelGMM(...).fit_predict_clean_proba is what gmm.clean_probability computes; the
+        # fitted mixtures are kept (last_gmm) for diagnostics, e.g. their decision thresholds.
+        self.last_gmm = None
         if self.label_management != "none" and all_seen:
-            clean_prob = clean_probability(self.losses, labels, **self.gmm_options).to(self.device, torch.float32)
+            self.last_gmm = LabelGMM(**self.gmm_options)
+            clean_prob = self.last_gmm.fit_predict_clean_proba(self.losses, labels).to(self.device, torch.float32)
         else:
             clean_prob = torch.ones_like(self.clean_prob)
             if self.label_management != "none" and n_unseen < self.num_samples_total:
-                cp = clean_probability(self.losses[seen], labels[seen], **self.gmm_options)
+                self.last_gmm = LabelGMM(**self.gmm_options)
+                cp = self.last_gmm.fit_predict_clean_proba(self.losses[seen], labels[seen])
                 clean_prob[seen] = cp.to(self.device, torch.float32)
         if self.label_management in ("relabel", "full"):
             refined, state = refine_labels(

@@ -1159,6 +1159,43 @@ class LabelGMM:
         p = torch.where(pick(self.fallback_.to(device)), torch.full_like(p, self.fallback), p)
         return p.to(dtype=torch.float32, device=losses.device)
 
+    def decision_thresholds(self) -> Tensor:
+        """Where each group's clean probability crosses 0.5, in normalised-loss units.
+
+        The log-odds of the two components are a quadratic ``a + b z + c z^2`` of the
+        normalised loss ``z = (loss - shift_) / scale_`` (the space the mixture is fitted in;
+        ``[0, 1]`` with ``normalize="minmax"``). Its root between the two means is the
+        decision threshold (labels below it are clean); without one, the real root nearest to
+        the means' midpoint. A raw-loss threshold is ``shift_ + scale_ * z``.
+
+        Returns:
+            ``(2, K)`` float64 CPU tensor, index ``[l, k]`` = polarity ``l`` of class ``k``;
+            NaN for ``fallback_`` groups and where the posterior never crosses 0.5.
+        """
+        self._check_fitted()
+        k = self.means_.shape[1]
+        mu = self.means_.reshape(-1, 2)
+        a, b, c = _coefficients(self.weights_.reshape(-1, 2), mu, self.variances_.reshape(-1, 2))
+        nan = torch.full_like(a, math.nan)
+        lin = c.abs() <= 1e-12 * b.abs().clamp(min=1e-300)  # (near-)equal variances: a + b z = 0
+        z_lin = torch.where(lin & (b != 0), -a / b.where(b != 0, torch.ones_like(b)), nan)
+        disc = b * b - 4.0 * a * c
+        sq = disc.clamp(min=0.0).sqrt()
+        c_safe = c.where(c != 0, torch.ones_like(c))
+        r1 = torch.where(disc >= 0, (-b - sq) / (2.0 * c_safe), nan)
+        r2 = torch.where(disc >= 0, (-b + sq) / (2.0 * c_safe), nan)
+        lo, hi = mu.min(1).values, mu.max(1).values
+        mid = 0.5 * (lo + hi)
+
+        def score(r: Tensor) -> Tensor:  # 0 inside [lo, hi], else the distance to the midpoint
+            inside = (r >= lo) & (r <= hi)
+            return torch.where(inside, torch.zeros_like(r), (r - mid).abs()).nan_to_num(math.inf)
+
+        z = torch.where(score(r1) <= score(r2), r1, r2)
+        z = torch.where(lin, z_lin, z)
+        z = torch.where(self.fallback_.reshape(-1), nan, z)
+        return z.view(2, k)
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Options and fitted attributes (CPU tensors)."""
