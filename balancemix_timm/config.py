@@ -97,6 +97,9 @@ class TrainConfig:
     output_dir: str = "runs"
     run_name: str | None = None
     plots: bool = True
+    # BalanceMix: label_diagnostics/epoch_XXX.npz at the end of warm-up and of training
+    # (per-label GMM losses, p_G, states, given / clean labels, GMM thresholds; two files)
+    label_diagnostics: bool = True
     progress: bool = True
     max_steps_per_epoch: int | None = None  # for smoke tests
 
@@ -147,7 +150,7 @@ class TrainConfig:
 
 #: Keys that may change between a checkpoint and its resumed run.
 RESUME_IGNORED_KEYS = frozenset(
-    {"output_dir", "run_name", "plots", "progress", "workers", "device", "eval_batch_size"}
+    {"output_dir", "run_name", "plots", "label_diagnostics", "progress", "workers", "device", "eval_batch_size"}
 )
 
 

@@ -165,7 +165,77 @@ class BalanceMixMethod(TrainingMethod):
         out["refresh_time"] = time.perf_counter() - t0
         out.update({f"lm_{k}": v for k, v in report.as_dict().items() if k != "epoch"})
         out.update(self.label_figures())
+        stages = self.diagnostics_stages(epoch)
+        if stages and self.cfg.label_diagnostics and self.trainer.is_main:
+            self.save_label_diagnostics(epoch, stages)
         return out
+
+    def diagnostics_stages(self, epoch: int) -> list[str]:
+        """Which snapshot(s) the refresh that ends ``epoch`` (0-based) is: ``"warmup_end"``
+        (the last warm-up epoch, whose refresh decides the first managed epoch's labels)
+        and / or ``"last"`` (the last epoch)."""
+        stages = []
+        if self.cfg.warmup_epochs > 0 and epoch + 1 == self.cfg.warmup_epochs:
+            stages.append("warmup_end")
+        if epoch + 1 == self.cfg.epochs:
+            stages.append("last")
+        return stages
+
+    def save_label_diagnostics(self, epoch: int, stages: list[str]) -> Path:
+        """Write ``<run_dir>/label_diagnostics/epoch_XXX.npz`` (1-based epoch) from the engine's
+        last refresh, without recomputing anything.
+
+        Arrays: ``losses`` (N, K) float32, the BCE losses fed to the 2K GMMs; ``clean_prob``
+        (N, K) float32, their p_G; ``probs`` (N, K) float32, the recorded view probabilities;
+        ``state`` (N, K) int8 (``state_names``: 0 clean, 1 relabeled, 2 ambiguous);
+        ``given_labels``, ``clean_labels``, ``refined_labels`` (N, K) uint8; ``seen`` (N,) bool;
+        per group, index ``[l, k]`` = given polarity ``l`` of class ``k``: ``gmm_shift``,
+        ``gmm_scale`` (the GMM's normalisation ``z = (loss - shift) / scale``),
+        ``gmm_threshold`` (where p_G crosses 0.5, in ``z`` units), ``gmm_threshold_loss`` (same
+        in loss units), ``gmm_means`` (2, K, 2) in ``z`` units, ``gmm_fallback``,
+        ``gmm_n_samples`` (NaN / empty when no GMM was fitted); scalars ``epoch`` (1-based),
+        ``stages``, ``warmup_epochs``, ``epochs``, ``applied``, ``gmm_normalize``,
+        ``label_management``, ``method``, ``noise``, ``noise_rate``, ``run_name``.
+        """
+        import numpy as np
+
+        tr, eng = self.trainer, self.engine
+        k = eng.num_classes
+
+        def host(t: Tensor) -> "np.ndarray":
+            return t.detach().cpu().numpy()
+
+        gmm = eng.last_gmm
+        nan2 = np.full((2, k), np.nan)
+        if gmm is not None:
+            z = host(gmm.decision_thresholds())
+            shift, scale = host(gmm.shift_), host(gmm.scale_)
+            extra = dict(gmm_shift=shift, gmm_scale=scale, gmm_threshold=z, gmm_threshold_loss=shift + scale * z,
+                         gmm_means=host(gmm.means_), gmm_fallback=host(gmm.fallback_),
+                         gmm_n_samples=host(gmm.n_samples_))
+        else:
+            extra = dict(gmm_shift=nan2, gmm_scale=nan2, gmm_threshold=nan2, gmm_threshold_loss=nan2,
+                         gmm_means=np.full((2, k, 2), np.nan), gmm_fallback=np.ones((2, k), bool),
+                         gmm_n_samples=np.zeros((2, k), np.int64))
+        path = tr.run_dir / "label_diagnostics" / f"epoch_{epoch + 1:03d}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez_compressed(
+            tmp,
+            losses=host(eng.losses), clean_prob=host(eng.clean_prob), probs=host(eng.probs),
+            state=host(eng.state), state_names=np.array(["clean", "relabeled", "ambiguous"]),
+            given_labels=host(eng.given_labels), clean_labels=host(tr.clean_labels.to(torch.uint8)),
+            refined_labels=host(eng.refined_labels), seen=host(eng.seen),
+            epoch=np.int64(epoch + 1), stages=np.array(stages), warmup_epochs=np.int64(self.cfg.warmup_epochs),
+            epochs=np.int64(self.cfg.epochs), applied=np.bool_(eng.applied),
+            gmm_normalize=np.array(str(eng.gmm_options.get("normalize", "minmax"))),
+            label_management=np.array(eng.label_management), method=np.array(self.cfg.method),
+            noise=np.array(self.cfg.noise), noise_rate=np.float64(self.cfg.noise_rate),
+            run_name=np.array(tr.run_dir.name),
+            **extra,
+        )
+        tmp.replace(path)
+        return path
 
     def label_figures(self) -> dict[str, float]:
         """Eq. 12-13 figures of the current label management (needs the true labels)."""
