@@ -39,6 +39,7 @@ import numpy as np
 __all__ = [
     "load_label_diagnostics",
     "loss_split",
+    "selection_summary",
     "read_metrics",
     "plot_loss_distributions",
     "plot_label_management",
@@ -154,6 +155,29 @@ def loss_split(data: Mapping[str, Any]) -> dict[str, Any]:
             n_groups_fallback=int(np.asarray(fallback)[polarity].sum()) if fallback is not None else 0,
         )
     return dict(space=space, polarity=parts)
+
+
+def selection_summary(data: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """How the GMMs sorted the labels: per polarity, counts and the shares kept as clean.
+
+    Args:
+        data: Arrays from :func:`load_label_diagnostics` (with ``clean_prob``).
+
+    Returns:
+        ``{"positive": {...}, "negative": {...}}``, each with ``n_correct``, ``n_wrong`` and
+        ``correct_kept`` / ``wrong_kept``: the share of correct / wrong given labels with
+        p_G > 0.5 (NaN when there are none).
+    """
+    split = loss_split(data)
+    out = {}
+    for polarity, name in ((1, "positive"), (0, "negative")):
+        part = split["polarity"][polarity]
+        sel, correct = part["selected"], part["correct"]
+        row: dict[str, float] = dict(n_correct=int(correct.sum()), n_wrong=int((~correct).sum()))
+        for key, mask in (("correct_kept", correct), ("wrong_kept", ~correct)):
+            row[key] = float(sel[mask].mean()) if sel is not None and mask.any() else float("nan")
+        out[name] = row
+    return out
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -82,6 +83,10 @@ def test_micro_benchmark_writes_tables_and_resumes(tmp_path, monkeypatch, capsys
         assert heading in md
     assert "| Method | All 40% | Many 40% | Medium 40% | Few 40% |" in md
     assert "python -m balancemix_timm.benchmark --budget micro" in md
+    # The seed-0 BalanceMix run on mislabel 40% saved label diagnostics: its figures sit next to the report.
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert "## Diagnostics" in md and "](diagnostics_mislabel40_loss_distributions.png)" in md
+        assert (rep / "diagnostics_mislabel40_loss_distributions.png").is_file()
     data = json.loads((rep / "results.json").read_text())
     # The table's number is the run's last-epoch mAP, read independently from its summary.
     summary = json.loads((out / "runs" / "bce-mislabel40-s0" / "summary.json").read_text())

@@ -35,7 +35,7 @@ it).
 from __future__ import annotations
 
 from .cli import build_parser, main
-from .collect import _Cell, _row_at_fraction, collect_results  # noqa: F401 - the private two for the tests
+from .collect import _Cell, _row_at_fraction, collect_results, diagnostics_runs  # noqa: F401 - the private two for the tests
 from .grid import (
     ABLATION_ROWS,
     BUDGETS,
@@ -62,6 +62,7 @@ __all__ = [
     "run_config",
     "run_benchmark",
     "collect_results",
+    "diagnostics_runs",
     "write_report",
     "headline",
     "main",

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .collect import collect_results, label_management_curves
+from .collect import collect_results, diagnostics_runs, label_management_curves
 from .grid import BUDGETS, Budget, plan_runs
 from .report import write_report
 from .runner import is_finished, run_benchmark, run_config
@@ -83,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         budget = Budget(**{**budget.__dict__, "train": dict(budget.train, **overrides)})
     results = collect_results(budget, out, seeds=seeds)
     notes = Path(args.notes).read_text() if args.notes else None
+    first_seed = min(seeds or budget.seeds)
     path = write_report(results, report_dir, command=command, notes=notes, run_stats=stats,
-                        lm_curves=label_management_curves(budget, out, min(seeds or budget.seeds)))
+                        lm_curves=label_management_curves(budget, out, first_seed),
+                        diagnostics=diagnostics_runs(out, first_seed))
     _logger.info("wrote %s", path)
     return 1 if stats and stats["failed"] else 0
