@@ -324,6 +324,7 @@ def plot_label_management(metrics_rows: Sequence[Mapping[str, Any]], out_png: st
         ys = [100 * v for v in _series(rows, key)]
         if any(np.isfinite(ys)):
             ax.plot(ep, ys, style, label=name)
+    ax.set_ylim(0, 102)
     ax.set_xlabel("epoch"); ax.set_ylabel("%"); ax.set_title("clean-label selection (Eq. 12)", fontsize=10)
     ax = axes[1]
     shares = [np.nan_to_num(np.array(_series(rows, f"lm_{s}_fraction")) * 100) for s in ("clean", "relabeled", "ambiguous")]
@@ -335,7 +336,7 @@ def plot_label_management(metrics_rows: Sequence[Mapping[str, Any]], out_png: st
     for a in axes:
         if applied is not None:
             a.axvline(applied, color="k", ls=":", lw=1, label=f"end of warm-up (epoch {applied})")
-        a.legend(fontsize=7, loc="lower left")
+        a.legend(fontsize=7, loc="lower left" if a is axes[1] else "best")
         if ep:
             a.set_xticks(ep)
     fig.suptitle(title or "BalanceMix label management per epoch", fontsize=11)
@@ -367,12 +368,14 @@ def plot_sampler_spread(metrics_rows: Sequence[Mapping[str, Any]], out_png: str 
     ratio = _series(rows, "lm_sampler_max_over_min", "sampler_max_over_min", "max_over_min")
     ess = _series(rows, "lm_sampler_ess_fraction", "sampler_ess_fraction", "ess_fraction")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    axes[0].plot(ep, ratio, "o-", label="max / min sampling weight")
+    last_ratio = f"{ratio[-1]:.3g}" if ratio else "n/a"
+    last_ess = f"{ess[-1]:.3f}" if ess else "n/a"
+    axes[0].plot(ep, ratio, "o-", label=f"max / min sampling weight (last: {last_ratio})")
     finite = [v for v in ratio if np.isfinite(v)]
     if finite and min(finite) > 0 and max(finite) > 10:  # a log axis only for a wide range
         axes[0].set_yscale("log")
     axes[0].set_ylabel("largest / smallest weight"); axes[0].set_title("minority sampler: weight ratio", fontsize=10)
-    axes[1].plot(ep, ess, "o-", color="tab:purple", label="effective sample size / N")
+    axes[1].plot(ep, ess, "o-", color="tab:purple", label=f"effective sample size / N (last: {last_ess})")
     axes[1].axhline(1.0, color="k", ls=":", lw=1, label="uniform sampling")
     axes[1].set_ylim(0, 1.05)
     axes[1].set_ylabel("ESS / N = (sum p)^2 / (N sum p^2)"); axes[1].set_title("minority sampler: effective sample size", fontsize=10)
@@ -412,11 +415,11 @@ def write_run_diagnostics(run_dir: str | Path, out_dir: str | Path, *, prefix: s
     written: list[Path] = []
     npz = sorted((run_dir / "label_diagnostics").glob("epoch_*.npz"))
     if npz:
-        snap = load_label_diagnostics(npz[0])
-        text = _setting_text(snap) if setting is None else setting
+        if setting is None:  # the noise setting and run name, from the snapshot
+            name = _setting_text(load_label_diagnostics(npz[0])) or name
         written.append(plot_loss_distributions(
             npz, out_dir / f"{prefix}loss_distributions.png",
-            title=f"GMM inputs: losses of correct vs wrong given labels, {text}"))
+            title=f"GMM inputs: losses of correct vs wrong given labels, {name}"))
     rows = read_metrics(run_dir)
     if rows and any("lm_clean_fraction" in r for r in rows):
         written.append(plot_label_management(rows, out_dir / f"{prefix}label_management.png",
