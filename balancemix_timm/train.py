@@ -78,6 +78,7 @@ def build_datasets(cfg: TrainConfig, train_transform: Any = None, val_transform:
             image_size=cfg.image_size,
             imbalance_ratio=cfg.demo_imbalance_ratio,
             seed=cfg.demo_seed,
+            min_val_positives=cfg.demo_min_val_positives,
         )
     if cfg.data in ("demo", "coco"):
         p = _paths(cfg)
