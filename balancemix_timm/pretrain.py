@@ -42,7 +42,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["PretrainRecipe", "default_cache_dir", "pretrained_dir", "ensure_pretrained", "main"]
+__all__ = ["PretrainRecipe", "default_cache_dir", "pretrained_dir", "ensure_pretrained", "resolve_pretrained_path", "main"]
+
+#: ``pretrained_path`` value that names the cached offline backbone of the run's model and size.
+OFFLINE = "offline"
 
 _logger = logging.getLogger(__name__)
 
@@ -229,9 +232,15 @@ def ensure_pretrained(recipe: PretrainRecipe | None = None,
     try:
         torch.save(model.state_dict(), tmp / WEIGHTS_NAME)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        if entry.exists():  # an incomplete entry (no manifest): replaced whole
+        if entry.exists() and not (entry / MANIFEST_NAME).is_file():  # incomplete: replaced whole
             shutil.rmtree(entry)
-        os.replace(tmp, entry)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            # Another process (e.g. a DDP rank) finished the same recipe first: keep its entry.
+            if not (entry / MANIFEST_NAME).is_file():
+                raise
+            _logger.info("pre-trained weights were written concurrently to %s; keeping those", entry)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -239,6 +248,26 @@ def ensure_pretrained(recipe: PretrainRecipe | None = None,
                  recipe.model, manifest["wall_time_s"], manifest["accuracy"]["mAP"],
                  manifest["accuracy"]["label_accuracy"], entry)
     return entry / WEIGHTS_NAME
+
+
+def resolve_pretrained_path(value: str | None, model: str, image_size: int,
+                            cache_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """The weights file a ``pretrained_path`` config value names.
+
+    Args:
+        value: ``None`` (train from scratch), :data:`OFFLINE` (``"offline"``: the cached
+            ``balancemix-pretrain`` backbone of ``model`` at ``image_size`` with the default recipe,
+            pre-trained first if the cache lacks it) or a file path (returned unchanged).
+        model: the run's timm model name.
+        image_size: the run's image side, pixels.
+        cache_dir: cache root for :data:`OFFLINE` (default :func:`default_cache_dir`).
+
+    Returns:
+        A path string, or ``None``.
+    """
+    if value is None or str(value) != OFFLINE:
+        return value
+    return str(ensure_pretrained(PretrainRecipe(model=model, image_size=int(image_size)), cache_dir))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -161,9 +161,14 @@ class Trainer:
         self.groups = class_groups(self.clean_labels.sum(0), many=many, few=few)
         self.group_thresholds = (int(many), int(few))
 
+        from .pretrain import resolve_pretrained_path
+
+        #: The backbone weights' file (``pretrained_path=offline`` resolved to the cached
+        #: ``balancemix-pretrain`` backbone of this model and image size).
+        self.pretrained_path = resolve_pretrained_path(cfg.pretrained_path, cfg.model, cfg.image_size)
         seed_everything(cfg.seed)
         self.model = create_model(
-            cfg.model, num_classes=self.num_classes, head=cfg.head, pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate
+            cfg.model, num_classes=self.num_classes, head=cfg.head, pretrained_path=self.pretrained_path, drop_rate=cfg.drop_rate
         ).to(self.device)
         self.ddp_model: nn.Module = self.model
         if self.world_size > 1:

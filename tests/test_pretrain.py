@@ -91,3 +91,17 @@ def test_pretrained_budget_runs_fine_tune_the_cached_backbone(tmp_path):
     assert values["pretrained_path"] == str(pretrained_dir(recipe, tmp_path / "cache") / "backbone.pth")
     assert values["demo_min_val_positives"] == 40
     assert "pretrained_path" not in run_config(spec, BUDGETS["scratch_quick"], tmp_path)
+
+
+def test_offline_pretrained_path_resolves_to_the_cached_backbone(tmp_path):
+    from balancemix_timm.pretrain import OFFLINE, resolve_pretrained_path
+
+    assert resolve_pretrained_path(None, "resnet10t", 32) is None
+    assert resolve_pretrained_path("/weights/x.pth", "resnet10t", 32) == "/weights/x.pth"
+    # A cached entry of the default recipe for this model and size is what "offline" names.
+    recipe = PretrainRecipe(model="resnet10t", image_size=32)
+    entry = pretrained_dir(recipe, tmp_path)
+    entry.mkdir(parents=True)
+    torch.save(create_model("resnet10t", num_classes=16).state_dict(), entry / "backbone.pth")
+    (entry / MANIFEST_NAME).write_text(json.dumps({"recipe": recipe.__dict__, "accuracy": {"mAP": 50.0}}))
+    assert resolve_pretrained_path(OFFLINE, "resnet10t", 32, tmp_path) == str(entry / "backbone.pth")
