@@ -10,7 +10,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -c constraints.txt torch torchvision
-	$(PY) -m pip install -c constraints.txt -e '.[dev,plot]'
+	$(PY) -m pip install -c constraints.txt -e '.[dev,plot,pretrain]'
 	touch $(STAMP)
 
 install: $(STAMP)

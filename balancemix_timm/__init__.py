@@ -8,12 +8,21 @@ engine that a training loop drives, and the noise protocols and metrics of its e
 - Label-wise management: :func:`clean_probability` (Eq. 6-8), :func:`refine_labels` (Eq. 9),
   :func:`balancemix_loss` (Eq. 10).
 - :class:`BalanceMix`: the per-sample state and the epoch-end refresh hook.
+- Label issues (which given labels are wrong, cleanlab-shaped): :func:`find_label_issues`,
+  :func:`label_quality_scores`, :func:`describe_label_issues`, :func:`load_label_state`.
 - :mod:`balancemix_timm.noise` (Eq. 11) and :mod:`balancemix_timm.metrics` (mAP, Eq. 12-13).
 """
 
 from . import metrics, noise
 from .engine import ABLATIONS, BalanceMix, RefreshReport
 from .gmm import LabelGMM, clean_probability
+from .label_issues import (
+    LabelIssueState,
+    describe_label_issues,
+    find_label_issues,
+    label_quality_scores,
+    load_label_state,
+)
 from .loss import BalanceMixLoss, asl_elementwise, balancemix_loss, bce_elementwise, label_weights
 from .metrics import average_precision, mean_average_precision
 from .mixing import MinorityMixup, MixedBatch, MixupCollate, PairedDataset, mix, mix_targets, sample_lambda
@@ -35,6 +44,7 @@ __all__ = [
     "BalanceMix",
     "BalanceMixLoss",
     "LabelGMM",
+    "LabelIssueState",
     "LabelState",
     "MinorityMixup",
     "MinoritySampler",
@@ -50,7 +60,11 @@ __all__ = [
     "balancemix_loss",
     "bce_elementwise",
     "clean_probability",
+    "describe_label_issues",
+    "find_label_issues",
+    "label_quality_scores",
     "label_weights",
+    "load_label_state",
     "mean_average_precision",
     "metrics",
     "minority_sampling_probs",

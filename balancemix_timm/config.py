@@ -44,6 +44,7 @@ class TrainConfig:
     demo_num_classes: int = 24
     demo_imbalance_ratio: float = 100.0
     demo_seed: int = 0
+    demo_min_val_positives: int = 10  # floor on each class's validation positives (capped at 5% of demo_num_val)
     # --- label noise ----------------------------------------------------------------------
     noise: str = "clean"  # "clean" | "mislabel" | "random_flip" | "single_positive"
     noise_rate: float = 0.0

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -78,6 +79,7 @@ def build_datasets(cfg: TrainConfig, train_transform: Any = None, val_transform:
             image_size=cfg.image_size,
             imbalance_ratio=cfg.demo_imbalance_ratio,
             seed=cfg.demo_seed,
+            min_val_positives=cfg.demo_min_val_positives,
         )
     if cfg.data in ("demo", "coco"):
         p = _paths(cfg)
@@ -160,9 +162,14 @@ class Trainer:
         self.groups = class_groups(self.clean_labels.sum(0), many=many, few=few)
         self.group_thresholds = (int(many), int(few))
 
+        from .pretrain import resolve_pretrained_path
+
+        #: The backbone weights' file (``pretrained_path=offline`` resolved to the cached
+        #: ``balancemix-pretrain`` backbone of this model and image size).
+        self.pretrained_path = resolve_pretrained_path(cfg.pretrained_path, cfg.model, cfg.image_size)
         seed_everything(cfg.seed)
         self.model = create_model(
-            cfg.model, num_classes=self.num_classes, head=cfg.head, pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate
+            cfg.model, num_classes=self.num_classes, head=cfg.head, pretrained_path=self.pretrained_path, drop_rate=cfg.drop_rate
         ).to(self.device)
         self.ddp_model: nn.Module = self.model
         if self.world_size > 1:
@@ -485,39 +492,55 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------- outputs
-def write_label_issues(engine: BalanceMix, dataset: Any, path: str | Path) -> int:
+_ISSUE_COLUMNS = ("image_id", "file", "class_index", "class", "given", "state", "refined", "changed",
+                  "clean_prob", "view_prob", "confidence", "label_quality")
+
+
+def write_label_issues(engine: Any, dataset: Any, path: str | Path) -> int:
     """``label_issues.csv``: every re-labeled or ambiguous label, most confident first.
 
-    Columns: image_id, file, class_index, class, given, state, refined, changed,
-    clean_prob, view_prob, confidence. ``confidence`` is the views' agreement with the
-    refined value for re-labeled labels (Eq. 9) and ``1 - p_G`` for ambiguous ones.
+    Written through :mod:`balancemix_timm.label_issues` (``engine`` is anything
+    :func:`~balancemix_timm.label_issues.load_label_state` accepts: a refreshed engine, a run
+    folder, a checkpoint). Columns: image_id, file, class_index, class, given, state, refined,
+    changed, clean_prob, view_prob, confidence, label_quality. ``confidence`` is the views'
+    agreement with the refined value for re-labeled labels (Eq. 9) and ``1 - p_G`` for
+    ambiguous ones; ``label_quality`` is the default score of
+    :func:`~balancemix_timm.label_issues.label_quality_scores` (in [0, 1], low = the given
+    label is likely wrong). Rows whose ``changed`` is 1 or whose state is ambiguous are what
+    :func:`~balancemix_timm.label_issues.find_label_issues` flags by default.
     """
-    state = engine.state
-    rows_idx = torch.nonzero(state != LabelState.CLEAN, as_tuple=False)
-    n_idx, k_idx = rows_idx[:, 0], rows_idx[:, 1]
-    st = state[n_idx, k_idx]
-    refined = engine.refined_labels[n_idx, k_idx]
-    given = engine.given_labels[n_idx, k_idx]
-    vp = engine.probs[n_idx, k_idx]
-    cp = engine.clean_prob[n_idx, k_idx]
-    conf = torch.where(st == LabelState.RELABELED, torch.where(refined == 1, vp, 1 - vp), 1 - cp)
-    order = torch.argsort(conf, descending=True, stable=True)
+    from .label_issues import describe_label_issues, load_label_state
+
+    if isinstance(engine, BalanceMix) and not engine.history:
+        _logger.warning("the engine was never refreshed: %s lists no labels", path)
+        Path(path).write_text(",".join(_ISSUE_COLUMNS) + "\n")
+        return 0
+    st = load_label_state(engine)
+    pairs = np.argwhere(st.states != int(LabelState.CLEAN))  # row-major (image, class)
+    d = describe_label_issues(st, pairs)
+    relabeled = d["state"] == int(LabelState.RELABELED)
+    refined = st.refined_labels[d["image_index"], d["class_index"]]
+    vp, cp = d["view_prob"].astype(np.float32), d["clean_prob"].astype(np.float32)
+    conf = np.where(relabeled, np.where(refined == 1, vp, np.float32(1) - vp), np.float32(1) - cp)
+    order = np.argsort(-conf, kind="stable")
     image_ids = list(getattr(dataset, "image_ids", range(len(dataset))))
     paths = list(getattr(dataset, "image_paths", [""] * len(dataset)))
-    classes = list(getattr(dataset, "classes", [str(i) for i in range(engine.num_classes)]))
+    classes = list(getattr(dataset, "classes", [str(i) for i in range(st.shape[1])]))
     names = {int(LabelState.RELABELED): "relabeled", int(LabelState.AMBIGUOUS): "ambiguous"}
     path = Path(path)
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["image_id", "file", "class_index", "class", "given", "state", "refined", "changed", "clean_prob", "view_prob", "confidence"])
+        w.writerow(_ISSUE_COLUMNS)
         for j in order.tolist():
-            n, k = int(n_idx[j]), int(k_idx[j])
+            n, k, given = int(d["image_index"][j]), int(d["class_index"][j]), int(d["given"][j])
             w.writerow([
-                image_ids[n], Path(str(paths[n])).name, k, classes[k], int(given[j]), names[int(st[j])],
-                int(refined[j]), int(refined[j] != given[j]), f"{float(cp[j]):.4f}", f"{float(vp[j]):.4f}", f"{float(conf[j]):.4f}",
+                image_ids[n], Path(str(paths[n])).name, k, classes[k], given, names[int(d["state"][j])],
+                int(refined[j]), int(int(refined[j]) != given), f"{float(cp[j]):.4f}", f"{float(vp[j]):.4f}",
+                f"{float(conf[j]):.4f}", f"{float(d['quality'][j]):.4f}",
             ])
     tmp.replace(path)
+    _logger.info("label issues: %d re-labeled or ambiguous labels written to %s", len(order), path)
     return int(len(order))
 
 

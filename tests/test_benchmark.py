@@ -37,7 +37,9 @@ def test_plan_runs_dedupes_and_orders():
     # Full grid: every method on every setting, plus the ablation rows not in the main grid.
     b = BUDGETS["full"]
     n_abl = sum(1 for a in b.ablation_rows if a != "mixup") * len(b.ablation_settings)
-    assert len(full) == len(b.methods) * len(b.settings) + n_abl + len(b.sampler_variants) * len(b.sampler_settings)
+    per_seed = len(b.methods) * len(b.settings) + n_abl + len(b.sampler_variants) * len(b.sampler_settings)
+    assert len(full) == per_seed * len(b.seeds)
+    assert b.seeds == (0, 1, 2) and b.pretrain is not None  # the pre-trained regime, 3 seeds
 
 
 def test_run_config_protocol(tmp_path):
@@ -146,7 +148,7 @@ def test_budget_and_method_added_as_data_only(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setitem(METHOD_TITLES, "hill", "Hill")
     monkeypatch.setitem(METHOD_OVERRIDES, "hill", {"method_options": {"margin": 1.0}})
-    budget = Budget(train=dict(grid._FULL_TRAIN, lr=1e-3, pretrained_path="/weights/resnet10t.pth"),
+    budget = Budget(train=dict(grid._SCRATCH_TRAIN, lr=1e-3, pretrained_path="/weights/resnet10t.pth"),
                     methods=("bce", "hill", "balancemix"),
                     settings=("single", "clean"), seeds=(0, 1, 2), description="extension test")
     monkeypatch.setitem(BUDGETS, "ext", budget)

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is finished")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep last.pth / best.pth of finished runs")
     p.add_argument("--deadline-minutes", type=float, default=None, help="start no run after this many minutes")
+    p.add_argument("--pretrain-cache", default=None,
+                   help="cache root of the pre-trained backbone (default: balancemix-pretrain's)")
     p.add_argument("--notes", default=None, help="Markdown file appended to the report (discussion)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every run (changes the runs' keys' configs)")
     return p
@@ -70,14 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.dry_run:
         for spec in plan_runs(budget, seeds):
-            values = run_config(spec, budget, out, workers=args.workers, train_overrides=overrides)
+            values = run_config(spec, budget, out, workers=args.workers, train_overrides=overrides,
+                                pretrain_cache=args.pretrain_cache)
             print(("done " if is_finished(out / "runs" / spec.key, values) else "todo ") + spec.key)
         return 0
     stats = None
     if not args.report_only:
         deadline = time.time() + 60 * args.deadline_minutes if args.deadline_minutes else None
         stats = run_benchmark(budget, out, seeds=seeds, workers=args.workers, jobs=args.jobs, threads=args.threads,
-                              keep_checkpoints=args.keep_checkpoints, train_overrides=overrides, deadline=deadline)
+                              keep_checkpoints=args.keep_checkpoints, train_overrides=overrides, deadline=deadline,
+                              pretrain_cache=args.pretrain_cache)
         _logger.info("benchmark: %s", {k: v for k, v in stats.items()})
     if overrides:
         budget = Budget(**{**budget.__dict__, "train": dict(budget.train, **overrides)})

@@ -80,6 +80,63 @@ def _row_at_fraction(metrics: Sequence[Mapping[str, Any]], epochs: int, fraction
     return None
 
 
+def _by_seed(runs: Mapping[str, Mapping[str, Any]], method: str, setting: str, metric: str) -> dict[int, float]:
+    """``seed -> last[metric]`` of the main-grid runs of ``(method, setting)`` (no ablation or variant)."""
+    return {int(r["seed"]): float(r["last"].get(metric, float("nan"))) for r in runs.values()
+            if (r["method"], r["setting"], r["ablation"], r["variant"]) == (method, setting, None, None)}
+
+
+def paired_differences(runs: Mapping[str, Mapping[str, Any]], methods: Sequence[str],
+                       settings: Sequence[str], reference: str = "bce") -> dict[str, dict[str, dict[str, Any]]]:
+    """Per-seed differences of each method's last mAP (all classes and each group) from ``reference``.
+
+    A seed enters a cell only when both runs of it finished (paired by seed = noise seed, so both
+    methods saw the same noisy labels). For noisy settings the cell also holds the *recovery
+    ratio* ``(M_noisy - R_noisy) / (R_clean - R_noisy)`` per seed: the share of the mAP that noise
+    costs the reference and the method wins back (the BalanceMix paper's Tables 1-2 give 0.91 at
+    mislabel 40% and 0.78 at random flip 40%), when the clean reference run of that seed exists.
+
+    Returns:
+        ``method -> setting -> {"mAP" + group: cell, "recovery": cell}``, cells as
+        :meth:`_Cell.as_dict` (mean, sample std, n, values), differences in mAP points.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method in methods:
+        if method == reference:
+            continue
+        out[method] = {}
+        for setting in settings:
+            entry: dict[str, Any] = {}
+            for g in GROUPS:
+                mine, ref = _by_seed(runs, method, setting, "mAP" + g), _by_seed(runs, reference, setting, "mAP" + g)
+                entry["mAP" + g] = _Cell([mine[s] - ref[s] for s in sorted(set(mine) & set(ref))]).as_dict()
+            if setting != "clean":
+                mine, ref = _by_seed(runs, method, setting, "mAP"), _by_seed(runs, reference, setting, "mAP")
+                clean = _by_seed(runs, reference, "clean", "mAP")
+                entry["recovery"] = _Cell([(mine[s] - ref[s]) / (clean[s] - ref[s])
+                                           for s in sorted(set(mine) & set(ref) & set(clean))
+                                           if clean[s] != ref[s]]).as_dict()
+            out[method][setting] = entry
+    return out
+
+
+def memorisation(runs: Mapping[str, Mapping[str, Any]], settings: Sequence[str],
+                 method: str = "bce") -> dict[str, dict[str, Any]]:
+    """Does ``method`` memorise the noise? Per setting: its last and best-epoch mAP, their
+    per-seed difference (last - best, <= 0), and the per-seed gap of its last mAP to its clean run."""
+    out: dict[str, dict[str, Any]] = {}
+    clean = _by_seed(runs, method, "clean", "mAP")
+    for setting in settings:
+        last, best = _by_seed(runs, method, setting, "mAP"), _by_seed(runs, method, setting, "best_mAP")
+        seeds = sorted(set(last) & set(best))
+        out[setting] = dict(
+            last=_Cell([last[s] for s in seeds]).as_dict(), best=_Cell([best[s] for s in seeds]).as_dict(),
+            last_minus_best=_Cell([last[s] - best[s] for s in seeds]).as_dict(),
+            last_minus_clean=_Cell([last[s] - clean[s] for s in seeds if s in clean]).as_dict(),
+        )
+    return out
+
+
 def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """Read every finished run of ``budget`` under ``out`` into the tables' numbers (JSON-ready)."""
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
@@ -127,6 +184,8 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
         main_table[method] = {
             s: {("mAP" + g): cell(method, s, "mAP" + g).as_dict() for g in GROUPS} for s in settings_main
         }
+    best_table = {method: {s: cell(method, s, "best_mAP").as_dict() for s in settings_main} for method in budget.methods}
+    paired = paired_differences(runs, budget.methods, settings_main)
     ablation_table: dict[str, dict[str, Any]] = {}
     for title, method, abl in ABLATION_ROWS:
         row_name = "mixup" if method == "mixup" else abl
@@ -210,6 +269,9 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
         runs_with_cpu_time=n_cpu,
         finished_between=[min(finished_at), max(finished_at)] if finished_at else None,
         main=main_table,
+        best=best_table,
+        paired=paired,
+        memorisation=memorisation(runs, settings_main),
         ablation=ablation_table,
         table7=table7,
         sampler_spread=spread,

@@ -18,10 +18,31 @@ from .grid import BUDGETS, METHOD_OVERRIDES, METHOD_SETTING_OVERRIDES, SETTINGS,
 _logger = logging.getLogger(__name__)
 
 
+def pretrained_weights(budget: Budget, cache_dir: str | Path | None = None) -> Path | None:
+    """Where ``budget``'s pre-trained backbone lives (``None`` for a from-scratch budget).
+
+    The path is known before the weights exist (:func:`~balancemix_timm.pretrain.pretrained_dir`);
+    :func:`run_benchmark` builds them before its first run.
+    """
+    if budget.pretrain is None:
+        return None
+    from ..pretrain import WEIGHTS_NAME, PretrainRecipe, pretrained_dir
+
+    return pretrained_dir(PretrainRecipe(**budget.pretrain), cache_dir) / WEIGHTS_NAME
+
+
 def run_config(spec: RunSpec, budget: Budget, out: Path, *, workers: int = 0,
-               train_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The :class:`~balancemix_timm.config.TrainConfig` fields of ``spec``."""
+               train_overrides: Mapping[str, Any] | None = None,
+               pretrain_cache: str | Path | None = None) -> dict[str, Any]:
+    """The :class:`~balancemix_timm.config.TrainConfig` fields of ``spec``.
+
+    A budget with a ``pretrain`` recipe sets ``pretrained_path`` to its cached weights under
+    ``pretrain_cache`` (default :func:`~balancemix_timm.pretrain.default_cache_dir`).
+    """
     values: dict[str, Any] = dict(budget.train)
+    weights = pretrained_weights(budget, pretrain_cache)
+    if weights is not None:
+        values["pretrained_path"] = str(weights)
     values.update(train_overrides or {})
     values.update(SETTINGS[spec.setting])
     from ..data.demo import demo_group_thresholds
@@ -121,6 +142,7 @@ def _prepare_data(values: Mapping[str, Any]) -> None:
             root, num_train=int(values["demo_num_train"]), num_val=int(values["demo_num_val"]),
             num_classes=int(values["demo_num_classes"]), image_size=int(values["image_size"]),
             imbalance_ratio=float(values["demo_imbalance_ratio"]), seed=int(values["demo_seed"]),
+            min_val_positives=int(values.get("demo_min_val_positives", 10)),
         )
     except ValueError as err:
         # A grid keeps the data its first runs used, even if the generator changed since.
@@ -165,6 +187,7 @@ def run_benchmark(
     keep_checkpoints: bool = False,
     train_overrides: Mapping[str, Any] | None = None,
     deadline: float | None = None,
+    pretrain_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished run of ``budget`` under ``out``.
 
@@ -180,6 +203,8 @@ def run_benchmark(
         keep_checkpoints: Keep ``last.pth`` / ``best.pth`` of finished runs.
         train_overrides: Extra config fields applied to every run (after the budget's).
         deadline: ``time.time()`` after which no further run is started.
+        pretrain_cache: cache root of the budget's pre-trained backbone (default
+            :func:`~balancemix_timm.pretrain.default_cache_dir`); built there if missing.
 
     Returns:
         ``{"planned": n, "skipped": n, "trained": n, "failed": [keys], "wall_time": s}``.
@@ -190,7 +215,8 @@ def run_benchmark(
     todo: list[tuple[RunSpec, dict[str, Any]]] = []
     skipped = 0
     for spec in specs:
-        values = run_config(spec, budget, out, workers=workers, train_overrides=train_overrides)
+        values = run_config(spec, budget, out, workers=workers, train_overrides=train_overrides,
+                            pretrain_cache=pretrain_cache)
         if is_finished(out / "runs" / spec.key, values):
             skipped += 1
         else:
@@ -201,6 +227,10 @@ def run_benchmark(
     trained = 0
     if todo:
         _prepare_data({**budget.train, **dict(train_overrides or {}), "data_root": str(out / "data")})
+        if budget.pretrain is not None:
+            from ..pretrain import PretrainRecipe, ensure_pretrained
+
+            ensure_pretrained(PretrainRecipe(**budget.pretrain), pretrain_cache)
     if jobs <= 1:
         import torch
 

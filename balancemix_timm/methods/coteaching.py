@@ -196,7 +196,7 @@ class CoTeachingMethod(MixupMethod):
             torch.manual_seed(epoch_seed(cfg.seed, 0, _INIT_STREAM))
             model = create_model(
                 cfg.model, num_classes=self.trainer.num_classes, head=cfg.head,
-                pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate,
+                pretrained_path=self.trainer.pretrained_path, drop_rate=cfg.drop_rate,
             )
         return model.to(self.trainer.device)
 
