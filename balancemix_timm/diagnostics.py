@@ -45,6 +45,7 @@ __all__ = [
     "plot_label_management",
     "plot_sampler_spread",
     "write_run_diagnostics",
+    "report_section",
     "main",
 ]
 
@@ -428,6 +429,47 @@ def write_run_diagnostics(run_dir: str | Path, out_dir: str | Path, *, prefix: s
         written.append(plot_sampler_spread(rows, out_dir / f"{prefix}sampler_spread.png",
                                            title=f"Minority sampler weight spread per epoch, {name}"))
     return written
+
+
+def report_section(runs: Mapping[str, tuple[str, str | Path]], out_dir: str | Path) -> list[str]:
+    """A Markdown 'Diagnostics' section: each run's figures written into ``out_dir`` and linked.
+
+    Args:
+        runs: Title (e.g. ``"Mislabel 40%"``) -> (file-name prefix, BalanceMix run folder).
+        out_dir: The report's folder; the PNGs go there, linked by file name.
+
+    Returns:
+        The section's lines; empty when no run has anything to plot or matplotlib is missing.
+    """
+    out_dir = Path(out_dir)
+    lines: list[str] = []
+    for title, (prefix, run_dir) in runs.items():
+        run_dir = Path(run_dir)
+        try:
+            written = write_run_diagnostics(run_dir, out_dir, prefix=prefix, setting=f"{title} ({run_dir.name})")
+        except ImportError:
+            _logger.info("matplotlib not installed: no diagnostics figures")
+            return []
+        if not written:
+            continue
+        lines += [f"### {title}: `{run_dir.name}`", ""]
+        snaps = sorted((run_dir / "label_diagnostics").glob("epoch_*.npz"))
+        if snaps:
+            pos, neg = (selection_summary(load_label_diagnostics(snaps[-1]))[k] for k in ("positive", "negative"))
+            lines += [f"At the last refresh the GMMs kept as clean (p_G > 0.5) {100 * pos['wrong_kept']:.0f}% of the "
+                      f"{pos['n_wrong']:,} wrong positive labels (correct positives: {100 * pos['correct_kept']:.0f}%) "
+                      f"and {100 * neg['wrong_kept']:.0f}% of the {neg['n_wrong']:,} wrong negative labels "
+                      f"(correct negatives: {100 * neg['correct_kept']:.0f}%).", ""]
+        for path in written:
+            lines += [f"![{path.name}]({path.name})", ""]
+    if not lines:
+        return []
+    return ["## Diagnostics", "",
+            "BalanceMix runs of the lowest seed: the BCE losses the per-(class, polarity) GMMs were fed, for correct "
+            "and wrong given labels, at the end of warm-up and of training, in the min-max normalised space the GMMs "
+            "decide in (dashed: median over classes of the thresholds where p_G crosses 0.5; band: their "
+            "interquartile range); clean-label precision / recall and label states per epoch; the minority "
+            "sampler's weight spread per epoch. Made by `python -m balancemix_timm.diagnostics RUN_DIR`.", ""] + lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -238,45 +238,12 @@ def _plots(results: Mapping[str, Any], report_dir: Path, prefix: str) -> list[st
 
 
 def _diagnostics(runs: Mapping[str, str | Path], report_dir: Path) -> list[str]:
-    """Markdown lines of the 'Diagnostics' section: each run's figures written next to the
-    report as ``diagnostics_<setting>_*.png`` (none without runs or matplotlib)."""
+    """The 'Diagnostics' section (see :func:`~balancemix_timm.diagnostics.report_section`)."""
     if not runs:
         return []
-    from ..diagnostics import load_label_diagnostics, selection_summary, write_run_diagnostics
+    from ..diagnostics import report_section
 
-    L: list[str] = []
-    for setting, run_dir in runs.items():
-        run_dir = Path(run_dir)
-        try:
-            written = write_run_diagnostics(run_dir, report_dir, prefix=f"diagnostics_{setting}_",
-                                            setting=f"{SETTING_TITLES.get(setting, setting)} ({run_dir.name})")
-        except ImportError:
-            _logger.info("matplotlib not installed: no diagnostics figures")
-            return []
-        if not written:
-            continue
-        L.append(f"### {SETTING_TITLES.get(setting, setting)}: `{run_dir.name}`")
-        L.append("")
-        last = sorted((run_dir / "label_diagnostics").glob("epoch_*.npz"))
-        if last:
-            summary = selection_summary(load_label_diagnostics(last[-1]))
-            pos, neg = summary["positive"], summary["negative"]
-            L.append(f"At the last refresh the GMMs kept as clean (p_G > 0.5) {100 * pos['wrong_kept']:.0f}% of the "
-                     f"{pos['n_wrong']:,} wrong positive labels (correct positives: {100 * pos['correct_kept']:.0f}%) and "
-                     f"{100 * neg['wrong_kept']:.0f}% of the {neg['n_wrong']:,} wrong negative labels "
-                     f"(correct negatives: {100 * neg['correct_kept']:.0f}%).")
-            L.append("")
-        for path in written:
-            L.append(f"![{path.name}]({path.name})")
-            L.append("")
-    if L:
-        L = ["## Diagnostics", "",
-             "BalanceMix runs of the lowest seed: the BCE losses the per-(class, polarity) GMMs were fed, for correct "
-             "and wrong given labels, at the end of warm-up and of training, in the min-max normalised space the GMMs "
-             "decide in (dashed: median over classes of the thresholds where p_G crosses 0.5; band: their "
-             "interquartile range); clean-label precision / recall and label states per epoch; the minority "
-             "sampler's weight spread per epoch. Made by `python -m balancemix_timm.diagnostics RUN_DIR`.", ""] + L
-    return L
+    return report_section({SETTING_TITLES.get(s, s): (f"diagnostics_{s}_", d) for s, d in runs.items()}, report_dir)
 
 
 def write_report(
