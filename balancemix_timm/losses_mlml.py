@@ -46,6 +46,7 @@ batch (the reference code sums over batch and labels: ours is that divided by th
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from balancemix_timm.loss import _prepare
@@ -68,8 +69,12 @@ def _number(value: object, name: str, *, low: float | None = None, high: float |
 
 
 def _softplus(x: Tensor) -> Tensor:
-    """``log(1 + exp(x)) = -log(sigmoid(-x))``, stable for large ``|x|``."""
-    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+    """``log(1 + exp(x)) = -log(sigmoid(-x))``, stable for large ``|x|``.
+
+    Not ``max(x, 0) + log1p(exp(-|x|))``: autograd takes the kinks of ``max`` and ``|.|`` at
+    exactly ``x = 0`` as zero slopes and returns the gradient 0 there instead of 1/2.
+    """
+    return -F.logsigmoid(-x)
 
 
 def focal_margin_positive(logits: Tensor, *, margin: float = 1.0, gamma: float = 2.0) -> Tensor:
