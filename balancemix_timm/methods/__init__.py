@@ -1,7 +1,8 @@
 """Training methods of ``balancemix-train`` (``method=``): BCE, Mixup, BalanceMix, baselines.
 
 Baselines of the BalanceMix paper (Tables 1-4): ``asl``, ``coteaching``, ``llr``, ``llct``,
-``testimator`` (all on Mixup batches of two random streams, as in the paper).
+``testimator``; and the missing-label losses ``hill`` and ``splc`` of Zhang et al. (2021). All on
+Mixup batches of two random streams, as the paper trains its baselines.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import TYPE_CHECKING
 from .asl import ASLMethod
 from .base import MixupMethod, TrainingMethod
 from .coteaching import CoTeachingMethod
+from .hill import HillMethod
 from .large_loss import LLCtMethod, LLRMethod
+from .splc import SPLCMethod
 from .standard import BalanceMixMethod, BCEMethod, MixupBCEMethod
 from .testimator import TEstimatorMethod
 
@@ -32,7 +35,7 @@ def register_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:
 
 _BUILT_IN = (
     BCEMethod, MixupBCEMethod, BalanceMixMethod,
-    ASLMethod, CoTeachingMethod, LLRMethod, LLCtMethod, TEstimatorMethod,
+    ASLMethod, CoTeachingMethod, LLRMethod, LLCtMethod, TEstimatorMethod, HillMethod, SPLCMethod,
 )
 for _cls in _BUILT_IN:
     register_method(_cls)
