@@ -12,9 +12,9 @@ To extend the benchmark, edit data here only:
   :data:`BUDGETS`, with its own ``train`` fields (``pretrained_path=...``, ``image_size=...``)
   and ``seeds=(0, 1, 2)``;
 * a method (the trainer must know its ``method`` name): a row of :data:`METHOD_TITLES` (its
-  title and place in the tables), the budgets that should run it (the named budgets run
-  :data:`PAPER_METHODS`; ``hill`` and ``splc`` have titles but no budget yet) and, if it needs
-  options, a row of :data:`METHOD_OVERRIDES`;
+  title and place in the tables), the budgets that should run it (the pre-trained budgets run
+  :data:`ALL_METHODS`, the from-scratch ones :data:`PAPER_METHODS`) and, if it needs options, a
+  row of :data:`METHOD_OVERRIDES`;
 * a label setting: a row of :data:`SETTINGS` and of :data:`SETTING_TITLES`.
 """
 
@@ -44,9 +44,11 @@ METHOD_TITLES = {
     "testimator": "T-estimator", "llr": "LL-R", "llct": "LL-Ct", "hill": "Hill", "splc": "SPLC",
     "balancemix": "BalanceMix",
 }
-#: The BalanceMix paper's methods (Tables 1-4): what the named budgets run. Hill and SPLC
-#: (Zhang et al. 2021) have titles above but are run only by a budget that lists them.
+#: The BalanceMix paper's methods (Tables 1-4): what the from-scratch budgets run.
 PAPER_METHODS = ("bce", "mixup", "coteaching", "asl", "testimator", "llr", "llct", "balancemix")
+#: Every method with a title: the paper's and the newer Hill and SPLC (Zhang et al. 2021), which
+#: the pre-trained budgets run.
+ALL_METHODS = tuple(METHOD_TITLES)
 
 #: Table 5's rows: (title, method, ablation). ``None`` ablation on balancemix = full BalanceMix
 #: (the main grid's run); the BCE and random-sampler rows are the main grid's Default and Mixup
@@ -124,7 +126,6 @@ _COMMON_TRAIN: dict[str, Any] = dict(
     plots=False,
 )
 
-_ALL_METHODS = PAPER_METHODS
 #: Run order of the label settings: the headline settings first, so a grid cut short fills them.
 RUN_ORDER = ("mislabel40", "flip40", "single", "clean", "mislabel20", "flip20")
 #: Display order of the label settings (the tables' and plots').
@@ -151,7 +152,7 @@ TABLE5_SETTINGS = ("clean", "mislabel40", "flip40", "single")
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(
         train=PRETRAINED_TRAIN,
-        methods=_ALL_METHODS,
+        methods=ALL_METHODS,
         settings=("mislabel40",),
         ablation_settings=("mislabel40",),
         pretrain=PRETRAIN_RECIPE,
@@ -160,7 +161,7 @@ BUDGETS: dict[str, Budget] = {
     ),
     "full": Budget(
         train=PRETRAINED_TRAIN,
-        methods=_ALL_METHODS,
+        methods=ALL_METHODS,
         settings=TABLE5_SETTINGS,
         # The component rows on the two noisy settings, where the paper's components differ most
         # (Table 5's clean and single-positive columns would add 24 BalanceMix-cost runs, ~17
@@ -173,14 +174,14 @@ BUDGETS: dict[str, Budget] = {
     ),
     "scratch_quick": Budget(
         train=_SCRATCH_TRAIN,
-        methods=_ALL_METHODS,
+        methods=PAPER_METHODS,
         settings=("mislabel40",),
         ablation_settings=("mislabel40",),
         description="from scratch, quick subset: every method and every Table 5 row on mislabel 40%, one seed",
     ),
     "scratch_full": Budget(
         train=_SCRATCH_TRAIN,
-        methods=_ALL_METHODS,
+        methods=PAPER_METHODS,
         settings=RUN_ORDER,
         ablation_settings=("clean", "mislabel40", "flip40", "single"),
         sampler_variants=(

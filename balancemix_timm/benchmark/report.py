@@ -325,7 +325,10 @@ def write_report(
              "BalanceMix: eps 0.975 (0.55 in the single-positive setting), the paper's minority sampler. "
              "LL-R / LL-Ct: `method_options.reduction=sum_mean` (sum over labels, mean over the batch) so all methods "
              "share one loss scale at one learning rate; their own code's mean over entries is 1/K of it. "
-             "Co-teaching trains two networks (about twice the cost). T-estimator estimates the flip rates after its warm-up.")
+             "Co-teaching trains two networks (about twice the cost). T-estimator estimates the flip rates after its warm-up."
+             + (" Hill / SPLC (Zhang et al. 2021, \"Simple and Robust Loss Design for Multi-Label Learning with Missing "
+                "Labels\"): their paper's defaults (Hill lambda 1.5; focal-margin positives, margin 1, gamma 2; SPLC "
+                "tau 0.6 from the second epoch), summed over labels like the others." if {"hill", "splc"} & set(b["methods"]) else ""))
     L.append("")
     hl = results["headline"]
     main = results["main"]
