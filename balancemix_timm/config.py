@@ -31,6 +31,7 @@ class TrainConfig:
     voc_train_split: str = "trainval"
     voc_val_split: str = "test"
     voc_val_root: str | None = None
+    voc_difficult_eval: str = "ignore"  # "ignore" (VOC protocol) | "negative" (difficult-only labels count as negatives)
     include_empty: bool = False
     num_classes: int | None = None  # checked against the data when given
     image_size: int = 64
@@ -120,6 +121,7 @@ class TrainConfig:
             "label_management": ("none", "clean", "relabel", "full"),
             "lam_mode": ("batch", "elem"),
             "gmm_dtype": ("auto", "float32", "float64"),
+            "voc_difficult_eval": ("ignore", "negative"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -131,6 +133,11 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "image_size", "eval_batch_size"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"config {key} must be >= 1, got {getattr(self, key)}")
+        if int(self.batch_size) < 2:
+            raise ValueError(
+                f"config batch_size must be >= 2, got {self.batch_size}: a training batch of one "
+                "sample breaks BatchNorm (one value per channel) and the per-label statistics"
+            )
         if self.workers < 0:
             raise ValueError(f"config workers must be >= 0, got {self.workers}")
         if self.lr < 0:

@@ -55,7 +55,16 @@ def _check_scores_targets(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tens
     )
 
 
-def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
+def _check_ignore(ignore: Tensor | None, targets: Tensor) -> Tensor | None:
+    if ignore is None:
+        return None
+    check_tensor(ignore, "ignore")
+    check_same_shape(ignore, "ignore", targets, "targets")
+    check_binary(ignore, "ignore")
+    return ignore.detach().to(device=targets.device).bool()
+
+
+def average_precision(scores: Tensor, targets: Tensor, ignore: Tensor | None = None) -> Tensor:
     """Per-class average precision, identical to scikit-learn's ``average_precision_score``.
 
     For each class the samples are ranked by decreasing score; tied scores form one threshold.
@@ -72,6 +81,10 @@ def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
         scores: ``(N, K)`` real-valued scores (probabilities or logits; only the order within a
             class matters), finite.
         targets: ``(N, K)`` binary ground truth (float, integer or bool).
+        ignore: optional ``(N, K)`` binary mask; where it is set the (sample, class) pair is
+            left out of that class's ranking, neither positive nor negative. The VOC protocol
+            ignores this way the labels present only through difficult objects
+            (:attr:`~balancemix_timm.data.datasets.VocMultiLabel.difficult_mask`).
 
     Returns:
         ``(K,)`` float64 tensor on ``scores``' device. A class without any positive target has
@@ -79,9 +92,16 @@ def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
         :func:`mean_average_precision` excludes such classes.
 
     Raises:
-        ValueError: on non-tensor, non-2-D, mismatched, non-finite or non-binary input.
+        ValueError: on non-tensor, non-2-D, mismatched, non-finite or non-binary input (or an
+            ``ignore`` of another shape or not binary).
     """
     s, y = _check_scores_targets(scores, targets)
+    skip = _check_ignore(ignore, y)
+    if skip is not None and bool(skip.any()):
+        # Ignored pairs rank below every finite score as negatives: they then add no true or
+        # false positive before any counted sample, which is leaving them out.
+        s = s.masked_fill(skip, -math.inf)
+        y = y.masked_fill(skip, 0.0)
     n, k = s.shape
     if n == 0:
         return torch.full((k,), math.nan, dtype=torch.float64, device=s.device)
@@ -110,7 +130,7 @@ def _nanmean_x100(values: Tensor) -> float:
     return float(valid.mean()) * 100.0
 
 
-def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
+def mean_average_precision(scores: Tensor, targets: Tensor, ignore: Tensor | None = None) -> float:
     """Mean average precision over classes, x100 ("Evaluation Metric" of BalanceMix).
 
     Classes without any positive target (NaN AP, see :func:`average_precision`) are excluded
@@ -119,11 +139,13 @@ def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
     Args:
         scores: ``(N, K)`` finite real-valued scores.
         targets: ``(N, K)`` binary ground truth.
+        ignore: optional ``(N, K)`` binary mask of pairs left out (see
+            :func:`average_precision`).
 
     Returns:
         mAP in ``[0, 100]``, or ``NaN`` when no class has a positive target.
     """
-    ap = average_precision(scores, targets)
+    ap = average_precision(scores, targets, ignore)
     n_nan = int(torch.isnan(ap).sum())
     if n_nan:
         _logger.warning(

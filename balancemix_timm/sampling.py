@@ -19,7 +19,7 @@ import hashlib
 import logging
 import math
 import operator
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, TypeVar
 
 import torch
 from torch import Tensor
@@ -43,7 +43,11 @@ __all__ = [
     "ShardedRandomSampler",
     "PairedSampler",
     "PairedBatchSampler",
+    "TailMergingBatchSampler",
+    "num_batches",
 ]
+
+_T = TypeVar("_T")
 
 _logger = logging.getLogger(__name__)
 
@@ -523,7 +527,92 @@ class PairedSampler(Sampler[tuple[int, int]]):
                 s.load_state_dict(state_dict[key])
 
 
-class PairedBatchSampler(Sampler[list[tuple[int, int]]]):
+def num_batches(n: int, batch_size: int, *, drop_last: bool = False, merge_single_tail: bool = False) -> int:
+    """Number of batches :func:`_batched` makes of ``n`` items.
+
+    Args:
+        n: Number of items (>= 0).
+        batch_size: Items per batch (>= 1).
+        drop_last: Drop an incomplete last batch.
+        merge_single_tail: Append a one-item last batch to the batch before it (when there is
+            one), so that no batch of one item is made from more than one item.
+
+    Returns:
+        ``floor(n / batch_size)`` with ``drop_last``; else ``ceil(n / batch_size)``, less one
+        when the tail of one item is merged.
+    """
+    n = _check_int(n, "n", minimum=0)
+    batch_size = _check_int(batch_size, "batch_size", minimum=1)
+    full, rest = divmod(n, batch_size)
+    if drop_last or rest == 0 or (merge_single_tail and rest == 1 and full >= 1):
+        return full
+    return full + 1
+
+
+def _batched(items: Iterable[_T], batch_size: int, drop_last: bool, merge_single_tail: bool) -> Iterator[list[_T]]:
+    """Group ``items`` into lists of ``batch_size`` (see :func:`num_batches` for the tail rules)."""
+    pending: list[_T] | None = None  # the last full batch, held back until the tail is known
+    batch: list[_T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            if pending is not None:
+                yield pending
+            pending, batch = batch, []
+    if merge_single_tail and len(batch) == 1 and pending is not None:
+        pending, batch = pending + batch, []
+    if pending is not None:
+        yield pending
+    if batch and not drop_last:
+        yield batch
+
+
+class TailMergingBatchSampler(Sampler[list[_T]]):
+    """Group a sampler's items into batches whose one-item tail joins the batch before it.
+
+    A training batch of a single sample breaks BatchNorm in training mode ("Expected more than
+    1 value per channel") and gives a one-sample gradient step; merging keeps every sample in
+    the epoch (its per-sample records for the label refresh included) with one batch of
+    ``batch_size + 1`` instead. Under DDP every rank's sharded sampler has the same length, so
+    every rank makes the same number of batches.
+
+    Args:
+        sampler: A sized sampler (e.g. :class:`ShardedRandomSampler`, :class:`PairedSampler`).
+        batch_size: Items per batch (>= 1).
+        drop_last: Drop the last incomplete batch instead.
+        merge_single_tail: Merge a one-item tail (default True); False batches as
+            :class:`torch.utils.data.BatchSampler` does.
+
+    ``len`` is :func:`num_batches` of ``len(sampler)``. A sampler of one item still gives one
+    batch of one item: callers that train on the batches refuse that case up front.
+    """
+
+    def __init__(self, sampler: Sampler[_T], batch_size: int, drop_last: bool = False,
+                 merge_single_tail: bool = True) -> None:
+        if not hasattr(sampler, "__iter__") or not hasattr(sampler, "__len__"):
+            raise ValueError(f"sampler must be a sized sampler, got {type(sampler).__name__}")
+        self.sampler = sampler
+        self.batch_size = _check_int(batch_size, "batch_size", minimum=1)
+        for name, flag in (("drop_last", drop_last), ("merge_single_tail", merge_single_tail)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
+        self.drop_last = drop_last
+        self.merge_single_tail = merge_single_tail
+
+    def __iter__(self) -> Iterator[list[_T]]:
+        return _batched(self.sampler, self.batch_size, self.drop_last, self.merge_single_tail)
+
+    def __len__(self) -> int:
+        return num_batches(len(self.sampler), self.batch_size, drop_last=self.drop_last,  # type: ignore[arg-type]
+                           merge_single_tail=self.merge_single_tail)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward ``set_epoch`` to the sampler."""
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+class PairedBatchSampler(TailMergingBatchSampler[tuple[int, int]]):
     """Group the pairs of a :class:`PairedSampler` into batches (a DataLoader ``batch_sampler``).
 
     Args:
@@ -531,37 +620,16 @@ class PairedBatchSampler(Sampler[list[tuple[int, int]]]):
         batch_size: Pairs per batch (>= 1).
         drop_last: Drop the last incomplete batch. ``len`` is ``floor(n / batch_size)`` if set,
             else ``ceil(n / batch_size)``, with ``n = len(paired_sampler)``.
+        merge_single_tail: Append a one-pair last batch to the batch before it (``len`` one
+            less); pass True when the batches train a model with BatchNorm (the trainer does).
+            Default False: :class:`torch.utils.data.BatchSampler`'s batches.
     """
 
-    def __init__(self, paired_sampler: PairedSampler, batch_size: int, drop_last: bool = False) -> None:
+    def __init__(self, paired_sampler: PairedSampler, batch_size: int, drop_last: bool = False,
+                 merge_single_tail: bool = False) -> None:
         if not hasattr(paired_sampler, "__iter__") or not hasattr(paired_sampler, "__len__"):
             raise ValueError(f"paired_sampler must be a sized sampler, got {type(paired_sampler).__name__}")
-        self.sampler = paired_sampler
-        self.batch_size = _check_int(batch_size, "batch_size", minimum=1)
-        if not isinstance(drop_last, bool):
-            raise ValueError(f"drop_last must be a bool, got {drop_last!r}")
-        self.drop_last = drop_last
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        batch: list[tuple[int, int]] = []
-        for pair in self.sampler:
-            batch.append(pair)
-            if len(batch) == self.batch_size:
-                yield batch
-                batch = []
-        if batch and not self.drop_last:
-            yield batch
-
-    def __len__(self) -> int:
-        n = len(self.sampler)  # type: ignore[arg-type]
-        if self.drop_last:
-            return n // self.batch_size
-        return -(-n // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Forward ``set_epoch`` to the paired sampler."""
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
+        super().__init__(paired_sampler, batch_size, drop_last, merge_single_tail)
 
     def update(self, weights: Tensor) -> None:
         """Forward new minority weights to the paired sampler."""

@@ -34,7 +34,7 @@ from .methods import build_method
 from .metrics import average_precision, class_groups
 from .noise import apply_noise, noise_rate_report
 from .refine import LabelState
-from .sampling import ShardedRandomSampler
+from .sampling import ShardedRandomSampler, TailMergingBatchSampler, num_batches
 from .utils import (
     ModelEma,
     atomic_save,
@@ -65,8 +65,14 @@ def _paths(cfg: TrainConfig) -> dict[str, Path]:
 
 
 def build_datasets(cfg: TrainConfig, train_transform: Any = None, val_transform: Any = None) -> tuple[Dataset, Dataset]:
-    """Training and validation data sets of ``cfg`` (the demo set is generated if missing)."""
-    from .data.datasets import CocoMultiLabel, VocMultiLabel
+    """Training and validation data sets of ``cfg`` (the demo set is generated if missing).
+
+    Raises:
+        ValueError: an empty split, splits that declare different categories (listed, see
+            :func:`~balancemix_timm.data.datasets.check_same_classes`), or ``num_classes``
+            that does not match the data.
+    """
+    from .data.datasets import CocoMultiLabel, VocMultiLabel, check_same_classes
 
     if cfg.data == "demo":
         from .data.demo import make_demo_dataset
@@ -92,12 +98,12 @@ def build_datasets(cfg: TrainConfig, train_transform: Any = None, val_transform:
         raise ValueError(f"the training set at {cfg.data_root} is empty")
     if len(val) == 0:
         raise ValueError(f"the validation set at {cfg.data_root} is empty")
-    if train.num_classes != val.num_classes:
-        raise ValueError(f"train has {train.num_classes} classes but validation has {val.num_classes}")
+    # Class column k must name the same category in both splits (and in the model head).
+    check_same_classes(train, val, names=("training", "validation"))
     if cfg.num_classes is not None and int(cfg.num_classes) != train.num_classes:
         raise ValueError(
             f"config num_classes={cfg.num_classes} but the data set at {cfg.data_root} has "
-            f"{train.num_classes} classes"
+            f"{train.num_classes} classes in both splits: {train.classes}"
         )
     return train, val
 
@@ -142,6 +148,11 @@ class Trainer:
         self._eval_tf = build_eval_transform(cfg.image_size, normalize=normalize)
         self.train_set, self.val_set = build_datasets(cfg, self._train_tf, self._eval_tf)
         self.num_classes = self.train_set.num_classes
+        #: (N_val, K) bool mask of validation labels left out of the AP (VOC's difficult-only
+        #: labels under ``voc_difficult_eval=ignore``, the VOC protocol); None scores every label.
+        self.val_ignore: Tensor | None = None
+        if cfg.data == "voc" and cfg.voc_difficult_eval == "ignore":
+            self.val_ignore = self.val_set.difficult_mask
         self.clean_labels = self.train_set.annotation_labels.clone().to(torch.uint8)
         self.given_labels = _noisy_labels(cfg, self.clean_labels).to(torch.uint8)
         self.train_set.set_labels(self.given_labels)
@@ -199,9 +210,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ builders
     def _steps_per_epoch(self) -> int:
+        """Training steps per epoch and rank: the batches of a one-sample tail merged away.
+
+        Raises:
+            ValueError: a rank would train on one sample per epoch (a batch of one).
+        """
         n = len(self.train_set)
         per_rank = math.ceil(n / self.world_size)
-        steps = math.ceil(per_rank / self.cfg.batch_size)
+        if per_rank < 2:
+            raise ValueError(
+                f"the training set of {n} images gives {per_rank} image per rank and epoch on "
+                f"{self.world_size} rank(s): a training batch of one sample (batch_size="
+                f"{self.cfg.batch_size}) breaks BatchNorm; use more images or fewer ranks"
+            )
+        # A one-sample tail joins the batch before it (TailMergingBatchSampler): every rank
+        # has the same per_rank, so every rank takes the same number of steps.
+        steps = num_batches(per_rank, self.cfg.batch_size, merge_single_tail=True)
         if self.cfg.max_steps_per_epoch:
             steps = min(steps, int(self.cfg.max_steps_per_epoch))
         return steps
@@ -260,7 +284,7 @@ class Trainer:
 
             collate = MixupCollate(alpha=cfg.alpha, mode=cfg.lam_mode, seed=cfg.seed)
             collate.set_epoch(epoch)
-            batch_sampler = PairedBatchSampler(self.method.paired_sampler, cfg.batch_size, drop_last=False)
+            batch_sampler = PairedBatchSampler(self.method.paired_sampler, cfg.batch_size, drop_last=False, merge_single_tail=True)
             # Minority items are read through the views too (their extra views are dropped).
             # Reading them without views measured the same on the demo once the augmentation
             # stream was varied (docs/performance.md, target 4); kept for the published figures.
@@ -268,7 +292,8 @@ class Trainer:
             return DataLoader(pairs, batch_sampler=batch_sampler, collate_fn=collate, **common)
         assert self.train_sampler is not None
         self.train_sampler.set_epoch(epoch)
-        return DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=self.train_sampler, drop_last=False, **common)
+        batches = TailMergingBatchSampler(self.train_sampler, cfg.batch_size, merge_single_tail=True)
+        return DataLoader(self.train_set, batch_sampler=batches, **common)
 
     # ------------------------------------------------------------------ steps
     def autocast(self):
@@ -356,7 +381,7 @@ class Trainer:
         return s, t
 
     def _map_figures(self, scores: Tensor, targets: Tensor, prefix: str) -> dict[str, float]:
-        ap = average_precision(scores, targets)
+        ap = average_precision(scores, targets, self.val_ignore)
         out = {f"{prefix}mAP": _nanmean100(ap)}
         for name, idx in self.groups.items():
             out[f"{prefix}mAP_{name}"] = _nanmean100(ap[idx]) if len(idx) else float("nan")

@@ -420,3 +420,183 @@ def test_build_dataset(coco, voc):
         build_dataset("imagenet", img_dir)
     with pytest.raises(ValueError, match="ann_file"):
         build_dataset("voc", voc, ann_file=ann)
+
+
+# ------------------------------------------------------- VOC difficult flag
+@pytest.mark.parametrize("text, difficult", [
+    ("1", True), ("true", True), ("True", True), (" 1.0 ", True),
+    ("0", False), ("false", False), ("False", False), ("0.0", False), ("", False),
+    ("Unspecified", False), ("2", False),   # unrecognised: read as not difficult, with a warning
+])
+def test_voc_difficult_texts(tmp_path, caplog, text, difficult):
+    root = tmp_path / "VOC"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "Annotations" / "a.xml").write_text(_voc_xml([("dog", text)]))
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text("a\n")
+    with caplog.at_level("WARNING", logger="balancemix_timm.data.datasets"):
+        ds = VocMultiLabel(root)
+    dog = ds.classes.index("dog")
+    assert ds.labels[0, dog].item() == (0 if difficult else 1)
+    assert ds.difficult_mask[0, dog].item() is difficult
+    unrecognised = text in ("Unspecified", "2")
+    assert ("a.xml" in caplog.text and repr(text) in caplog.text) is unrecognised
+
+
+def test_voc_difficult_mask_marks_difficult_only_labels(voc):
+    for use_difficult in (False, True):
+        ds = VocMultiLabel(voc, use_difficult=use_difficult)
+        # 000002: cat only difficult; 000003: bottle only difficult; 000001: nothing difficult.
+        assert ds.difficult_mask.tolist() == [[False] * 20, [c == "cat" for c in VOC_CLASSES],
+                                              [c == "bottle" for c in VOC_CLASSES]]
+
+
+def test_voc_difficult_object_beside_a_plain_one_is_not_ignored(tmp_path):
+    root = tmp_path / "VOC"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "Annotations" / "a.xml").write_text(_voc_xml([("dog", "1"), ("dog", "0")]))
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text("a\n")
+    ds = VocMultiLabel(root)
+    dog = ds.classes.index("dog")
+    assert ds.labels[0, dog].item() == 1 and not ds.difficult_mask[0, dog].item()
+
+
+# ------------------------------------------------------ splits' class lists
+def test_check_same_classes_lists_differing_categories(tmp_path):
+    from balancemix_timm.data.datasets import check_same_classes
+
+    img_a, ann_a = _write_coco(tmp_path / "a", categories=[
+        {"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 17, "name": "cat"},
+        {"id": 90, "name": "toothbrush"}])
+    img_b, ann_b = _write_coco(tmp_path / "b", categories=[
+        {"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 17, "name": "dog"},
+        {"id": 90, "name": "toothbrush"}])
+    a, b = CocoMultiLabel(img_a, ann_a), CocoMultiLabel(img_b, ann_b)
+    check_same_classes(a, CocoMultiLabel(img_a, ann_a))
+    with pytest.raises(ValueError, match="different categories") as info:
+        check_same_classes(a, b)
+    msg = str(info.value)
+    assert "only in train: 'cat' (id 17)" in msg and "only in val: 'dog' (id 17)" in msg
+
+
+def test_check_same_classes_voc_class_lists(voc):
+    from balancemix_timm.data.datasets import check_same_classes
+
+    classes = ["dog", "person", "car", "cat", "bottle"]
+    a = VocMultiLabel(voc, classes=classes)
+    b = VocMultiLabel(voc, classes=classes[::-1])   # same names, other column order
+    with pytest.raises(ValueError, match="differing class columns: 0: 'dog'"):
+        check_same_classes(a, b)
+
+
+# ------------------------------------------------------------ image reading
+def _one_image_coco(tmp_path, name):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": name}],
+                               "annotations": [{"image_id": 1, "category_id": 1}],
+                               "categories": [{"id": 1, "name": "x"}]}))
+    return CocoMultiLabel(tmp_path, ann)
+
+
+def test_decompression_bomb_error_names_file_and_index(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 64)).save(tmp_path / "huge.png")
+    ds = _one_image_coco(tmp_path, "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(Image.DecompressionBombError) as info:
+        ds[0]
+    assert str(tmp_path / "huge.png") in str(info.value) and "sample 0" in str(info.value)
+    assert isinstance(info.value.__cause__, Image.DecompressionBombError)
+
+
+def test_every_read_error_names_file_and_index(tmp_path, monkeypatch):
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
+    ds = _one_image_coco(tmp_path, "x.png")
+
+    def broken(*args, **kwargs):
+        raise SyntaxError("bad header")
+
+    monkeypatch.setattr(Image, "open", broken)
+    with pytest.raises(ValueError, match=r"sample 0: .*x\.png .*bad header"):
+        ds[0]
+
+
+_GREY16 = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)   # -> 0, 1, 128, 255
+
+
+@pytest.mark.parametrize("name, make", [
+    ("grey16.png", lambda: Image.fromarray(_GREY16)),                                # I;16
+    ("grey16.tif", lambda: Image.fromarray(_GREY16.astype(">u2"))),                  # I;16B
+    ("int32.tif", lambda: Image.fromarray(_GREY16.astype(np.int32))),                # I
+    ("float.tif", lambda: Image.fromarray((_GREY16 / 65535).astype(np.float32))),    # F
+])
+def test_wide_modes_are_scaled_not_clipped(tmp_path, name, make):
+    make().save(tmp_path / name)
+    image, _, _ = _one_image_coco(tmp_path, name)[0]
+    assert image.mode == "RGB"
+    assert np.asarray(image)[..., 0].tolist() == [[0, 1, 128, 255]]
+    assert np.array_equal(np.asarray(image)[..., 0], np.asarray(image)[..., 2])
+
+
+@pytest.mark.parametrize("name, values", [
+    ("float.tif", np.array([[0.0, 2.5]], dtype=np.float32)),
+    ("nan.tif", np.array([[0.0, np.nan]], dtype=np.float32)),
+    ("neg.tif", np.array([[-5, 10]], dtype=np.int32)),
+])
+def test_wide_modes_out_of_range_are_refused_naming_the_file(tmp_path, name, values):
+    Image.fromarray(values).save(tmp_path / name)
+    with pytest.raises(ValueError, match=rf"sample 0: .*{name}"):
+        _one_image_coco(tmp_path, name)[0]
+
+
+@pytest.mark.parametrize("mode, fmt", [
+    ("1", "png"), ("L", "png"), ("P", "png"), ("LA", "png"), ("RGBA", "png"),
+    ("CMYK", "tif"), ("YCbCr", "tif"), ("LAB", "tif"), ("RGB", "png"),
+])
+def test_every_mode_reaches_rgb_with_its_content(tmp_path, mode, fmt):
+    rgb = Image.fromarray(np.array([[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 0, 255]]],
+                                   dtype=np.uint8))
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        src = rgb.convert("RGB")
+        t = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"),
+                                    "RGB", "LAB")
+        img = ImageCms.applyTransform(src, t)
+    elif mode in ("P", "PA"):
+        img = rgb.quantize(4)
+        if mode == "PA":
+            img = img.convert("PA")
+    else:
+        img = rgb.convert(mode)
+    img.save(tmp_path / f"x.{fmt}")
+    with Image.open(tmp_path / f"x.{fmt}") as check:
+        assert check.mode == mode
+    image, _, _ = _one_image_coco(tmp_path, f"x.{fmt}")[0]
+    got = np.asarray(image).astype(int)
+    grey = mode in ("1", "L", "LA")
+    want = np.asarray(img.convert("L").convert("RGB") if grey else rgb).astype(int)
+    tolerance = 24 if mode == "LAB" else 8   # 8-bit LAB quantises saturated blue coarsely
+    assert image.mode == "RGB" and np.abs(got - want).max() <= tolerance, got.tolist()
+
+
+@pytest.mark.parametrize("mode", ["PA", "HSV", "RGBa", "I;16B", "F"])
+def test_to_rgb_in_memory_modes(mode):
+    from balancemix_timm.data.datasets import _to_rgb
+
+    rgb = Image.fromarray(np.array([[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 0, 255]]],
+                                   dtype=np.uint8))
+    if mode == "PA":
+        img, want = rgb.quantize(4).convert("PA"), rgb
+    elif mode == "I;16B":
+        img = Image.fromarray(_GREY16.astype(">u2"))
+        want = Image.fromarray(np.array([[0, 1, 128, 255]], dtype=np.uint8)).convert("RGB")
+    elif mode == "F":
+        img = Image.fromarray((_GREY16 / 65535).astype(np.float32))
+        want = Image.fromarray(np.array([[0, 1, 128, 255]], dtype=np.uint8)).convert("RGB")
+    else:
+        img, want = rgb.convert(mode), rgb
+    assert img.mode == mode
+    out = _to_rgb(img)
+    assert out.mode == "RGB"
+    assert np.abs(np.asarray(out).astype(int) - np.asarray(want).astype(int)).max() <= 2

@@ -300,3 +300,35 @@ def test_eq12_eq13_validation(fn):
         fn(ok, torch.full((3, 2), 0.5), ok)
     with pytest.raises(ValueError, match="torch.Tensor"):
         fn(ok.tolist(), ok, ok)
+
+
+def test_average_precision_ignore_mask_is_the_voc_protocol():
+    # Image 1 holds the class only as a difficult object and is scored highest: counted as a
+    # negative it halves the AP; the VOC protocol leaves it out (AP 1).
+    scores = torch.tensor([[0.8], [0.9], [0.1], [0.2]])
+    targets = torch.tensor([[1], [0], [0], [0]])
+    ignore = torch.tensor([[False], [True], [False], [False]])
+    assert float(average_precision(scores, targets)[0]) == pytest.approx(0.5)
+    assert float(average_precision(scores, targets, ignore)[0]) == pytest.approx(1.0)
+    assert mean_average_precision(scores, targets, ignore) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_average_precision_ignore_matches_sklearn_on_kept_rows(seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 5, (40, 3), generator=g).double()   # ties included
+    targets = torch.randint(0, 2, (40, 3), generator=g)
+    ignore = torch.rand(40, 3, generator=g) < 0.3
+    ap = average_precision(scores, targets, ignore)
+    for k in range(3):
+        keep = ~ignore[:, k].numpy()
+        want = average_precision_score(targets[keep, k].numpy(), scores[keep, k].numpy())
+        assert float(ap[k]) == pytest.approx(want, abs=1e-12)
+
+
+def test_average_precision_ignore_validation():
+    scores, targets = torch.rand(4, 2), torch.ones(4, 2)
+    with pytest.raises(ValueError, match="ignore"):
+        average_precision(scores, targets, torch.zeros(4, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="ignore"):
+        average_precision(scores, targets, torch.full((4, 2), 0.5))

@@ -302,6 +302,11 @@ def test_paired_loader_length_and_epoch_coverage(train_set):
         assert target.shape == (x.shape[0], 3, K)
     assert sizes == [20, 20, 8]  # no drop_last: the last batch is odd-sized, as in ML-Decoder
     assert sorted(torch.cat(seen).tolist()) == list(range(N_TRAIN))  # a permutation per epoch
+    # 48 = 47 + 1: the one-pair tail joins the batch before it (BatchNorm needs two samples).
+    loader = plugin.train_loader(batch_size=47)
+    plugin.set_epoch(1)
+    sizes = [x.shape[0] for x, _ in loader]
+    assert sizes == [48] and len(loader) == 1
 
 
 def test_mix_returns_mixed_images_and_targets_and_record_stores_views(train_set):

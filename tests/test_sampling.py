@@ -400,3 +400,45 @@ def test_paired_batch_sampler_len(n: int, batch: int, drop_last: bool, expected:
         assert all(len(b) == batch for b in batches)
     with pytest.raises(ValueError, match="batch_size"):
         PairedBatchSampler(p, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# One-sample tails: merged into the batch before them, on every rank
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("n, batch", [(33, 32), (65, 32), (7, 3), (10, 3), (9, 3), (2, 5), (5, 2), (4, 4)])
+def test_tail_merging_never_yields_a_batch_of_one(n: int, batch: int, world: int) -> None:
+    from balancemix_timm.sampling import TailMergingBatchSampler, num_batches
+
+    per_rank = -(-n // world)
+    if per_rank < 2:
+        pytest.skip("a rank with one sample cannot avoid a batch of one (the trainer refuses it)")
+    steps = set()
+    for rank in range(world):
+        for kind in ("plain", "paired"):
+            kw = dict(num_replicas=world, rank=rank)
+            if kind == "plain":
+                sampler = ShardedRandomSampler(n, seed=3, **kw)
+                bs = TailMergingBatchSampler(sampler, batch)
+            else:
+                sampler = PairedSampler(ShardedRandomSampler(n, seed=3, **kw), MinoritySampler(n, seed=4, **kw))
+                bs = PairedBatchSampler(sampler, batch, merge_single_tail=True)
+            batches = list(bs)
+            assert all(len(b) >= 2 for b in batches), [len(b) for b in batches]
+            assert all(len(b) <= batch + 1 for b in batches)
+            # every item of the rank's stream is in exactly one batch, in order
+            assert [x for b in batches for x in b] == list(sampler)
+            assert len(bs) == len(batches) == num_batches(per_rank, batch, merge_single_tail=True)
+            steps.add(len(batches))
+    assert len(steps) == 1   # every rank takes the same number of steps
+
+
+def test_num_batches_rules() -> None:
+    from balancemix_timm.sampling import num_batches
+
+    assert num_batches(33, 32) == 2 and num_batches(33, 32, merge_single_tail=True) == 1
+    assert num_batches(34, 32, merge_single_tail=True) == 2
+    assert num_batches(1, 32, merge_single_tail=True) == 1   # nothing to merge into
+    assert num_batches(33, 32, drop_last=True) == 1
+    with pytest.raises(ValueError, match="batch_size"):
+        num_batches(3, 0)

@@ -111,3 +111,81 @@ def test_empty_and_non_binary_data(tmp_path):
     ann.write_text(json.dumps(dict(images=[], annotations=[], categories=[dict(id=1, name="a")])))
     with pytest.raises(ValueError):
         CocoMultiLabel(tmp_path, ann)
+
+
+@pytest.mark.parametrize("method", ["bce", "balancemix", "mixup"])
+def test_one_sample_tail_never_reaches_a_training_step(tmp_path_factory, tmp_path, method):
+    # 33 images, batch 32: the tail of one joins the first batch (BatchNorm would otherwise fail
+    # on a batch of one with a 1x1 last stage at 32 px).
+    root = str(tmp_path_factory.mktemp("demo33"))
+    cfg = _cfg(root, tmp_path, run_name=method, method=method, demo_num_train=33, demo_num_val=16,
+               demo_num_classes=6, epochs=1, warmup_epochs=0, noise="clean", noise_rate=0.0)
+    trainer = Trainer(cfg)
+    assert trainer.steps_per_epoch == 1
+    sizes = [len(b.index_r) if trainer.method.paired else len(b[0]) for b in trainer._train_loader(0)]
+    assert sizes == [33]
+    summary = trainer.fit()
+    assert summary["last"]["epoch"] == 1
+    if method == "balancemix":   # every sample recorded its views for the refresh
+        assert bool(trainer.method.engine.seen.all())
+
+
+def test_batch_of_one_refused_before_training(data_root, tmp_path):
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        _cfg(data_root, tmp_path, batch_size=1).validate()
+
+
+def test_splits_with_different_categories_refused(tmp_path):
+    from PIL import Image
+
+    from balancemix_timm.train import build_datasets
+
+    for split, cats in (("train", [(1, "person"), (2, "bicycle"), (3, "car")]),
+                        ("val", [(1, "person"), (3, "car"), (4, "motorcycle")])):
+        (tmp_path / split).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8)).save(tmp_path / split / f"{i}.png")
+        (tmp_path / "annotations").mkdir(exist_ok=True)
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(dict(
+            images=[dict(id=i, file_name=f"{i}.png") for i in range(3)],
+            annotations=[dict(image_id=i, category_id=cats[i][0]) for i in range(3)],
+            categories=[dict(id=c, name=n) for c, n in cats])))
+    with pytest.raises(ValueError, match="different categories") as info:
+        build_datasets(load_config(None, dict(data="coco", data_root=str(tmp_path))))
+    msg = str(info.value)
+    assert "only in training: 'bicycle' (id 2)" in msg and "only in validation: 'motorcycle' (id 4)" in msg
+    with pytest.raises(ValueError, match="num_classes=4"):
+        (tmp_path / "annotations" / "instances_val.json").write_text(
+            (tmp_path / "annotations" / "instances_train.json").read_text())
+        build_datasets(load_config(None, dict(data="coco", data_root=str(tmp_path), num_classes=4)))
+
+
+def test_voc_validation_uses_the_voc_protocol_by_default(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "VOC"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    objects = {"a": "dog", "b": "cat", "c": "person", "d": "cat"}
+    for image_id, name in objects.items():
+        extra = "<object><name>dog</name><difficult>1</difficult></object>" if image_id == "b" else ""
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><object><name>{name}</name><difficult>0</difficult></object>{extra}</annotation>")
+        Image.new("RGB", (16, 16), (60, 90, 120)).save(root / "JPEGImages" / f"{image_id}.jpg")
+    for split in ("trainval", "test"):
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(objects) + "\n")
+    base = dict(TINY, data="voc", data_root=str(root), output_dir=str(tmp_path / "runs"), batch_size=2,
+                noise="clean", noise_rate=0.0, method="bce", epochs=1)
+    trainer = Trainer(load_config(None, base))
+    dog = trainer.val_set.classes.index("dog")
+    assert trainer.val_ignore is not None and trainer.val_ignore[:, dog].tolist() == [False, True, False, False]
+    scores = torch.zeros(4, 20)
+    scores[:, dog] = torch.tensor([0.8, 0.9, 0.1, 0.2])
+    figures = trainer._map_figures(scores, trainer.val_set.labels.float(), "")
+    # Classes with a positive: dog (AP 1 with b's difficult-only dog ignored, 0.5 counted as a
+    # negative), cat (tied scores, 2 of 4 positive: AP 0.5), person (1 of 4: AP 0.25).
+    assert figures["mAP"] == pytest.approx(100 * (1.0 + 0.5 + 0.25) / 3)
+    negative = Trainer(load_config(None, dict(base, voc_difficult_eval="negative")))
+    assert negative.val_ignore is None
+    assert negative._map_figures(scores, trainer.val_set.labels.float(), "")["mAP"] == pytest.approx(
+        100 * (0.5 + 0.5 + 0.25) / 3)

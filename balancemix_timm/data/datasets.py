@@ -39,6 +39,8 @@ __all__ = [
     "VocMultiLabel",
     "IndexedDataset",
     "build_dataset",
+    "check_same_classes",
+    "parse_difficult",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -51,6 +53,35 @@ VOC_CLASSES: tuple[str, ...] = (
 )
 
 _MAX_LISTED_MISSING = 5
+
+_DIFFICULT_TEXTS = {"1": True, "true": True, "0": False, "false": False, "": False}
+
+
+def parse_difficult(text: str | None) -> bool | None:
+    """Read the text of a VOC ``<difficult>`` element.
+
+    ``1`` / ``true`` (any case, or a number equal to 1 such as ``1.0``) mean difficult;
+    ``0`` / ``false`` / an empty element (or a number equal to 0 such as ``0.0``) mean not.
+
+    Args:
+        text: the element's text (``None`` for an empty element).
+
+    Returns:
+        ``True`` or ``False``, or ``None`` when the text is none of the above (the caller
+        decides; :class:`VocMultiLabel` reads such objects as not difficult and warns).
+    """
+    key = (text or "").strip().lower()
+    if key in _DIFFICULT_TEXTS:
+        return _DIFFICULT_TEXTS[key]
+    try:
+        value = float(key)
+    except ValueError:
+        return None
+    if value == 1.0:
+        return True
+    if value == 0.0:
+        return False
+    return None
 
 
 def _as_label_matrix(labels: Any, name: str, shape: tuple[int, int]) -> Tensor:
@@ -73,15 +104,81 @@ def _as_label_matrix(labels: Any, name: str, shape: tuple[int, int]) -> Tensor:
     return labels.detach().to(device="cpu", dtype=torch.uint8).contiguous().clone()
 
 
+#: Image modes whose samples Pillow's ``convert("RGB")`` clips to 0..255 instead of scaling:
+#: they are scaled to the 8-bit range here (:func:`_to_rgb`).
+_WIDE_MODES = ("I", "F")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a decoded PIL image of any mode to 8-bit RGB, keeping its content.
+
+    Rules:
+
+    * 16-bit modes (``I;16``, ``I;16B``, ``I;16L``, ...; 16-bit grey PNG and TIFF) and ``I``
+      (32-bit integers, read as 16-bit samples): ``round(v / 257)``, so 0..65535 maps onto
+      0..255. ``I`` values outside 0..65535 are refused.
+    * ``F`` (32-bit float): values in [0, 1] are scaled by 255; values outside [0, 1] or not
+      finite are refused (no range can be assumed for them).
+    * Every other mode (``1``, ``L``, ``P``, ``LA``, ``PA``, ``RGBA``, ``CMYK``, ``YCbCr``,
+      ``LAB``, ``HSV``, ...) goes through Pillow's ``convert("RGB")``, which maps them
+      colorimetrically and drops alpha; 16-bit RGB(A) PNGs are already 8-bit after decoding.
+
+    Args:
+        img: a PIL image (already opened; this call decodes it).
+
+    Returns:
+        An ``RGB`` PIL image of the same size.
+
+    Raises:
+        ValueError: a mode whose values cannot be mapped onto 0..255 as stated above, or a
+            mode Pillow cannot convert to RGB.
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode in _WIDE_MODES:
+        arr = np.asarray(img)
+        if mode == "F":
+            arr = arr.astype(np.float64)
+            if arr.size and (not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0):
+                raise ValueError(f"mode F image with values in [{arr.min():g}, {arr.max():g}]: "
+                                 "float images must hold values in [0, 1]")
+            grey = np.rint(arr * 255.0)
+        else:
+            arr = arr.astype(np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() > 65535):
+                raise ValueError(f"mode {mode} image with values in [{arr.min()}, {arr.max()}]: "
+                                 "integer images must hold 16-bit values in [0, 65535]")
+            grey = np.rint(arr / 257.0)
+        return Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
 def _load_rgb(path: str, index: int) -> Image.Image:
-    """Open ``path`` with PIL and convert it to RGB; errors name the file and the index."""
+    """Open ``path`` with PIL and convert it to 8-bit RGB (see :func:`_to_rgb`).
+
+    Every failure names the file and the sample index and is chained from Pillow's error:
+    decode errors (truncated, empty or unidentified files) stay ``OSError``, images over
+    Pillow's decompression-bomb limit stay ``PIL.Image.DecompressionBombError``, anything else
+    (an unconvertible mode or range, a decoder's ``ValueError`` or ``SyntaxError``) is a
+    ``ValueError``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        OSError, PIL.Image.DecompressionBombError, ValueError: as above.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file for sample {index} not found: {path}")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
-    except OSError as err:  # includes PIL.UnidentifiedImageError and truncated files
-        raise OSError(f"cannot read image file for sample {index}: {path} ({err})") from err
+            return _to_rgb(img)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every decode failure is re-raised naming the file
+        msg = f"cannot read image file for sample {index}: {path} ({type(err).__name__}: {err})"
+        if isinstance(err, OSError):  # includes PIL.UnidentifiedImageError and truncated files
+            raise OSError(msg) from err
+        if isinstance(err, Image.DecompressionBombError):
+            raise Image.DecompressionBombError(msg) from err
+        raise ValueError(msg) from err
 
 
 class _MultiLabelImageDataset(Dataset):
@@ -188,7 +285,11 @@ class _MultiLabelImageDataset(Dataset):
         Raises:
             IndexError: index out of range.
             FileNotFoundError: the image file does not exist (the message names it).
-            OSError: the image file cannot be decoded (the message names it).
+            OSError: the image file cannot be decoded (the message names it and ``index``).
+            PIL.Image.DecompressionBombError: the image is over Pillow's pixel limit (the
+                message names it and ``index``).
+            ValueError: the image's mode or values cannot be read as 8-bit RGB (see
+                :func:`_to_rgb`; the message names it and ``index``).
         """
         n = len(self._image_paths)
         index = int(index)
@@ -393,7 +494,11 @@ class VocMultiLabel(_MultiLabelImageDataset):
         classes: class names in class-index order (default: the 20 standard VOC classes).
         use_difficult: count objects marked ``difficult`` as positives. ``False`` (default)
             ignores them, so a class present only through difficult objects is negative, the
-            common multi-label VOC practice.
+            common multi-label VOC practice. Either way such labels are flagged in
+            :attr:`difficult_mask`, which the VOC evaluation protocol leaves out of the AP.
+            ``<difficult>`` is read by :func:`parse_difficult`: ``1``/``true`` are difficult,
+            ``0``/``false``/``0.0``/empty are not, and any other text (e.g. ``Unspecified``)
+            is read as not difficult with a warning naming the first such file.
         include_empty: keep images with no positive class (only possible through ignored
             difficult objects or unlisted classes). ``True`` (default) keeps every image of the
             split file, which defines the data set (VOC 2007: 5,011 trainval / 4,952 test).
@@ -457,20 +562,33 @@ class VocMultiLabel(_MultiLabelImageDataset):
             raise ValueError(f"split file {split_file} lists no images: the data set is empty")
 
         rows: list[list[int]] = []
+        difficult_rows: list[list[int]] = []
         kept: list[str] = []
+        self._unrecognised_difficult: list[tuple[str, str]] = []
         for image_id in ids:
-            ks = self._parse_xml(os.path.join(self.root, "Annotations", f"{image_id}.xml"),
-                                 class_to_index)
+            ks, hard = self._parse_xml(os.path.join(self.root, "Annotations", f"{image_id}.xml"),
+                                       class_to_index)
             if ks or self.include_empty:
                 kept.append(image_id)
                 rows.append(ks)
+                difficult_rows.append(hard)
+        if self._unrecognised_difficult:
+            path0, text0 = self._unrecognised_difficult[0]
+            _logger.warning(
+                "VocMultiLabel %s/%s: %d <difficult> values are neither 0/false nor 1/true "
+                "(first: %r in %s); read as not difficult", self.root, split,
+                len(self._unrecognised_difficult), text0, path0)
         if not kept:
             raise ValueError(f"split {split!r} of {self.root}: the data set is empty "
                              f"(no image with a positive label among {len(ids)})")
         matrix = torch.zeros(len(kept), len(names), dtype=torch.uint8)
-        for r, ks in enumerate(rows):
+        difficult = torch.zeros(len(kept), len(names), dtype=torch.bool)
+        for r, (ks, hard) in enumerate(zip(rows, difficult_rows)):
             if ks:
                 matrix[r, ks] = 1
+            if hard:
+                difficult[r, hard] = True
+        self._difficult_mask = difficult
         self._image_ids = kept
         self._image_paths = [os.path.join(self.root, "JPEGImages", f"{i}{image_ext}")
                              for i in kept]
@@ -478,7 +596,17 @@ class VocMultiLabel(_MultiLabelImageDataset):
         _logger.info("VocMultiLabel %s/%s: %d images (%d dropped), %d classes",
                      self.root, split, len(kept), len(ids) - len(kept), len(names))
 
-    def _parse_xml(self, path: str, class_to_index: dict[str, int]) -> list[int]:
+    @property
+    def difficult_mask(self) -> Tensor:
+        """``(N, K)`` bool: True where the class is in the image only through difficult objects.
+
+        These are the labels the VOC protocol neither counts as positive nor as negative; pass
+        the mask as ``ignore`` to :func:`~balancemix_timm.metrics.average_precision`.
+        """
+        return self._difficult_mask
+
+    def _parse_xml(self, path: str, class_to_index: dict[str, int]) -> tuple[list[int], list[int]]:
+        """Classes of one annotation file: ``(positive indices, difficult-only indices)``."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"annotation file not found: {path}")
         try:
@@ -486,22 +614,31 @@ class VocMultiLabel(_MultiLabelImageDataset):
         except ET.ParseError as err:
             raise ValueError(f"annotation file {path} is not valid XML: {err}") from err
         found: set[int] = set()
+        plain: set[int] = set()
+        hard: set[int] = set()
         for obj in tree.getroot().iter("object"):
             name_el = obj.find("name")
             if name_el is None or not (name_el.text or "").strip():
                 raise ValueError(f"annotation file {path}: an <object> has no <name>")
             name = name_el.text.strip()
             diff_el = obj.find("difficult")
-            difficult = diff_el is not None and (diff_el.text or "0").strip() not in ("0", "")
+            difficult = False
+            if diff_el is not None:
+                parsed = parse_difficult(diff_el.text)
+                if parsed is None:
+                    self._unrecognised_difficult.append((path, str(diff_el.text)))
+                difficult = bool(parsed)
             if name not in class_to_index:
                 if self.unknown_classes == "error":
                     raise ValueError(f"annotation file {path}: unknown class name {name!r} "
                                      f"(not in classes; pass unknown_classes='ignore' to skip)")
                 continue
+            k = class_to_index[name]
+            (hard if difficult else plain).add(k)
             if difficult and not self.use_difficult:
                 continue
-            found.add(class_to_index[name])
-        return sorted(found)
+            found.add(k)
+        return sorted(found), sorted(hard - plain)
 
     def _extra_repr(self) -> str:
         return f"root={self.root!r}, split={self.split!r}"
@@ -560,6 +697,45 @@ class IndexedDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"IndexedDataset({self.dataset!r})"
+
+
+# ================================================================ class check
+def check_same_classes(train: Any, val: Any, *, names: tuple[str, str] = ("train", "val")) -> None:
+    """Check that two data sets give every class column the same meaning.
+
+    The class names must agree column by column and, when both data sets carry
+    ``category_ids`` (COCO), so must the category ids.
+
+    Args:
+        train: a data set with ``classes`` (and optionally ``category_ids``).
+        val: the other data set.
+        names: how the two are named in the error message.
+
+    Raises:
+        ValueError: listing the categories found in only one of them and the columns whose
+            class differs.
+    """
+    a_name, b_name = names
+    a, b = list(train.classes), list(val.classes)
+    a_ids = list(getattr(train, "category_ids", range(len(a))))
+    b_ids = list(getattr(val, "category_ids", range(len(b))))
+    if a == b and a_ids == b_ids:
+        return
+    a_cats = [f"{n!r} (id {i})" for n, i in zip(a, a_ids)]
+    b_cats = [f"{n!r} (id {i})" for n, i in zip(b, b_ids)]
+    only_a = [c for c in a_cats if c not in b_cats]
+    only_b = [c for c in b_cats if c not in a_cats]
+    columns = [f"{k}: {x} vs {y}" for k, (x, y) in enumerate(zip(a_cats, b_cats)) if x != y]
+    parts = [f"{a_name} has {len(a)} classes and {b_name} has {len(b)}"]
+    if only_a:
+        parts.append(f"only in {a_name}: {', '.join(only_a)}")
+    if only_b:
+        parts.append(f"only in {b_name}: {', '.join(only_b)}")
+    if columns:
+        parts.append(f"differing class columns: {'; '.join(columns[:10])}"
+                     + (" ..." if len(columns) > 10 else ""))
+    raise ValueError(f"the {a_name} and {b_name} data sets declare different categories, so a "
+                     f"class column would mean different things: " + "; ".join(parts))
 
 
 # =================================================================== factory

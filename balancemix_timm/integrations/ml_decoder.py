@@ -36,7 +36,8 @@ How the pieces fit ML-Decoder's loop:
   loader yields ``(mixed images, targets of the random instances)`` so that the loop's own
   ``.cuda()`` and ``target.max(dim=1)[0]`` (the (3, 80) size-grouped target collapse) run
   unchanged; its ``len()`` is ``ceil(N / batch_size)``, as the original loader's, so
-  ``OneCycleLR(steps_per_epoch=len(train_loader))`` keeps its schedule.
+  ``OneCycleLR(steps_per_epoch=len(train_loader))`` keeps its schedule. A one-pair tail joins
+  the batch before it (one batch fewer), since a batch of one breaks BatchNorm in training.
 * :meth:`BalanceMixPlugin.mix` runs after the collapse and before the forward: the images are
   already mixed, it returns them with the mixed *refined* targets of Eq. 5 (after warm-up the
   labels come from Eq. 9), and checks on the first batch of each epoch that the collapsed
@@ -320,7 +321,8 @@ class PairedTrainLoader:
     Iterating yields ``(mixed_images, targets_r)`` like ML-Decoder's loader yields
     ``(images, targets)``; the full :class:`~balancemix_timm.mixing.MixedBatch` of the batch
     being yielded is kept on the plugin for :meth:`BalanceMixPlugin.mix`, ``criterion`` and
-    ``record``. ``len()`` is the number of batches per epoch, ``ceil(N / batch_size)``.
+    ``record``. ``len()`` is the number of batches per epoch, ``ceil(N / batch_size)`` (one
+    fewer when a one-pair tail joins the batch before it).
 
     Args:
         plugin: The owning plugin.
@@ -542,18 +544,21 @@ class BalanceMixPlugin:
         """The paired training loader (replaces ML-Decoder's shuffled one).
 
         Args:
-            batch_size: Pairs per batch (ML-Decoder: 56). No batch is dropped, as in ML-Decoder.
+            batch_size: Pairs per batch (ML-Decoder: 56). No sample is dropped, as in ML-Decoder;
+                a one-pair tail joins the batch before it.
             num_workers: DataLoader workers (images are mixed there).
             pin_memory: DataLoader option.
             **loader_kwargs: Further DataLoader options (``prefetch_factor`` ...).
 
         Returns:
-            A :class:`PairedTrainLoader` of ``ceil(N / batch_size)`` batches per epoch.
+            A :class:`PairedTrainLoader` of ``ceil(N / batch_size)`` batches per epoch (one
+            fewer when the last would hold a single pair).
         """
         for key in ("batch_size", "shuffle", "sampler", "batch_sampler", "collate_fn", "drop_last"):
             if key in loader_kwargs:
                 raise ValueError(f"{key} is set by the plugin and cannot be passed")
-        batch_sampler = PairedBatchSampler(self.engine.paired_sampler, batch_size, drop_last=False)
+        batch_sampler = PairedBatchSampler(self.engine.paired_sampler, batch_size, drop_last=False,
+                                           merge_single_tail=True)
         self.batch_size = int(batch_size)
         self._num_workers, self._pin_memory = int(num_workers), bool(pin_memory)
         loader_kwargs.setdefault("worker_init_fn", seed_worker)
