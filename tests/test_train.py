@@ -79,6 +79,19 @@ def test_bce_baseline_and_epoch_pass(data_root, tmp_path):
     assert s["last"]["lm_unseen"] == 0
 
 
+@pytest.mark.parametrize("name", ["last.pth", "best.pth"])
+def test_pretrained_path_from_an_earlier_runs_checkpoint(data_root, tmp_path, name):
+    first = Trainer(_cfg(data_root, tmp_path, run_name="first", epochs=1, max_steps_per_epoch=2))
+    first.fit()
+    # last.pth pickles NumPy objects (RNG state, metrics): a weights-only load must allow them.
+    second = Trainer(_cfg(data_root, tmp_path, run_name="second", epochs=1, demo_num_classes=20,
+                          pretrained_path=str(first.run_dir / name)))
+    trained = first.model.state_dict()
+    for key, value in second.model.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(value.cpu(), trained[key].cpu()), key
+
+
 def test_cli_main(data_root, tmp_path, capsys):
     rc = main([f"data_root={data_root}", f"output_dir={tmp_path}", "run_name=cli", "epochs=1", "max_steps_per_epoch=1",
                "demo_num_train=160", "demo_num_val=64", "demo_num_classes=20", "image_size=32", "progress=false", "plots=false"])
