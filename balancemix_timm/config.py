@@ -91,7 +91,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     # --- evaluation -----------------------------------------------------------------------
-    many_threshold: int | None = None  # default: COCO's 10,000, scaled for the demo set
+    # default: COCO's 10,000 / 1,000 scaled by N_train / 82,081 (metrics.scaled_group_thresholds)
+    many_threshold: int | None = None
     few_threshold: int | None = None
     eval_batch_size: int = 128
     # --- output ---------------------------------------------------------------------------
