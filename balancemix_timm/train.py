@@ -654,16 +654,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="balancemix-train",
         description="Train a multi-label classifier with BalanceMix (or a baseline) on a timm backbone.",
     )
-    p.add_argument("config", nargs="?", help="YAML config file (see configs/)")
+    p.add_argument(
+        "config", nargs="?",
+        help="YAML config file, or the name of a shipped recipe (e.g. table6_tresnet_l_640; see --list-recipes)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides of config fields")
     p.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' (the run folder's last.pth)")
     p.add_argument("--run-dir", default=None, help="output folder (default <output_dir>/<run_name>)")
+    p.add_argument("--list-recipes", action="store_true",
+                   help="print the shipped recipe names, their folder and the Table 6 scripts, then exit")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list_recipes:
+        from .recipes import list_recipes, list_scripts, recipe_dir
+
+        print(f"recipes in {recipe_dir()}:")
+        for name in list_recipes():
+            print(f"  {name}")
+        print("Table 6 scripts for the patched ML-Decoder:")
+        for script in list_scripts():
+            print(f"  {script}")
+        return 0
     config = args.config
     overrides = list(args.overrides)
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
