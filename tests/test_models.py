@@ -444,7 +444,8 @@ def _balancemix_run_checkpoint(sd: dict[str, torch.Tensor]) -> dict:
 
 @pytest.mark.parametrize(
     "shape",
-    ["timm_train", "torchvision_reference", "ml_decoder_plain", "asl_model_module", "balancemix_run"],
+    ["timm_train", "torchvision_reference", "ml_decoder_plain", "asl_model_module", "balancemix_run",
+     "numpy1_balancemix_run"],
 )
 def test_pretrained_path_loads_checkpoints_of_the_usual_training_scripts(tmp_path, shape) -> None:
     sd = _backbone_ckpt(seed=11)
@@ -456,10 +457,22 @@ def test_pretrained_path_loads_checkpoints_of_the_usual_training_scripts(tmp_pat
         ckpt = sd
     elif shape == "asl_model_module":
         ckpt = {"model": {"module." + k: v for k, v in sd.items()}, "epoch": 40}
-    else:
+    elif shape == "balancemix_run":
         ckpt = _balancemix_run_checkpoint(sd)
+    else:
+        ckpt = None
     path = tmp_path / f"{shape}.pth"
-    torch.save(ckpt, path)
+    if shape == "numpy1_balancemix_run":
+        # Written under NumPy 1, whose pickles name numpy.core.multiarray (NumPy 2: numpy._core).
+        import io
+
+        buf = io.BytesIO()
+        torch.save(_balancemix_run_checkpoint(sd), buf, _use_new_zipfile_serialization=False)
+        raw = buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        assert b"numpy.core.multiarray" in raw
+        path.write_bytes(raw)
+    else:
+        torch.save(ckpt, path)
     model = _make(0, TINY, num_classes=3, pretrained_path=path)
     for key, value in sd.items():
         if not key.startswith("fc."):
