@@ -7,7 +7,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install demo test test-all bench clean
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+$(STAMP): setup.py setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -c constraints.txt torch torchvision
 	$(PY) -m pip install -c constraints.txt -e '.[dev,plot,pretrain]'

@@ -2,6 +2,13 @@
 
 Every public function of the package validates its tensors with these helpers so that bad
 input fails early with a ``ValueError`` that names the argument and what was wrong.
+
+The label dtype rule of the whole public API: labels and targets may be ``bool``, any integer
+dtype or any floating dtype. Hard labels must hold 0/1 (:func:`binary_mask`,
+:func:`check_binary`); where soft targets are allowed (mixed targets, losses) floating values in
+[0, 1] are accepted too. Arithmetic on labels is done in a floating dtype (the inputs' floating
+dtype if they have one, else the default float dtype); only complex tensors are refused
+(:func:`check_real`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ __all__ = [
     "check_same_shape",
     "check_ndim",
     "check_unit_interval",
+    "check_real",
 ]
 
 
@@ -36,6 +44,19 @@ def check_ndim(value: Tensor, name: str, ndim: int | Sequence[int]) -> Tensor:
     if value.ndim not in allowed:
         want = " or ".join(str(d) for d in allowed)
         raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def check_real(value: Tensor, name: str) -> Tensor:
+    """Raise ``ValueError`` unless ``value`` is real-valued: bool, integer or floating.
+
+    Bool counts as real (``False``/``True`` are 0/1, the label dtype rule of this module);
+    complex tensors are refused. Floating values must also be finite.
+    """
+    check_tensor(value, name)
+    if value.is_complex():
+        raise ValueError(f"{name} must be real-valued (bool, integer or floating), got {value.dtype}")
+    check_finite(value, name)
     return value
 
 

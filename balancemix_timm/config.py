@@ -92,7 +92,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     # --- evaluation -----------------------------------------------------------------------
-    many_threshold: int | None = None  # default: COCO's 10,000, scaled for the demo set
+    # default: COCO's 10,000 / 1,000 scaled by N_train / 82,081 (metrics.scaled_group_thresholds)
+    many_threshold: int | None = None
     few_threshold: int | None = None
     eval_batch_size: int = 128
     # --- output ---------------------------------------------------------------------------
@@ -236,17 +237,23 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
     """Load a YAML config file (or defaults) and apply overrides.
 
     Args:
-        path: YAML file with a flat mapping of :class:`TrainConfig` fields, or None.
+        path: YAML file with a flat mapping of :class:`TrainConfig` fields, the name of a
+            shipped recipe (``table6_tresnet_l_640``, ``configs/demo_bce.yaml``: see
+            :func:`~balancemix_timm.recipes.resolve_recipe`), or None.
         overrides: ``key=value`` strings or an already-parsed mapping.
 
     Returns:
         A validated :class:`TrainConfig`.
+
+    Raises:
+        ValueError: ``path`` is neither a file nor a shipped recipe (the message lists the
+            recipe names), or a value is invalid.
     """
+    from .recipes import resolve_recipe
+
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+        path = resolve_recipe(path)
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")

@@ -63,6 +63,11 @@ def run_demo(
     return results
 
 
+def _cell(row: dict[str, Any], key: str) -> str:
+    """A group's mAP in a 6-wide cell; ``absent`` when the run left the group out."""
+    return f"{row[key]:6.1f}" if key in row else f"{'absent':>6}"
+
+
 def format_results(results: dict[str, dict[str, Any]]) -> str:
     """A small text table of the demo's outcome."""
     lines = []
@@ -78,8 +83,8 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
     for method, s in results.items():
         last = s["last"]
         lines.append(
-            f"{method:<12} {last['mAP']:6.1f} {last.get('mAP_many', float('nan')):6.1f} "
-            f"{last.get('mAP_medium', float('nan')):6.1f} {last.get('mAP_few', float('nan')):6.1f} "
+            f"{method:<12} {last['mAP']:6.1f} {_cell(last, 'mAP_many')} "
+            f"{_cell(last, 'mAP_medium')} {_cell(last, 'mAP_few')} "
             f"{s.get('best', {}).get('mAP', float('nan')):6.1f} {s['wall_time']:6.0f}s"
         )
     lines.append("(mAP, many, medium, few: last epoch, as the paper reports; best: the best epoch's mAP)")

@@ -4,7 +4,9 @@
   computed exactly as scikit-learn's ``average_precision_score`` (vectorised over classes in
   torch) and its mean over classes, x100 ("Evaluation Metric" of BalanceMix).
 * :func:`class_groups` / :func:`group_mean_average_precision`: mAP over the many-shot
-  (> 10,000 positives), medium-shot (1,000-10,000) and few-shot (< 1,000) classes.
+  (> 10,000 positives), medium-shot (1,000-10,000) and few-shot (< 1,000) classes;
+  :func:`scaled_group_thresholds` scales these COCO thresholds to a data set of any size and
+  :func:`group_absence_reasons` says why a group holds no class.
 * :func:`label_precision_recall`: label precision and recall of the selected clean labels
   (Eq. 12 of BalanceMix).
 * :func:`relabel_statistics`: re-label proportion and accuracy (Eq. 13 of BalanceMix).
@@ -30,13 +32,24 @@ from balancemix_timm._checks import (
 __all__ = [
     "average_precision",
     "mean_average_precision",
+    "COCO_NUM_TRAIN",
+    "COCO_MANY_THRESHOLD",
+    "COCO_FEW_THRESHOLD",
+    "scaled_group_thresholds",
     "class_groups",
+    "group_absence_reasons",
     "group_mean_average_precision",
     "label_precision_recall",
     "relabel_statistics",
 ]
 
 _logger = logging.getLogger(__name__)
+
+#: Number of MS-COCO 2014 training images, the reference of :func:`scaled_group_thresholds`.
+COCO_NUM_TRAIN = 82081
+#: COCO's many-shot / few-shot thresholds (positive labels) of the BalanceMix paper.
+COCO_MANY_THRESHOLD = 10000
+COCO_FEW_THRESHOLD = 1000
 
 
 def _check_scores_targets(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -155,6 +168,33 @@ def mean_average_precision(scores: Tensor, targets: Tensor, ignore: Tensor | Non
     return _nanmean_x100(ap)
 
 
+def scaled_group_thresholds(num_train: int) -> tuple[int, int]:
+    """COCO's many-shot / few-shot thresholds scaled to a training set of ``num_train`` images.
+
+    The BalanceMix paper groups COCO classes by their number of positive labels among 82,081
+    training images: many-shot (more than 10,000), medium-shot (1,000 to 10,000) and few-shot
+    (fewer than 1,000). The rule for every data set: the same fractions of ``num_train``, i.e.
+    ``many = round(10000 * N / 82081)`` and ``few = max(1, round(1000 * N / 82081))``, with
+    ``many`` raised to ``few + 1`` when rounding makes them meet. MS-COCO itself gets 10,000 /
+    1,000; a 3,000-image set 365 / 37; VOC 2007 trainval (5,011) 610 / 61.
+
+    Args:
+        num_train: Number of training images.
+
+    Returns:
+        ``(many, few)``: a class with more than ``many`` positives is many-shot, one with fewer
+        than ``few`` is few-shot, the rest medium-shot. ``few >= 1`` and ``many > few``.
+
+    Raises:
+        ValueError: ``num_train`` is not a positive int.
+    """
+    if not isinstance(num_train, int) or isinstance(num_train, bool) or num_train < 1:
+        raise ValueError(f"num_train must be a positive int, got {num_train!r}")
+    many = round(COCO_MANY_THRESHOLD * num_train / COCO_NUM_TRAIN)
+    few = max(1, round(COCO_FEW_THRESHOLD * num_train / COCO_NUM_TRAIN))
+    return max(many, few + 1), few
+
+
 def class_groups(
     positive_counts: Tensor, *, many: int = 10000, few: int = 1000
 ) -> dict[str, Tensor]:
@@ -202,6 +242,31 @@ def class_groups(
         "many": many_mask.nonzero().squeeze(1).long(),
         "medium": medium_mask.nonzero().squeeze(1).long(),
         "few": few_mask.nonzero().squeeze(1).long(),
+    }
+
+
+def group_absence_reasons(
+    groups: Mapping[str, Tensor], *, many: int, few: int
+) -> dict[str, str]:
+    """Why each class group of :func:`class_groups` that holds no class is empty.
+
+    Args:
+        groups: ``{"many": idx, "medium": idx, "few": idx}`` from :func:`class_groups`.
+        many: The ``many`` threshold the groups were made with.
+        few: The ``few`` threshold the groups were made with.
+
+    Returns:
+        Group name -> reason (e.g. ``"no class has > 365 positives"``), only for empty groups.
+    """
+    rules = {
+        "many": f"no class has > {many} positives",
+        "medium": f"no class has {few}-{many} positives",
+        "few": f"no class has < {few} positives",
+    }
+    return {
+        name: rules.get(name, "it holds no class")
+        for name, index in groups.items()
+        if int(index.numel() if index.dtype != torch.bool else index.sum()) == 0
     }
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
-from balancemix_timm._checks import check_finite, check_ndim, check_tensor
+from balancemix_timm._checks import check_finite, check_ndim, check_real, check_tensor
 from balancemix_timm.sampling import _check_int, _derive_seed
 
 __all__ = [
@@ -214,9 +214,7 @@ def _check_pair(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
             f"{a_name} and {b_name} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
     for t, name in ((a, a_name), (b, b_name)):
-        if t.dtype == torch.bool or t.is_complex():
-            raise ValueError(f"{name} must be real-valued, got {t.dtype}")
-        check_finite(t, name)
+        check_real(t, name)  # bool, integer or floating (the package's label dtype rule)
 
 
 def mix_targets(y_r: Tensor, y_m: Tensor, lam: float | Tensor) -> Tensor:
@@ -225,14 +223,18 @@ def mix_targets(y_r: Tensor, y_m: Tensor, lam: float | Tensor) -> Tensor:
     Also usable for any pair of same-shape batches (e.g. images).
 
     Args:
-        y_r: Labels of the random-sampler instances, shape (B, ...) (multi-hot or soft).
+        y_r: Labels of the random-sampler instances, shape (B, ...) (multi-hot or soft): bool,
+            integer or floating, as everywhere in the package.
         y_m: Labels of the minority-sampler instances, same shape.
         lam: A float in [0, 1] or a tensor of shape (B,) (one coefficient per sample,
             broadcast over the trailing dims).
 
     Returns:
-        New tensor of shape (B, ...); floating inputs keep their (promoted) dtype, integer or
+        New tensor of shape (B, ...); floating inputs keep their (promoted) dtype, bool or
         integer inputs give the default float dtype. Inputs are not modified.
+
+    Raises:
+        ValueError: complex or non-finite inputs, mismatched shapes, or ``lam`` outside [0, 1].
     """
     _check_pair(y_r, "y_r", y_m, "y_m")
     return _interpolate(y_r, y_m, _check_lam(lam, y_r.shape[0]))
@@ -247,14 +249,15 @@ def mix(
 
     Args:
         x_r: Random-sampler inputs, shape (B, ...), e.g. (B, C, H, W).
-        y_r: Random-sampler labels, shape (B, K) (multi-hot or soft; any real dtype).
+        y_r: Random-sampler labels, shape (B, K) (multi-hot or soft; bool, integer or floating).
         x_m: Minority-sampler inputs, same shape as ``x_r``.
         y_m: Minority-sampler labels, same shape as ``y_r``.
         lam: A float in [0, 1] or a tensor of shape (B,) broadcast over trailing dims.
 
     Returns:
-        ``(x_mix, y_mix)``, new floating tensors shaped like ``x_r`` and ``y_r``. Integer inputs
-        (e.g. uint8 images) are mixed and returned in the default float dtype, not rounded.
+        ``(x_mix, y_mix)``, new floating tensors shaped like ``x_r`` and ``y_r``. Bool and
+        integer inputs (e.g. bool labels, uint8 images) are mixed and returned in the default
+        float dtype, not rounded.
     """
     _check_pair(x_r, "x_r", x_m, "x_m")
     _check_pair(y_r, "y_r", y_m, "y_m")

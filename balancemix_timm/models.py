@@ -26,6 +26,8 @@ import inspect
 import logging
 import math
 import os
+import pickle
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,7 @@ __all__ = [
     "create_model",
     "resolve_model_name",
     "model_default_normalization",
+    "checkpoint_safe_globals",
     "read_state_dict",
     "load_pretrained_backbone",
     "load_ml_decoder_state_dict",
@@ -447,8 +450,11 @@ def create_model(
         head: ``"linear"`` (timm's own classifier with ``K`` outputs) or ``"ml_decoder"``
             (:class:`MLDecoderClassifier`: spatial features + :class:`MLDecoderHead`).
         pretrained_path: Local ``.pth``/``.pt``/``.safetensors`` file with backbone weights
-            (possibly wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``), loaded with
-            :func:`load_pretrained_backbone`: classifier keys ignored, not strict.
+            (possibly wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``: checkpoints of
+            timm's ``train.py``, torchvision's references, ML-Decoder / ASL and
+            ``balancemix-train``'s ``last.pth`` / ``best.pth``), loaded weights-only with
+            :func:`load_pretrained_backbone`: classifier keys ignored, not strict. A file it
+            cannot read raises ``ValueError`` naming ``pretrained_path`` and the way out.
         ml_decoder_kwargs: Keyword arguments of :class:`MLDecoderHead` (``num_groups``,
             ``embed_dim``, ``num_heads``, ``dim_feedforward``, ``dropout``, ``num_layers``,
             ``layer_norm_eps``); only with ``head="ml_decoder"``.
@@ -516,7 +522,7 @@ def create_model(
         model = MLDecoderClassifier(backbone, decoder)
         target = backbone
     if pretrained_path is not None:
-        load_pretrained_backbone(target, pretrained_path)
+        load_pretrained_backbone(target, pretrained_path, name="pretrained_path")
     return model
 
 
@@ -525,34 +531,129 @@ def create_model(
 # --------------------------------------------------------------------------------------------
 
 
+def checkpoint_safe_globals() -> list[Any]:
+    """The non-tensor globals that a weights-only ``torch.load`` of a training checkpoint allows.
+
+    Training scripts of this field pickle plain data next to the weights: timm's ``train.py``
+    and torchvision's reference scripts store their ``argparse.Namespace`` under ``"args"``;
+    ``balancemix-train`` stores NumPy arrays and scalars (the NumPy RNG state, metrics).
+    Every entry here rebuilds data only (no code runs beyond the constructor): NumPy's array
+    and scalar reconstructors under both module paths (``numpy.core`` before NumPy 2,
+    ``numpy._core`` after), ``numpy.ndarray``, ``numpy.dtype`` and its per-type classes,
+    ``argparse.Namespace`` and the concrete ``pathlib`` path classes.
+
+    Returns:
+        Objects, or ``(object, "module.name")`` pairs for pickles written under another module
+        path, in the form ``torch.serialization.safe_globals`` takes.
+    """
+    import argparse
+    import pathlib
+
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    reconstruct = core.multiarray._reconstruct
+    scalar = core.multiarray.scalar
+    allowed: list[Any] = [
+        reconstruct,
+        scalar,
+        np.ndarray,
+        np.dtype,
+        argparse.Namespace,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+    ]
+    allowed += sorted({type(np.dtype(t)) for t in set(np.sctypeDict.values())}, key=str)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        for fn in (reconstruct, scalar):
+            name = f"{module}.{fn.__name__}"
+            if name != f"{fn.__module__}.{fn.__name__}":
+                allowed.append((fn, name))
+    return allowed
+
+
+def _torch_load(file: Path, weights_only: bool) -> Any:
+    """``torch.load`` on the CPU; weights-only loads allow :func:`checkpoint_safe_globals`."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if not weights_only or safe_globals is None:
+        return torch.load(str(file), map_location="cpu", weights_only=weights_only)
+    with safe_globals(checkpoint_safe_globals()):
+        return torch.load(str(file), map_location="cpu", weights_only=True)
+
+
 def read_state_dict(
-    path: str | os.PathLike[str], *, weights_only: bool = True
+    path: str | os.PathLike[str], *, weights_only: bool = True, name: str = "path"
 ) -> dict[str, Tensor]:
     """Read a state dict from a local file.
 
     ``.safetensors`` files are read with safetensors, anything else with ``torch.load`` on the
-    CPU. A dict wrapping the weights under ``"state_dict"``, ``"model"``, ``"state_dict_ema"`` or
-    ``"model_ema"`` is unwrapped (first match, repeatedly), non-tensor entries are dropped and a
-    ``"module."`` prefix (DistributedDataParallel) is stripped.
+    CPU. Weights-only loads (the default) allow the plain-data globals of
+    :func:`checkpoint_safe_globals`, so checkpoints of timm's ``train.py`` (``"state_dict"``,
+    ``"state_dict_ema"``, ``"args"`` Namespace, ``"optimizer"`` ...), torchvision's reference
+    scripts (``"model"``, ``"lr_scheduler"``, ``"args"`` ...), ML-Decoder / ASL (plain or under
+    ``"model"`` / ``"state_dict"``) and ``balancemix-train`` (``last.pth``, ``best.pth``) load
+    without unpickling code. A dict wrapping the weights under ``"state_dict"``, ``"model"``,
+    ``"state_dict_ema"`` or ``"model_ema"`` is unwrapped (first match, repeatedly), non-tensor
+    entries are dropped and a ``"module."`` prefix (DistributedDataParallel) is stripped.
 
     Args:
         path: The file.
         weights_only: Passed to ``torch.load``; ``False`` only for trusted files that pickle
             other objects next to the weights.
+        name: The caller's name for ``path`` (e.g. ``"pretrained_path"``), used in errors.
 
     Returns:
         Name -> tensor.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: The file cannot be read as a checkpoint, a weights-only load refuses an
+            object it pickles (the message says how to re-save the weights), or it holds no
+            tensors.
     """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {str(file)!r}")
+        raise FileNotFoundError(f"{name}: checkpoint file not found: {str(file)!r}")
+    what = f"{name} {str(file)!r}"
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        obj: Any = load_file(str(file), device="cpu")
+        try:
+            obj: Any = load_file(str(file), device="cpu")
+        except Exception as err:
+            raise ValueError(f"{what} is not a readable safetensors file: {err}") from err
     else:
-        obj = torch.load(str(file), map_location="cpu", weights_only=weights_only)
-    return _unwrap_state_dict(obj, f"checkpoint {str(file)!r}")
+        try:
+            obj = _torch_load(file, weights_only)
+        except pickle.UnpicklingError as err:
+            if not weights_only:
+                raise ValueError(f"{what} is not a readable torch checkpoint: {err}") from err
+            way_out = (
+                "If you trust the file, re-save its weights alone and pass that file instead: "
+                f"python -c \"import torch; c = torch.load({str(file)!r}, weights_only=False); "
+                "torch.save(c.get('state_dict', c.get('model', c)) if isinstance(c, dict) else "
+                "c.state_dict(), 'weights.pth')\"; or, in Python, call "
+                "load_pretrained_backbone(model, path, weights_only=False)"
+            )
+            found = re.search(r"GLOBAL (\S+)", str(err))
+            if found:
+                raise ValueError(
+                    f"{what}: a weights-only torch.load refuses this checkpoint (it pickles "
+                    f"{found.group(1)}, which is not plain data). {way_out}"
+                ) from err
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            reason = lines[-2] if len(lines) >= 2 else str(err)
+            raise ValueError(
+                f"{what} is not a readable torch checkpoint, or pickles something a weights-only "
+                f"torch.load refuses ({reason}). {way_out}"
+            ) from err
+        except Exception as err:  # torch.load raises many types on a file that is no checkpoint
+            raise ValueError(
+                f"{what} is not a readable torch checkpoint ({type(err).__name__}: {err})"
+            ) from err
+    return _unwrap_state_dict(obj, what)
 
 
 def _unwrap_state_dict(obj: Any, what: str) -> dict[str, Tensor]:
@@ -629,6 +730,7 @@ def load_pretrained_backbone(
     convert: bool = True,
     skip_mismatched: bool = False,
     weights_only: bool = True,
+    name: str = "source",
 ) -> LoadReport:
     """Load backbone weights from a local checkpoint, ignoring classifier keys.
 
@@ -645,17 +747,25 @@ def load_pretrained_backbone(
         source: A file path or an already-loaded state dict.
         convert: Apply timm's per-architecture checkpoint converter.
         skip_mismatched: Skip (and report) tensors whose shape differs instead of raising.
-        weights_only: Passed to ``torch.load``.
+        weights_only: Passed to ``torch.load``; the default allows the plain-data objects that
+            training scripts pickle next to the weights (:func:`read_state_dict`).
+        name: The caller's name for ``source`` (``create_model`` passes
+            ``"pretrained_path"``), used in errors and logs.
 
     Returns:
-        The :class:`LoadReport`. Raises ``ValueError`` when no tensor matches the model.
+        The :class:`LoadReport`.
+
+    Raises:
+        FileNotFoundError: ``source`` is a path to no file.
+        ValueError: The file is unreadable or refused by a weights-only load (with the way
+            out), or none of its tensors matches the model.
     """
     if isinstance(source, Mapping):
-        tensors = _unwrap_state_dict(source, "source")
-        what = "source"
+        tensors = _unwrap_state_dict(source, name)
+        what = name
     else:
-        tensors = read_state_dict(source, weights_only=weights_only)
-        what = f"checkpoint {str(source)!r}"
+        tensors = read_state_dict(source, weights_only=weights_only, name=name)
+        what = f"{name} {str(source)!r}"
     own_keys = set(model.state_dict())
     if not any(k.startswith("backbone.") for k in own_keys):
         body = [k for k in tensors if not _is_ml_decoder_key(k)]

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from .config import TrainConfig, config_diff, load_config
 from .engine import ABLATIONS, BalanceMix
 from .methods import build_method
-from .metrics import average_precision, class_groups
+from .metrics import average_precision, class_groups, group_absence_reasons, scaled_group_thresholds
 from .noise import apply_noise, noise_rate_report
 from .refine import LabelState
 from .sampling import ShardedRandomSampler, TailMergingBatchSampler, num_batches
@@ -50,7 +50,6 @@ __all__ = ["Trainer", "train", "main", "build_datasets"]
 
 _logger = logging.getLogger("balancemix_timm.train")
 
-COCO_MANY, COCO_FEW = 10_000, 1_000
 
 
 # ---------------------------------------------------------------------------- data
@@ -159,18 +158,21 @@ class Trainer:
         self.noise_report = noise_rate_report(self.given_labels, self.clean_labels)
         self.true_labels_known = cfg.noise != "clean"
 
-        many, few = cfg.many_threshold, cfg.few_threshold
-        if many is None or few is None:
-            if cfg.data == "demo":
-                from .data.demo import demo_group_thresholds
-
-                d_many, d_few = demo_group_thresholds(len(self.train_set))
-            else:
-                d_many, d_few = COCO_MANY, COCO_FEW
-            many = d_many if many is None else many
-            few = d_few if few is None else few
-        # Class groups count the clean training positives (the data set's natural groups).
+        # Class groups: COCO's 10,000 / 1,000 thresholds scaled by N_train / 82,081 for every
+        # data set (scaled_group_thresholds), unless many_threshold / few_threshold are given;
+        # counted on the clean training positives (the data set's natural groups).
+        d_many, d_few = scaled_group_thresholds(len(self.train_set))
+        many = d_many if cfg.many_threshold is None else cfg.many_threshold
+        few = d_few if cfg.few_threshold is None else cfg.few_threshold
         self.groups = class_groups(self.clean_labels.sum(0), many=many, few=few)
+        # A group without classes has no mAP: it is left out of every metrics row and summary.
+        self.group_absent = {
+            name: f"absent: {reason} among the clean training labels (many_threshold={many}, few_threshold={few})"
+            for name, reason in group_absence_reasons(self.groups, many=many, few=few).items()
+        }
+        for name, reason in self.group_absent.items():
+            _logger.info("class group %r %s", name, reason)
+        self._absent_logged: set[str] = set()
         self.group_thresholds = (int(many), int(few))
 
         from .pretrain import resolve_pretrained_path
@@ -381,10 +383,26 @@ class Trainer:
         return s, t
 
     def _map_figures(self, scores: Tensor, targets: Tensor, prefix: str) -> dict[str, float]:
+        """mAP (x100) of all classes and of each class group that can be scored.
+
+        A group is left out when it holds no class (:attr:`group_absent`) or when none of its
+        classes has a positive validation label; the reason is logged once per key. Labels of
+        :attr:`val_ignore` (VOC's difficult-only labels) are left out of every AP.
+        """
         ap = average_precision(scores, targets, self.val_ignore)
         out = {f"{prefix}mAP": _nanmean100(ap)}
         for name, idx in self.groups.items():
-            out[f"{prefix}mAP_{name}"] = _nanmean100(ap[idx]) if len(idx) else float("nan")
+            key = f"{prefix}mAP_{name}"
+            value = _nanmean100(ap[idx]) if len(idx) else float("nan")
+            if math.isnan(value):
+                if key not in self._absent_logged:
+                    self._absent_logged.add(key)
+                    reason = self.group_absent.get(name) or (
+                        f"absent: none of its {len(idx)} classes has a positive validation label"
+                    )
+                    _logger.info("%s %s", key, reason)
+                continue
+            out[key] = value
         return out
 
     def validate(self) -> dict[str, float]:
@@ -485,10 +503,13 @@ class Trainer:
                 atomic_save(state, self.run_dir / "last.pth")
                 if is_best:
                     atomic_save(dict(model=state["model"], epoch=epoch, mAP=score, config=state["config"]), self.run_dir / "best.pth")
+                groups = ", ".join(
+                    f"{name} {row[f'mAP_{name}']:.2f}" if f"mAP_{name}" in row else f"{name} absent"
+                    for name in self.groups
+                )
                 _logger.info(
-                    "epoch %d/%d: loss %.4f  mAP %.2f (many %.2f, medium %.2f, few %.2f)  %.1fs",
-                    epoch + 1, cfg.epochs, row["train_loss"], row["mAP"], row.get("mAP_many", float("nan")),
-                    row.get("mAP_medium", float("nan")), row.get("mAP_few", float("nan")), row["epoch_time"],
+                    "epoch %d/%d: loss %.4f  mAP %.2f (%s)  %.1fs",
+                    epoch + 1, cfg.epochs, row["train_loss"], row["mAP"], groups, row["epoch_time"],
                 )
         return self.finish()
 
@@ -504,6 +525,7 @@ class Trainer:
             epochs=self.cfg.epochs,
             group_thresholds=dict(many=self.group_thresholds[0], few=self.group_thresholds[1]),
             group_sizes={k: int(len(v)) for k, v in self.groups.items()},
+            group_absent=dict(self.group_absent),
             noise_report=self.noise_report,
             last=last,
             best=self.best,
@@ -680,16 +702,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="balancemix-train",
         description="Train a multi-label classifier with BalanceMix (or a baseline) on a timm backbone.",
     )
-    p.add_argument("config", nargs="?", help="YAML config file (see configs/)")
+    p.add_argument(
+        "config", nargs="?",
+        help="YAML config file, or the name of a shipped recipe (e.g. table6_tresnet_l_640; see --list-recipes)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides of config fields")
     p.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' (the run folder's last.pth)")
     p.add_argument("--run-dir", default=None, help="output folder (default <output_dir>/<run_name>)")
+    p.add_argument("--list-recipes", action="store_true",
+                   help="print the shipped recipe names, their folder and the Table 6 scripts, then exit")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list_recipes:
+        from .recipes import list_recipes, list_scripts, recipe_dir
+
+        print(f"recipes in {recipe_dir()}:")
+        for name in list_recipes():
+            print(f"  {name}")
+        print("Table 6 scripts for the patched ML-Decoder:")
+        for script in list_scripts():
+            print(f"  {script}")
+        return 0
     config = args.config
     overrides = list(args.overrides)
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
@@ -712,7 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rank != 0:
         return 0
     last = summary.get("last", {})
-    print(json.dumps({k: last.get(k) for k in ("epoch", "mAP", "mAP_many", "mAP_medium", "mAP_few")} | {"best": summary["best"]}))
+    keys = ("epoch", "mAP", "mAP_many", "mAP_medium", "mAP_few")
+    print(json.dumps({k: last[k] for k in keys if k in last} | {"best": summary["best"]}))
     return 0
 
 

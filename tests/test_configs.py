@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,86 @@ def test_numeric_fields_read_as_numbers_from_yaml_and_overrides(tmp_path):
 def test_non_numeric_values_are_refused_naming_the_field(override, field):
     with pytest.raises(ValueError, match=f"config {field} must be"):
         load_config(None, [override])
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes by name, and the wheel that ships them
+# --------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((REPO / "configs" / "ml_decoder").glob("*.sh"))
+
+
+def test_recipe_resolves_by_name_from_an_empty_working_folder(tmp_path, monkeypatch):
+    from balancemix_timm.recipes import list_recipes, resolve_recipe
+
+    monkeypatch.chdir(tmp_path)
+    assert list_recipes() == sorted(p.stem for p in CONFIGS)
+    for name in ("table6_tresnet_l_640", "table6_tresnet_l_640.yaml", "configs/table6_tresnet_l_640.yaml"):
+        assert resolve_recipe(name).read_text() == (REPO / "configs" / "table6_tresnet_l_640.yaml").read_text()
+    assert load_config("table6_tresnet_l_640").image_size == 640
+    # a file in the working folder wins over a shipped recipe of the same name
+    (tmp_path / "demo_bce.yaml").write_text("epochs: 3\n")
+    assert load_config("demo_bce.yaml").epochs == 3
+    with pytest.raises(ValueError, match=r"config 'table7_nope'.*table6_tresnet_l_640"):
+        load_config("table7_nope")
+    with pytest.raises(ValueError, match=r"config 'elsewhere/demo_bce.yaml'"):
+        load_config("elsewhere/demo_bce.yaml")
+
+
+def test_train_cli_lists_recipes(capsys):
+    from balancemix_timm.train import main
+
+    assert main(["--list-recipes"]) == 0
+    out = capsys.readouterr().out
+    for path in CONFIGS:
+        assert f"  {path.stem}\n" in out
+    for script in SCRIPTS:
+        assert script.name in out
+
+
+def test_wheel_ships_every_recipe_and_script_and_resolves_them_without_a_checkout(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    pytest.importorskip("pip")
+    src = tmp_path / "src"  # a copy, so the build leaves the checkout alone
+    src.mkdir()
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for folder in ("balancemix_timm", "configs", "patches"):
+        shutil.copytree(REPO / folder, src / folder, ignore=ignore)
+    out = tmp_path / "wheel"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = out.glob("balancemix_timm-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "site")
+    assert SCRIPTS and len(CONFIGS) >= 7
+    for path in CONFIGS:
+        assert f"balancemix_timm/configs/{path.name}" in names, path.name
+    for path in SCRIPTS:
+        assert f"balancemix_timm/configs/ml_decoder/{path.name}" in names, path.name
+    assert "balancemix_timm/integrations/ml_decoder_train.patch" in names
+    # From an empty folder, with only the unpacked wheel on the path: a recipe resolves by name.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = (
+        "import balancemix_timm, balancemix_timm.recipes as r; from balancemix_timm.config import load_config; "
+        "print(balancemix_timm.__file__); print(r.recipe_dir()); print(load_config('table6_tresnet_l_640').image_size); "
+        "print(len(r.list_scripts()))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(tmp_path / "site")
+    run = subprocess.run([sys.executable, "-c", code], cwd=empty, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    module, folder, size, scripts = run.stdout.split()
+    assert Path(module).is_relative_to(tmp_path / "site")
+    assert Path(folder) == tmp_path / "site" / "balancemix_timm" / "configs"
+    assert size == "640" and int(scripts) == len(SCRIPTS)

@@ -180,6 +180,39 @@ def test_class_groups_validation(counts, kwargs, match):
         class_groups(counts, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "num_train, expected",
+    [(82081, (10000, 1000)), (3000, (365, 37)), (5011, (610, 61)), (160, (19, 2)), (10, (2, 1))],
+)
+def test_scaled_group_thresholds_scale_coco_to_any_size(num_train, expected):
+    from balancemix_timm.metrics import scaled_group_thresholds
+
+    assert scaled_group_thresholds(num_train) == expected
+    many, few = expected
+    assert many > few >= 1
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "3000"])
+def test_scaled_group_thresholds_rejects_bad_sizes(bad):
+    from balancemix_timm.metrics import scaled_group_thresholds
+
+    with pytest.raises(ValueError, match="num_train"):
+        scaled_group_thresholds(bad)
+
+
+def test_group_absence_reasons_name_the_empty_groups_and_the_rule():
+    from balancemix_timm.metrics import group_absence_reasons
+
+    counts = torch.tensor([40, 120, 300])  # a 3,000-image set with COCO's unscaled thresholds
+    groups = class_groups(counts, many=10000, few=1000)
+    reasons = group_absence_reasons(groups, many=10000, few=1000)
+    assert reasons == {
+        "many": "no class has > 10000 positives",
+        "medium": "no class has 1000-10000 positives",
+    }
+    assert group_absence_reasons(class_groups(counts, many=200, few=50), many=200, few=50) == {}
+
+
 def test_group_mean_average_precision_against_sklearn():
     scores, targets = _random_case(600, 10, 11, levels=None)
     targets[:, 9] = 0.0  # no positive: excluded everywhere

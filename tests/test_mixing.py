@@ -368,3 +368,95 @@ def test_trainer_reads_minority_items_through_the_views(tmp_path) -> None:
     (img_r, _, _), (img_m, _, _) = pairs[(0, 1)]
     assert isinstance(img_r, tuple) and len(img_r) == 3  # training view + Eq. 9's two views
     assert isinstance(img_m, tuple) and len(img_m) == 3  # see docs/performance.md, target 4
+
+
+# --------------------------------------------------------------------------------------------
+# One label dtype rule for the public API: bool, integer and floating {0, 1} labels
+# --------------------------------------------------------------------------------------------
+def _label_calls() -> dict:
+    """Every public function taking labels/targets, as ``labels -> result`` on fixed inputs."""
+    from balancemix_timm import (
+        BalanceMix,
+        BalanceMixLoss,
+        LabelGMM,
+        asl_elementwise,
+        balancemix_loss,
+        bce_elementwise,
+        clean_probability,
+        minority_sampling_probs,
+        refine_labels,
+    )
+    from balancemix_timm.methods.testimator import reweighted_bce_elementwise, select_clean
+    from balancemix_timm.metrics import (
+        average_precision,
+        group_mean_average_precision,
+        label_precision_recall,
+        mean_average_precision,
+        relabel_statistics,
+    )
+    from balancemix_timm.noise import mislabel, noise_rate_report, random_flip, single_positive
+
+    g = _gen(3)
+    n, k = 48, 4
+    truth = torch.rand(n, k, generator=g) < 0.4
+    probs = torch.rand(n, k, generator=g)
+    views = torch.rand(n, k, generator=g)
+    logits = torch.randn(n, k, generator=g)
+    losses = torch.rand(n, k, generator=g)
+    state = torch.randint(0, 3, (n, k), generator=g)
+    images = torch.rand(n, 3, 2, 2, generator=g)
+    lam = torch.rand(n, generator=g) * 0.5 + 0.5
+    idx = torch.arange(8)
+
+    def t(x):
+        return torch.as_tensor(x, dtype=torch.float64)
+
+    return {
+        "mix_targets": lambda y: mix_targets(y, y.flip(0), lam),
+        "mix": lambda y: mix(images, y, images.flip(0), y.flip(0), 0.7)[1],
+        "MinorityMixup": lambda y: MinorityMixup(alpha=4.0, seed=0)(images, y, images.flip(0), y.flip(0))[1],
+        "minority_sampling_probs": lambda y: minority_sampling_probs(probs, y),
+        "refine_labels": lambda y: torch.stack([r.double() for r in refine_labels(y, probs, views, 0.7)]),
+        "bce_elementwise": lambda y: bce_elementwise(logits, y),
+        "asl_elementwise": lambda y: asl_elementwise(logits, y),
+        "balancemix_loss": lambda y: balancemix_loss(logits, y, state, probs),
+        "BalanceMixLoss": lambda y: BalanceMixLoss()(logits, y, state, probs),
+        "reweighted_bce_elementwise": lambda y: reweighted_bce_elementwise(
+            logits, y, torch.full((k,), 0.1), torch.full((k,), 0.2)),
+        "clean_probability": lambda y: clean_probability(losses, y, min_group_size=2),
+        "LabelGMM": lambda y: LabelGMM(min_group_size=2).fit_predict_clean_proba(losses, y),
+        "select_clean": lambda y: select_clean(probs, y, min_group_size=2),
+        "average_precision": lambda y: average_precision(probs, y),
+        "mean_average_precision": lambda y: t(mean_average_precision(probs, y)),
+        "group_mean_average_precision": lambda y: t(group_mean_average_precision(probs, y, {"a": idx[:2]})["a"]),
+        "label_precision_recall": lambda y: t(label_precision_recall(y, y, truth)),
+        "relabel_statistics": lambda y: t(relabel_statistics(y, y, truth)),
+        "mislabel": lambda y: mislabel(y, 0.4, generator=_gen(1)),
+        "random_flip": lambda y: random_flip(y, 0.4, generator=_gen(1)),
+        "single_positive": lambda y: single_positive(y, generator=_gen(1)),
+        "noise_rate_report": lambda y: t(list(noise_rate_report(y, truth).values())),
+        "BalanceMix": lambda y: BalanceMix(y).mixed_targets(idx, idx.flip(0), 0.7),
+        "BalanceMix.loss": lambda y: BalanceMix(truth).loss(logits[:8], y[:8], idx),
+    }, truth
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int32, torch.int64, torch.float16, torch.float64])
+def test_every_public_label_function_accepts_bool_integer_and_float_labels(dtype) -> None:
+    calls, truth = _label_calls()
+    tol = 1e-3 if dtype == torch.float16 else 1e-5  # half labels are mixed in half precision
+    for name, call in calls.items():
+        expected = call(truth.float())
+        got = call(truth.to(dtype))
+        assert got.shape == expected.shape, name
+        assert got.dtype.is_floating_point or got.dtype in (dtype, expected.dtype), name  # noise keeps it
+        torch.testing.assert_close(got.double(), expected.double(), rtol=tol, atol=tol, msg=name)
+
+
+def test_mixed_bool_labels_are_float() -> None:
+    y_r = torch.tensor([[True, False], [False, False]])
+    y_m = torch.tensor([[False, True], [True, True]])
+    out = mix_targets(y_r, y_m, 0.75)
+    assert out.dtype == torch.get_default_dtype()
+    assert out.tolist() == [[0.75, 0.25], [0.25, 0.25]]
+    with pytest.raises(ValueError, match="y_r must be real-valued"):
+        mix_targets(torch.zeros(2, 2, dtype=torch.complex64), torch.zeros(2, 2), 0.5)

@@ -389,6 +389,115 @@ def test_missing_pretrained_path_names_the_file(tmp_path) -> None:
         read_state_dict(path)
 
 
+def _timm_train_checkpoint(sd: dict[str, torch.Tensor]) -> dict:
+    """The dict timm's train.py (CheckpointSaver) writes: args is an argparse.Namespace."""
+    import argparse
+
+    import numpy as np
+
+    model = timm.create_model(TINY, pretrained=False, num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(_images(2)).sum().backward()
+    opt.step()
+    args = argparse.Namespace(model=TINY, lr=0.1, mean=(0.485, 0.456, 0.406), std=None,
+                              aa="rand-m9-mstd0.5", epochs=300, device="cuda:0", amp_dtype="float16")
+    return {
+        "epoch": 12, "arch": TINY, "state_dict": sd, "optimizer": opt.state_dict(), "version": 2,
+        "args": args, "amp_scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0},
+        "state_dict_ema": {k: torch.zeros_like(v) for k, v in sd.items()},
+        "metric": float(np.float64(71.5)),
+    }
+
+
+def _torchvision_reference_checkpoint(sd: dict[str, torch.Tensor]) -> dict:
+    """The dict torchvision's references/classification/train.py writes."""
+    import argparse
+
+    model = timm.create_model(TINY, pretrained=False, num_classes=10)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=2)
+    main = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, main], milestones=[2])
+    args = argparse.Namespace(model="resnet50", lr=0.5, lr_warmup_method="linear", weights=None,
+                              output_dir=".", device="cuda", distributed=True, interpolation="bilinear")
+    ema = {"module." + k: torch.zeros_like(v) for k, v in sd.items()}
+    ema["n_averaged"] = torch.tensor(7)
+    return {"model": {"module." + k: v for k, v in sd.items()}, "optimizer": opt.state_dict(),
+            "lr_scheduler": sched.state_dict(), "epoch": 99, "args": args, "model_ema": ema,
+            "scaler": {"scale": 1024.0}}
+
+
+def _balancemix_run_checkpoint(sd: dict[str, torch.Tensor]) -> dict:
+    """The shape of balancemix-train's last.pth: NumPy RNG state, NumPy scalars in metrics."""
+    import random
+
+    import numpy as np
+
+    rng = np.random.RandomState(0)
+    return {"format": "balancemix-timm/1", "epoch": 1, "config": {"model": TINY, "lr": 0.05},
+            "model": sd, "ema": None, "given_labels": torch.zeros(4, 3),
+            "best": {"mAP": np.float64(41.5), "epoch": np.int64(1)},
+            "metrics": [{"mAP": np.float32(41.5), "ap": np.arange(3, dtype=np.float64)}],
+            "rng": {"python": random.Random(0).getstate(), "numpy": rng.get_state(),
+                    "torch": torch.get_rng_state()}}
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["timm_train", "torchvision_reference", "ml_decoder_plain", "asl_model_module", "balancemix_run",
+     "numpy1_balancemix_run"],
+)
+def test_pretrained_path_loads_checkpoints_of_the_usual_training_scripts(tmp_path, shape) -> None:
+    sd = _backbone_ckpt(seed=11)
+    if shape == "timm_train":
+        ckpt = _timm_train_checkpoint(sd)
+    elif shape == "torchvision_reference":
+        ckpt = _torchvision_reference_checkpoint(sd)
+    elif shape == "ml_decoder_plain":
+        ckpt = sd
+    elif shape == "asl_model_module":
+        ckpt = {"model": {"module." + k: v for k, v in sd.items()}, "epoch": 40}
+    elif shape == "balancemix_run":
+        ckpt = _balancemix_run_checkpoint(sd)
+    else:
+        ckpt = None
+    path = tmp_path / f"{shape}.pth"
+    if shape == "numpy1_balancemix_run":
+        # Written under NumPy 1, whose pickles name numpy.core.multiarray (NumPy 2: numpy._core).
+        import io
+
+        buf = io.BytesIO()
+        torch.save(_balancemix_run_checkpoint(sd), buf, _use_new_zipfile_serialization=False)
+        raw = buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        assert b"numpy.core.multiarray" in raw
+        path.write_bytes(raw)
+    else:
+        torch.save(ckpt, path)
+    model = _make(0, TINY, num_classes=3, pretrained_path=path)
+    for key, value in sd.items():
+        if not key.startswith("fc."):
+            assert torch.equal(model.state_dict()[key], value), key
+
+
+class _NotPlainData:
+    """A class no weights-only load allows."""
+
+
+def test_pretrained_path_refused_or_unreadable_file_raises_value_error(tmp_path) -> None:
+    sd = _backbone_ckpt(seed=2)
+    path = tmp_path / "custom.pth"
+    torch.save({"state_dict": sd, "extra": _NotPlainData()}, path)
+    with pytest.raises(ValueError, match=r"pretrained_path .*_NotPlainData.*re-save its weights"):
+        create_model(TINY, num_classes=3, pretrained_path=path)
+    # the way out the message gives: a trusted file loads with weights_only=False
+    report = load_pretrained_backbone(timm.create_model(TINY, num_classes=3), path, weights_only=False)
+    assert report.loaded
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="pretrained_path .*garbage.pth.* not a readable torch checkpoint"):
+        create_model(TINY, num_classes=3, pretrained_path=garbage)
+
+
 def test_checkpoint_of_another_architecture_fails_loudly(tmp_path) -> None:
     path = tmp_path / "other.pth"
     torch.save({"a.weight": torch.zeros(2), "b.bias": torch.zeros(2)}, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -77,6 +78,51 @@ def test_bce_baseline_and_epoch_pass(data_root, tmp_path):
     assert "clean_precision" not in s["last"]
     s = train(_cfg(data_root, tmp_path, run_name="pass", label_source="epoch_pass", epochs=1, max_steps_per_epoch=2))
     assert s["last"]["lm_unseen"] == 0
+
+
+@pytest.mark.parametrize("name", ["last.pth", "best.pth"])
+def test_pretrained_path_from_an_earlier_runs_checkpoint(data_root, tmp_path, name):
+    first = Trainer(_cfg(data_root, tmp_path, run_name="first", epochs=1, max_steps_per_epoch=2))
+    first.fit()
+    # last.pth pickles NumPy objects (RNG state, metrics): a weights-only load must allow them.
+    second = Trainer(_cfg(data_root, tmp_path, run_name="second", epochs=1, demo_num_classes=20,
+                          pretrained_path=str(first.run_dir / name)))
+    trained = first.model.state_dict()
+    for key, value in second.model.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(value.cpu(), trained[key].cpu()), key
+
+
+def _no_nan(text: str) -> Any:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} written")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_class_groups_scale_with_any_data_set_and_absent_groups_are_never_nan(data_root, tmp_path, caplog):
+    from balancemix_timm.metrics import scaled_group_thresholds
+
+    Trainer(_cfg(data_root, tmp_path, run_name="make"))  # writes the demo set (COCO format)
+    # data=coco on a small set: COCO's thresholds scaled by N_train / 82,081, as for the demo.
+    t = Trainer(_cfg(data_root, tmp_path, run_name="coco", data="coco", method="bce", epochs=1, max_steps_per_epoch=1))
+    assert t.group_thresholds == scaled_group_thresholds(len(t.train_set)) == (19, 2)
+    assert all(len(idx) for idx in t.groups.values())
+    # Thresholds no class can meet: the many- and few-shot groups are empty, reported as absent.
+    with caplog.at_level("INFO", logger="balancemix_timm.train"):
+        summary = train(_cfg(data_root, tmp_path, run_name="absent", data="coco", method="bce", epochs=1,
+                             max_steps_per_epoch=1, many_threshold=100000, few_threshold=1))
+    run = tmp_path / "absent"
+    rows = [_no_nan(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "mAP_many" not in rows[-1] and "mAP_few" not in rows[-1] and "mAP_medium" in rows[-1]
+    written = _no_nan((run / "summary.json").read_text())
+    assert set(written["group_absent"]) == {"many", "few"}
+    assert "no class has > 100000 positives" in written["group_absent"]["many"]
+    assert "no class has < 1 positives" in written["group_absent"]["few"]
+    assert summary["group_sizes"] == {"many": 0, "medium": 20, "few": 0}
+    epoch_line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1"))
+    assert "many absent" in epoch_line and "few absent" in epoch_line and "nan" not in epoch_line.lower()
+    assert any("'many' absent: no class has > 100000" in r.getMessage() for r in caplog.records)
 
 
 def test_cli_main(data_root, tmp_path, capsys):

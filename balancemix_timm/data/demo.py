@@ -55,6 +55,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..metrics import COCO_NUM_TRAIN, scaled_group_thresholds
+
 __all__ = [
     "COLOURS",
     "COCO_NUM_TRAIN",
@@ -68,11 +70,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: Number of MS-COCO 2014 training images, the reference for :func:`demo_group_thresholds`.
-COCO_NUM_TRAIN = 82081
-#: COCO's many-shot / few-shot thresholds (positive labels) of the BalanceMix paper.
-COCO_MANY_THRESHOLD = 10000
-COCO_FEW_THRESHOLD = 1000
 
 #: Class colours: name -> hue in degrees (HSV). Per-instance jitter is added when rendering.
 COLOURS: dict[str, float] = {"red": 0.0, "green": 120.0, "blue": 225.0, "yellow": 55.0}
@@ -149,11 +146,9 @@ def _category_ids(num_classes: int) -> list[int]:
 
 
 def demo_group_thresholds(num_train: int) -> tuple[int, int]:
-    """Scale COCO's many-shot / few-shot thresholds to a training set of ``num_train`` images.
+    """COCO's many-shot / few-shot thresholds scaled to ``num_train`` training images.
 
-    The BalanceMix paper groups COCO classes by their number of positive labels among 82,081
-    training images: many-shot (more than 10,000), medium-shot (1,000 to 10,000) and few-shot
-    (fewer than 1,000). The same fractions of ``num_train`` give the demo's thresholds.
+    The rule of every data set, :func:`balancemix_timm.metrics.scaled_group_thresholds`.
 
     Args:
         num_train: number of training images.
@@ -162,11 +157,7 @@ def demo_group_thresholds(num_train: int) -> tuple[int, int]:
         ``(many, few)``: a class with more than ``many`` positives is many-shot, one with fewer
         than ``few`` is few-shot, the rest medium-shot. ``few >= 1`` and ``many > few``.
     """
-    if not isinstance(num_train, int) or num_train < 1:
-        raise ValueError(f"num_train must be a positive int, got {num_train!r}")
-    many = round(COCO_MANY_THRESHOLD * num_train / COCO_NUM_TRAIN)
-    few = max(1, round(COCO_FEW_THRESHOLD * num_train / COCO_NUM_TRAIN))
-    return max(many, few + 1), few
+    return scaled_group_thresholds(num_train)
 
 
 def _group_of(count: int, many: int, few: int) -> str:
