@@ -457,6 +457,30 @@ def _instance_colour(rng: np.random.Generator, colour_name: str) -> np.ndarray:
                 rng.uniform(*_OBJ_SATURATION), rng.uniform(*_OBJ_VALUE))
 
 
+def split_sources(targets: np.ndarray, val_fraction: float, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Split source digits into training and validation sources, stratified by digit.
+
+    Each digit's indices are permuted by ``rng`` (digits 0..9 in turn) and the first
+    ``max(1, round(val_fraction * count))`` go to validation, so the two splits share no source.
+
+    Args:
+        targets: ``int (M,)`` digit class of each source, values 0..9.
+        val_fraction: share of each digit's sources for validation, in [0, 1].
+        rng: the generator; consumed once per digit.
+
+    Returns:
+        ``(train_indices, val_indices)``, each sorted ``int64``.
+    """
+    train_src, val_src = [], []
+    for d in range(10):
+        idx = rng.permutation(np.flatnonzero(targets == d))
+        n_val = max(1, round(val_fraction * idx.size))
+        val_src.append(idx[:n_val])
+        train_src.append(idx[n_val:])
+    return np.sort(np.concatenate(train_src)), np.sort(np.concatenate(val_src))
+
+
 def _make_split(
     *,
     split: str,
@@ -649,14 +673,7 @@ def make_demo_dataset(
 
     master = np.random.default_rng([seed, 7919])
     # 1. Split the source digits first, stratified by digit, so the splits share none.
-    train_src, val_src = [], []
-    for d in range(10):
-        idx = master.permutation(np.flatnonzero(targets == d))
-        n_val = max(1, round(_VAL_SOURCE_FRACTION * idx.size))
-        val_src.append(idx[:n_val])
-        train_src.append(idx[n_val:])
-    train_src_arr = np.sort(np.concatenate(train_src))
-    val_src_arr = np.sort(np.concatenate(val_src))
+    train_src_arr, val_src_arr = split_sources(targets, _VAL_SOURCE_FRACTION, master)
 
     # 2. Classes, their frequency ranks (seeded) and target counts.
     classes = class_definitions(num_classes)

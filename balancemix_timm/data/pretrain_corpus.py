@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .demo import _NOISE_SIGMA, _STROKE_RANGE, _background, _composite, _digit_mask, _hsv, _place, _strokes
+from .demo import (
+    _NOISE_SIGMA, _STROKE_RANGE, _background, _composite, _digit_mask, _hsv, _place, _strokes, split_sources,
+)
 
 __all__ = [
     "HUE_FAMILIES",
@@ -175,17 +177,9 @@ def make_pretrain_corpus(
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     digits, targets = load_mnist_sources()
-    master = np.random.default_rng([seed, 15485863])
-    train_src, val_src = [], []
-    for d in range(10):
-        idx = master.permutation(np.flatnonzero(targets == d))
-        n_val = max(1, round(_VAL_SOURCE_FRACTION * idx.size))
-        val_src.append(idx[:n_val])
-        train_src.append(idx[n_val:])
-    train_x, train_y = _render_split([seed, 0], num_train, image_size, digits, targets,
-                                     np.sort(np.concatenate(train_src)))
-    val_x, val_y = _render_split([seed, 1], num_val, image_size, digits, targets,
-                                 np.sort(np.concatenate(val_src)))
+    train_src, val_src = split_sources(targets, _VAL_SOURCE_FRACTION, np.random.default_rng([seed, 15485863]))
+    train_x, train_y = _render_split([seed, 0], num_train, image_size, digits, targets, train_src)
+    val_x, val_y = _render_split([seed, 1], num_val, image_size, digits, targets, val_src)
     h = hashlib.sha256()
     for array in (train_x, train_y, val_x, val_y):
         h.update(np.ascontiguousarray(array).tobytes())
