@@ -12,6 +12,7 @@ line per epoch), ``last.pth`` (atomic, every epoch), ``best.pth``, ``summary.jso
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import logging
@@ -46,7 +47,7 @@ from .utils import (
     view_probabilities,
 )
 
-__all__ = ["Trainer", "train", "main", "build_datasets"]
+__all__ = ["Trainer", "train", "main", "build_datasets", "noisy_labels"]
 
 _logger = logging.getLogger("balancemix_timm.train")
 
@@ -107,7 +108,9 @@ def build_datasets(cfg: TrainConfig, train_transform: Any = None, val_transform:
     return train, val
 
 
-def _noisy_labels(cfg: TrainConfig, clean: Tensor) -> Tensor:
+def noisy_labels(cfg: TrainConfig, clean: Tensor) -> Tensor:
+    """The given (noisy) labels of a run: ``clean`` (N, K) with ``cfg.noise`` injected at
+    ``cfg.noise_rate`` from ``cfg.noise_seed`` (a copy of ``clean`` when the labels are clean)."""
     if cfg.noise == "clean" or (cfg.noise != "single_positive" and cfg.noise_rate == 0):
         return clean.clone()
     g = torch.Generator().manual_seed(int(cfg.noise_seed))
@@ -121,9 +124,17 @@ class Trainer:
     Args:
         cfg: The configuration.
         run_dir: Output folder (default ``<output_dir>/<run_name>``).
+        train_indices: ``(M,)`` indices of the training images to train on (default: all N).
+            The noise is injected into all N labels first (so a part sees exactly the labels
+            the full run sees), the class groups are those of all N images, and then
+            :attr:`train_set`, :attr:`given_labels` and :attr:`clean_labels` keep only the
+            rows ``train_indices``, renumbered ``0..M-1``; steps, schedule and samplers follow
+            the M images. :meth:`training_images` still reaches all N. Not a config field: a
+            run's ``config.yaml`` does not record it (cross-validation folds use it).
     """
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, *,
+                 train_indices: Sequence[int] | np.ndarray | Tensor | None = None) -> None:
         from .data.transforms import MultiView, build_eval_transform, build_train_transform
         from .models import create_model, model_default_normalization
 
@@ -153,7 +164,7 @@ class Trainer:
         if cfg.data == "voc" and cfg.voc_difficult_eval == "ignore":
             self.val_ignore = self.val_set.difficult_mask
         self.clean_labels = self.train_set.annotation_labels.clone().to(torch.uint8)
-        self.given_labels = _noisy_labels(cfg, self.clean_labels).to(torch.uint8)
+        self.given_labels = noisy_labels(cfg, self.clean_labels).to(torch.uint8)
         self.train_set.set_labels(self.given_labels)
         self.noise_report = noise_rate_report(self.given_labels, self.clean_labels)
         self.true_labels_known = cfg.noise != "clean"
@@ -174,6 +185,17 @@ class Trainer:
             _logger.info("class group %r %s", name, reason)
         self._absent_logged: set[str] = set()
         self.group_thresholds = (int(many), int(few))
+        #: All N training images with their given labels (before any ``train_indices``).
+        self._all_train_set = self.train_set
+        #: (M,) int64 indices of the trained images among all N, or None (all of them).
+        self.train_indices: Tensor | None = None
+        if train_indices is not None:
+            self.train_set = self.train_set.subset(train_indices)
+            self.train_indices = torch.as_tensor(np.asarray(train_indices), dtype=torch.int64).reshape(-1)
+            self.clean_labels = self.clean_labels[self.train_indices]
+            self.given_labels = self.given_labels[self.train_indices]
+            self.noise_report = noise_rate_report(self.given_labels, self.clean_labels)
+            _logger.info("training on %d of %d training images", len(self.train_set), len(self._all_train_set))
 
         from .pretrain import resolve_pretrained_path
 
@@ -263,8 +285,25 @@ class Trainer:
         from .data.transforms import MultiView
 
         view_set, _ = build_datasets(self.cfg, MultiView(self._train_tf, num_views), self._eval_tf)
+        if self.train_indices is not None:
+            view_set = view_set.subset(self.train_indices)
         view_set.set_labels(self.given_labels)
         return view_set
+
+    def training_images(self, indices: Sequence[int] | np.ndarray | Tensor | None = None) -> Dataset:
+        """Training images with the eval transform and their given labels, for inference.
+
+        Args:
+            indices: ``(M,)`` indices among all N training images (also those left out by
+                ``train_indices``); default all N, in order.
+
+        Returns:
+            A data set of ``(image, given target, position)`` items; with :meth:`predict` it
+            gives (M, K) sigmoid probabilities (e.g. out-of-fold predictions).
+        """
+        images = copy.copy(self._all_train_set)
+        images.transform = self._eval_tf
+        return images if indices is None else images.subset(indices)
 
     def loader_generator(self, epoch: int, stream: int) -> torch.Generator:
         """Seeded generator of a DataLoader (worker seeds) for (epoch, stream)."""

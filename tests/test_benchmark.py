@@ -177,6 +177,7 @@ def test_package_layers_point_down():
         "grid": set(), "runner": {"grid"}, "collect": {"grid"}, "report": {"grid", "collect"},
         "cli": {"grid", "runner", "collect", "report"}, "__main__": {"cli"},
         "__init__": {"grid", "runner", "collect", "report", "cli"},
+        "label_issues_report": {"grid"}, "label_issues_stage": {"grid", "runner", "label_issues_report"},
     }
     assert benchmark.__doc__.splitlines()[0] == benchmark.cli.DESCRIPTION  # the parser's description
     for path in sorted(Path(benchmark.__file__).parent.glob("*.py")):

@@ -152,6 +152,17 @@ def _prepare_data(values: Mapping[str, Any]) -> None:
             raise
 
 
+def prepare_inputs(budget: Budget, out: str | Path, *, train_overrides: Mapping[str, Any] | None = None,
+                   pretrain_cache: str | Path | None = None) -> None:
+    """What every run of ``budget`` under ``out`` reads: the demo set in ``<out>/data`` and, for a
+    pre-trained budget, its backbone in ``pretrain_cache`` (each built once, if missing)."""
+    _prepare_data({**budget.train, **dict(train_overrides or {}), "data_root": str(Path(out) / "data")})
+    if budget.pretrain is not None:
+        from ..pretrain import PretrainRecipe, ensure_pretrained
+
+        ensure_pretrained(PretrainRecipe(**budget.pretrain), pretrain_cache)
+
+
 def _worker(values: dict[str, Any], resume: str | None, threads: int,
             deadline: float | None = None) -> tuple[float, float] | None:  # pragma: no cover - subprocess
     """One run in a pool process; ``(wall, cpu)`` seconds, or ``None`` past ``deadline``."""
@@ -226,11 +237,7 @@ def run_benchmark(
     failed: list[str] = []
     trained = 0
     if todo:
-        _prepare_data({**budget.train, **dict(train_overrides or {}), "data_root": str(out / "data")})
-        if budget.pretrain is not None:
-            from ..pretrain import PretrainRecipe, ensure_pretrained
-
-            ensure_pretrained(PretrainRecipe(**budget.pretrain), pretrain_cache)
+        prepare_inputs(budget, out, train_overrides=train_overrides, pretrain_cache=pretrain_cache)
     if jobs <= 1:
         import torch
 

@@ -19,6 +19,7 @@ so label precision / recall (Eq. 12-13 of BalanceMix) can be measured against th
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -239,6 +240,38 @@ class _MultiLabelImageDataset(Dataset):
         """
         source = self._annotation_labels if annotation else self._labels
         return source.sum(dim=0, dtype=torch.int64)
+
+    def subset(self, indices: Sequence[int] | np.ndarray | Tensor) -> "_MultiLabelImageDataset":
+        """A shallow copy holding only the images ``indices``, renumbered ``0..M-1``.
+
+        The copy shares the transform and class list; its annotation and training labels are
+        the rows ``indices`` of this data set's (so injected noise is kept). Used to train on a
+        part of the training set (cross-validation folds, see ``Trainer(train_indices=...)``).
+
+        Args:
+            indices: ``(M,)`` distinct sample indices in ``[0, len(self))``, in the order the
+                subset should have.
+
+        Raises:
+            ValueError: an index out of range, a repeated index, or no index.
+        """
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64).reshape(-1)
+        n = len(self)
+        if idx.numel() == 0:
+            raise ValueError("subset: no index given")
+        if int(idx.min()) < 0 or int(idx.max()) >= n:
+            raise ValueError(f"subset: indices must be in [0, {n}), got [{int(idx.min())}, {int(idx.max())}]")
+        if len(torch.unique(idx)) != idx.numel():
+            raise ValueError("subset: repeated indices")
+        picked = idx.tolist()
+        sub = copy.copy(self)
+        sub._image_paths = [self._image_paths[i] for i in picked]
+        sub._image_ids = [self._image_ids[i] for i in picked]
+        sub._annotation_labels = self._annotation_labels[idx].clone()
+        sub._labels = self._labels[idx].clone()
+        if getattr(self, "_difficult_mask", None) is not None:
+            sub._difficult_mask = self._difficult_mask[idx].clone()
+        return sub
 
     # -------------------------------------------------------------- properties
     @property
