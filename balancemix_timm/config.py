@@ -70,6 +70,10 @@ class TrainConfig:
     lam_mode: str = "batch"
     label_source: str = "views"  # "views" (per step, no grad) | "epoch_pass"
     num_views: int = 2
+    clean_if_agrees: bool = False  # a label f(x) agrees with is clean whatever its p_G
+    record_momentum: float = 0.0  # EMA over epochs of the recorded probabilities (0: latest only)
+    managed_labels: str = "all"  # "all" | "negative" (given positives always clean)
+    confidence_input: str = "views"  # f(x) of Eq. 2 / 6: "views" (mean of the RandAug views) | "image"
     view_fraction: float = 1.0  # share of each random batch whose views are forwarded (cost option)
     gmm_normalize: str = "minmax"
     gmm_max_iter: int = 10
@@ -119,6 +123,8 @@ class TrainConfig:
             "optimizer": ("sgd", "adam", "adamw"),
             "scheduler": ("cosine", "onecycle", "none"),
             "label_source": ("views", "epoch_pass"),
+            "confidence_input": ("views", "image"),
+            "managed_labels": ("all", "negative"),
             "label_management": ("none", "clean", "relabel", "full"),
             "lam_mode": ("batch", "elem"),
             "gmm_dtype": ("auto", "float32", "float64"),

@@ -43,7 +43,7 @@ from ._checks import check_binary, check_finite, check_ndim, check_tensor, check
 from .gmm import LabelGMM
 from .loss import balancemix_loss
 from .mixing import _check_lam, _interpolate
-from .refine import LabelState, refine_labels
+from .refine import LabelState, clean_if_agrees, refine_labels
 from .sampling import (
     MinoritySampler,
     PairedSampler,
@@ -69,6 +69,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 _EPS = 1e-7
+
+#: Options added after the first checkpoint format, with the value an older checkpoint had.
+_ADDED_OPTION_DEFAULTS: dict[str, Any] = {"clean_if_agrees": False, "record_momentum": 0.0, "managed_labels": "all"}
 
 
 @dataclass
@@ -126,6 +129,16 @@ class BalanceMix:
         base_loss: Elementwise loss of Eq. 10: ``"bce"`` (paper), ``"asl"`` or a callable.
         gmm_options: Keyword options forwarded to :func:`~balancemix_timm.gmm.clean_probability`.
         clean_threshold: p_G above which a label is clean (paper: 0.5).
+        clean_if_agrees: A label the recorded f(x) agrees with (BCE loss below ln 2) is clean
+            whatever its p_G (see :func:`~balancemix_timm.refine.clean_if_agrees`; the paper
+            has no such rule: False).
+        record_momentum: m in [0, 1): a sample's recorded probabilities become
+            ``m * previous + (1 - m) * new`` once it has a record (an exponential moving
+            average over epochs, a temporal ensemble); 0 keeps the latest only (the paper).
+        managed_labels: ``"all"`` (the paper) manages positive and negative labels;
+            ``"negative"`` treats every given positive as clean (p_G = 1: never down-weighted
+            or re-labeled), the assumption of the missing-label (single positive) setting, in
+            which only negatives can be wrong.
         seed: Seed of both samplers' per-epoch generators.
         num_samples: Samples per epoch of each sampler (default N).
         num_replicas: World size for sharding the sampler streams (DDP).
@@ -141,7 +154,11 @@ class BalanceMix:
             first post-warm-up refresh).
         state: (N, K) int8 :class:`~balancemix_timm.refine.LabelState` of every label.
         clean_prob: (N, K) float32 p_G of Eq. 8 (1 before the first refresh).
-        probs: (N, K) float32, latest recorded probabilities (mean of the views).
+        probs: (N, K) float32, latest recorded f(x) of Eq. 2 and 6: the un-augmented image's
+            probabilities where :meth:`record` was given ``image_probs``, else the mean of the
+            views.
+        view_mean: (N, K) float32, latest recorded mean of the augmented views' probabilities
+            (Eq. 9's ensemble).
         losses: (N, K) float32, BCE of ``probs`` against the given labels (Eq. 6).
         seen: (N,) bool, whether a sample has a recorded prediction.
         last_gmm: The :class:`~balancemix_timm.gmm.LabelGMM` fitted by the last
@@ -166,6 +183,9 @@ class BalanceMix:
         base_loss: str | Callable[[Tensor, Tensor], Tensor] = "bce",
         gmm_options: Mapping[str, Any] | None = None,
         clean_threshold: float = 0.5,
+        clean_if_agrees: bool = False,
+        record_momentum: float = 0.0,
+        managed_labels: Literal["all", "negative"] = "all",
         seed: int = 0,
         num_samples: int | None = None,
         num_replicas: int = 1,
@@ -189,6 +209,9 @@ class BalanceMix:
         if sampler_labels not in ("given", "refined"):
             raise ValueError(f"sampler_labels must be 'given' or 'refined', got {sampler_labels!r}")
         check_unit_interval(clean_threshold, "clean_threshold")
+        if isinstance(record_momentum, bool) or not isinstance(record_momentum, (int, float)) \
+                or not 0.0 <= float(record_momentum) < 1.0:
+            raise ValueError(f"record_momentum must be a number in [0, 1), got {record_momentum!r}")
 
         self.alpha = float(alpha)
         self.eps = float(eps)
@@ -201,6 +224,11 @@ class BalanceMix:
         self.base_loss = base_loss
         self.gmm_options = dict(gmm_options or {})
         self.clean_threshold = float(clean_threshold)
+        self.clean_if_agrees = bool(clean_if_agrees)
+        if managed_labels not in ("all", "negative"):
+            raise ValueError(f"managed_labels must be 'all' or 'negative', got {managed_labels!r}")
+        self.managed_labels = managed_labels
+        self.record_momentum = float(record_momentum)
         self.seed = int(seed)
         try:
             self.device = torch.device("cpu" if device is None else device)
@@ -216,6 +244,7 @@ class BalanceMix:
         self.state = torch.zeros(n, k, dtype=torch.int8, device=dev)
         self.clean_prob = torch.ones(n, k, dtype=torch.float32, device=dev)
         self.probs = torch.full((n, k), 0.5, dtype=torch.float32, device=dev)
+        self.view_mean = torch.full((n, k), 0.5, dtype=torch.float32, device=dev)
         self.losses = torch.zeros(n, k, dtype=torch.float32, device=dev)
         self.seen = torch.zeros(n, dtype=torch.bool, device=dev)
         self._epoch_seen = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -251,7 +280,9 @@ class BalanceMix:
         self.paired_sampler.set_epoch(self.epoch)
         self._epoch_seen.zero_()
 
-    _TABLES = ("given_labels", "refined_labels", "state", "clean_prob", "probs", "losses", "seen", "_epoch_seen")
+    _TABLES = (
+        "given_labels", "refined_labels", "state", "clean_prob", "probs", "view_mean", "losses", "seen", "_epoch_seen",
+    )
 
     def to(self, device: str | torch.device) -> "BalanceMix":
         """Move every per-sample table to ``device`` (in place, like ``nn.Module.to``); returns self."""
@@ -355,13 +386,15 @@ class BalanceMix:
         )
 
     @torch.no_grad()
-    def record(self, index: Tensor, view_probs: Tensor) -> None:
+    def record(self, index: Tensor, view_probs: Tensor, *, image_probs: Tensor | None = None) -> None:
         """Store the latest predictions of samples ``index``.
 
         Args:
             index: (B,) sample indices.
-            view_probs: (V, B, K) or (B, K) probabilities of V augmented views (Eq. 9 uses the
-                mean of two RandAug views). Their mean is the f(x) of Eq. 2 and Eq. 6.
+            view_probs: (V, B, K) or (B, K) probabilities of V augmented views. Their mean is
+                Eq. 9's ensemble of two RandAug views (:attr:`view_mean`).
+            image_probs: (B, K) probabilities of the un-augmented images, f(x) of Eq. 2 and
+                Eq. 6 (:attr:`probs`). None uses the views' mean for f(x) as well.
 
         With the tables on the device of ``view_probs`` nothing is copied between host and
         device and nothing synchronises; non-finite values are then reported by the next
@@ -369,25 +402,40 @@ class BalanceMix:
         """
         check_tensor(view_probs, "view_probs")
         check_tensor(index, "index")
-        if view_probs.ndim == 3:
-            p = view_probs.detach().float().mean(0)
-        else:
-            check_ndim(view_probs, "view_probs", 2)
-            p = view_probs.detach().float()
-        if p.shape != (index.numel(), self.num_classes):
-            raise ValueError(
-                f"view_probs must be (V, B, K) or (B, K) with B={index.numel()}, "
-                f"K={self.num_classes}; got {tuple(view_probs.shape)}"
-            )
+        p = self._checked_probs(view_probs, index, "view_probs", allow_views=True)
+        f = p if image_probs is None else self._checked_probs(image_probs, index, "image_probs", allow_views=False)
         index = _move(index.detach().long(), self.device)
-        p = _move(p, self.device)
-        if self.device.type == "cpu":
-            check_finite(p, "view_probs")
-        self.probs[index] = p.clamp(0.0, 1.0)
+        m = self.record_momentum
+        if m > 0:
+            old = self.seen[index][:, None]
+            p = torch.where(old, m * self.view_mean[index] + (1 - m) * p, p)
+            f = torch.where(old, m * self.probs[index] + (1 - m) * f, f)
+        self.view_mean[index] = p
+        self.probs[index] = f
         # index_fill_ (not ``seen[index] = True``): a Python scalar written through an index
         # tensor is copied to the device first, which synchronises on CUDA.
         self.seen.index_fill_(0, index, True)
         self._epoch_seen.index_fill_(0, index, True)
+
+    def _checked_probs(self, probs: Tensor, index: Tensor, name: str, *, allow_views: bool) -> Tensor:
+        """(B, K) float32 probabilities on the engine's device, clamped to [0, 1] (view mean
+        of a (V, B, K) tensor when ``allow_views``)."""
+        check_tensor(probs, name)
+        if probs.ndim == 3 and allow_views:
+            p = probs.detach().float().mean(0)
+        else:
+            check_ndim(probs, name, 2)
+            p = probs.detach().float()
+        if p.shape != (index.numel(), self.num_classes):
+            shapes = "(V, B, K) or (B, K)" if allow_views else "(B, K)"
+            raise ValueError(
+                f"{name} must be {shapes} with B={index.numel()}, K={self.num_classes}; "
+                f"got {tuple(probs.shape)}"
+            )
+        p = _move(p, self.device)
+        if self.device.type == "cpu":
+            check_finite(p, name)
+        return p.clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ epoch-end refresh
     @staticmethod
@@ -413,7 +461,8 @@ class BalanceMix:
         """
         epoch = self.epoch if epoch is None else int(epoch)
         if self.device.type != "cpu":  # record() defers this check on accelerators
-            check_finite(self.probs, "recorded view_probs")
+            check_finite(self.probs, "recorded probabilities")
+            check_finite(self.view_mean, "recorded view_probs")
         n_unseen = int((~self.seen).sum())
         if n_unseen:
             _logger.warning(
@@ -437,9 +486,13 @@ class BalanceMix:
                 self.last_gmm = LabelGMM(**self.gmm_options)
                 cp = self.last_gmm.fit_predict_clean_proba(self.losses[seen], labels[seen])
                 clean_prob[seen] = cp.to(self.device, torch.float32)
+        if self.clean_if_agrees and self.label_management != "none":
+            clean_prob = clean_if_agrees(clean_prob, self.probs, labels)
+        if self.managed_labels == "negative" and self.label_management != "none":
+            clean_prob = torch.where(labels.to(clean_prob.device) != 0, torch.ones_like(clean_prob), clean_prob)
         if self.label_management in ("relabel", "full"):
             refined, state = refine_labels(
-                labels, clean_prob, self.probs, self.eps, clean_threshold=self.clean_threshold
+                labels, clean_prob, self.view_mean, self.eps, clean_threshold=self.clean_threshold
             )
             if not all_seen:
                 refined[~seen] = labels[~seen]
@@ -498,13 +551,16 @@ class BalanceMix:
         backend = dist.get_backend()
         device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         mask = self._epoch_seen.to(device=device, dtype=torch.float64)
-        masked = self.probs.to(device=device, dtype=torch.float64) * mask[:, None]
         dist.all_reduce(mask)
-        dist.all_reduce(masked)
         got = mask > 0
-        merged = masked[got] / mask[got][:, None]
         got_here = got.to(self.device)
-        self.probs[got_here] = merged.to(self.device, torch.float32)
+        for name in ("probs", "view_mean"):
+            masked = getattr(self, name).to(device=device, dtype=torch.float64) * self._epoch_seen.to(
+                device=device, dtype=torch.float64
+            )[:, None]
+            dist.all_reduce(masked)
+            merged = masked[got] / mask[got][:, None]
+            getattr(self, name)[got_here] = merged.to(self.device, torch.float32)
         self.seen |= got_here
         self._epoch_seen |= got_here
 
@@ -523,6 +579,9 @@ class BalanceMix:
             sampler_temperature=self.sampler_temperature,
             sampler_labels=self.sampler_labels,
             clean_threshold=self.clean_threshold,
+            clean_if_agrees=self.clean_if_agrees,
+            record_momentum=self.record_momentum,
+            managed_labels=self.managed_labels,
             seed=self.seed,
         )
 
@@ -538,6 +597,7 @@ class BalanceMix:
             state=cpu(self.state),
             clean_prob=cpu(self.clean_prob),
             probs=cpu(self.probs),
+            view_mean=cpu(self.view_mean),
             losses=cpu(self.losses),
             seen=cpu(self.seen),
             epoch_seen=cpu(self._epoch_seen),
@@ -552,6 +612,7 @@ class BalanceMix:
         """Restore from :meth:`state_dict`; refuses a checkpoint of another configuration."""
         cfg = dict(state_dict.get("config", {}))
         mine = self.config()
+        cfg = {**_ADDED_OPTION_DEFAULTS, **cfg}
         diff = {k: (cfg.get(k), v) for k, v in mine.items() if cfg.get(k) != v}
         if diff:
             pretty = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
@@ -570,6 +631,8 @@ class BalanceMix:
         self.state = load("state", torch.int8)
         self.clean_prob = load("clean_prob", torch.float32)
         self.probs = load("probs", torch.float32)
+        # Checkpoints written before f(x) and the view mean were told apart hold one table.
+        self.view_mean = load("view_mean" if "view_mean" in state_dict else "probs", torch.float32)
         self.losses = load("losses", torch.float32)
         self.seen = load("seen", torch.bool)
         self._epoch_seen = load("epoch_seen", torch.bool)

@@ -38,7 +38,7 @@ from balancemix_timm._checks import (
     check_unit_interval,
 )
 
-__all__ = ["LabelState", "refine_labels", "view_average"]
+__all__ = ["LabelState", "clean_if_agrees", "refine_labels", "view_average"]
 
 _logger = logging.getLogger(__name__)
 
@@ -168,3 +168,41 @@ def refine_labels(
             float((state == int(LabelState.AMBIGUOUS)).sum()) / total,
         )
     return refined, state
+
+
+def clean_if_agrees(clean_prob: Tensor, probs: Tensor, labels: Tensor) -> Tensor:
+    """Raise to 1 the clean probability of every label the model agrees with.
+
+    A label agrees with the model when its BCE loss is below ln 2, i.e. ``probs > 0.5`` for a
+    given positive and ``probs < 0.5`` for a given negative (exactly 0.5 does not agree). The
+    small-loss criterion of Eq. 6-8 can only tell a label noisy through the model's
+    disagreement with it, but the per-(class, polarity) GMM of Eq. 7 always finds two modes:
+    in a group with no noise (most negative groups, every group of clean data) it splits the
+    near-zero losses and marks the upper part as not clean although the model predicts those
+    labels. This rule (the engine's ``clean_if_agrees`` option; the paper is silent on groups
+    without a second mode) keeps them clean. Labels the model disagrees with keep ``p_G``.
+
+    Args:
+        clean_prob: ``p_G`` of Eq. 8, shape ``(N, K)``, floats in [0, 1].
+        probs: The model's f(x) that the losses of Eq. 6 came from, shape ``(N, K)``, floats
+            in [0, 1].
+        labels: The given labels the losses were taken against, shape ``(N, K)``, binary.
+
+    Returns:
+        A new ``(N, K)`` tensor of ``clean_prob``'s dtype and device: 1 where the label
+        agrees, ``clean_prob`` elsewhere.
+
+    Raises:
+        ValueError: on non-binary labels, probabilities outside [0, 1] or mismatched shapes.
+    """
+    check_tensor(labels, "labels")
+    check_ndim(labels, "labels", 2)
+    check_binary(labels, "labels")
+    check_probabilities(clean_prob, "clean_prob")
+    check_probabilities(probs, "probs")
+    check_same_shape(labels, "labels", clean_prob, "clean_prob")
+    check_same_shape(labels, "labels", probs, "probs")
+    probs = probs.to(clean_prob.device)
+    positive = labels.to(clean_prob.device) != 0
+    agrees = torch.where(positive, probs > 0.5, probs < 0.5)
+    return torch.where(agrees, torch.ones_like(clean_prob), clean_prob)

@@ -222,7 +222,9 @@ class Trainer:
         self.method = build_method(cfg.method, self)
         extra = self.method.num_extra_views
         if extra:
-            self.train_set.transform = MultiView(self._train_tf, 1 + extra)
+            self.train_set.transform = MultiView(
+                [self._train_tf] + list(self.method.extra_view_transforms(self._train_tf, self._eval_tf))
+            )
         self.train_sampler = None
         if not self.method.paired:
             self.train_sampler = ShardedRandomSampler(
@@ -280,11 +282,13 @@ class Trainer:
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.onecycle_pct_start)
         return opt, sched
 
-    def build_view_set(self, num_views: int) -> Dataset:
-        """A second training set whose items carry ``num_views`` train-transform views."""
+    def build_view_set(self, num_views: int, *, image_view: bool = False) -> Dataset:
+        """A second training set whose items carry ``num_views`` train-transform views, then
+        (``image_view``) the image under the eval transform."""
         from .data.transforms import MultiView
 
-        view_set, _ = build_datasets(self.cfg, MultiView(self._train_tf, num_views), self._eval_tf)
+        transforms = [self._train_tf] * num_views + ([self._eval_tf] if image_view else [])
+        view_set, _ = build_datasets(self.cfg, MultiView(transforms), self._eval_tf)
         if self.train_indices is not None:
             view_set = view_set.subset(self.train_indices)
         view_set.set_labels(self.given_labels)

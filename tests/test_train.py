@@ -235,3 +235,20 @@ def test_voc_validation_uses_the_voc_protocol_by_default(tmp_path):
     assert negative.val_ignore is None
     assert negative._map_figures(scores, trainer.val_set.labels.float(), "")["mAP"] == pytest.approx(
         100 * (0.5 + 0.5 + 0.25) / 3)
+
+
+@pytest.mark.parametrize("label_source", ["views", "epoch_pass"])
+def test_confidence_input_image_records_the_unaugmented_image(data_root, tmp_path, label_source):
+    """f(x) of Eq. 2 / 6 is the eval-mode prediction of the un-augmented image; Eq. 9 keeps the views."""
+    tr = Trainer(_cfg(data_root, tmp_path, run_name=label_source, label_source=label_source,
+                      confidence_input="image", epochs=1, warmup_epochs=1))
+    if label_source == "views":
+        views = tr.train_set.transform.transforms
+        assert len(views) == 1 + tr.cfg.num_views + 1
+        assert views[-1] is tr._eval_tf and all(t is tr._train_tf for t in views[:-1])
+    tr.fit()
+    eng = tr.method.engine
+    assert not torch.equal(eng.probs, eng.view_mean)
+    if label_source == "epoch_pass":  # recorded with the epoch's final weights: equal to a fresh pass
+        scores, _ = tr.predict(tr.model, tr.training_images())
+        torch.testing.assert_close(eng.probs, scores.float(), atol=1e-5, rtol=1e-4)

@@ -87,18 +87,31 @@ def _expected_config(values: Mapping[str, Any]) -> dict[str, Any]:
     return cfg.to_dict()
 
 
-def is_finished(run_dir: Path, values: Mapping[str, Any]) -> bool:
-    """``summary.json`` exists and ``config.yaml`` holds the same configuration."""
-    if not (run_dir / "summary.json").is_file():
-        return False
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """A run's ``config.yaml``; a key it lacks (an option added after the run) holds its default.
+    None if the file is missing or unreadable."""
     import yaml
+
+    from ..config import TrainConfig
 
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    return {**TrainConfig().to_dict(), **saved}
+
+
+def is_finished(run_dir: Path, values: Mapping[str, Any]) -> bool:
+    """``summary.json`` exists and ``config.yaml`` holds the same configuration."""
+    if not (run_dir / "summary.json").is_file():
+        return False
+    saved = _saved_config(run_dir)
+    if saved is None:
         return False
     expected = _expected_config(values)
-    diff = config_diff(saved or {}, expected)
+    diff = config_diff(saved, expected)
     if diff:
         _logger.warning("%s was run with another configuration (%s): running it again", run_dir.name, sorted(diff))
     return not diff
@@ -108,15 +121,7 @@ def _prepare_run_dir(run_dir: Path, values: Mapping[str, Any]) -> str | None:
     """``"auto"`` resume when ``run_dir`` holds a compatible interrupted run; else clear it."""
     if not run_dir.exists():
         return None
-    import yaml
-
-    cfg_path = run_dir / "config.yaml"
-    saved = None
-    if cfg_path.is_file():
-        try:
-            saved = yaml.safe_load(cfg_path.read_text())
-        except yaml.YAMLError:
-            saved = None
+    saved = _saved_config(run_dir)
     expected = _expected_config(values)
     if saved is not None and not config_diff(saved, expected) and (run_dir / "last.pth").is_file() \
             and not (run_dir / "summary.json").is_file():

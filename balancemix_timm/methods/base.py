@@ -62,6 +62,10 @@ class TrainingMethod:
         """Extra augmented views each training item must carry (in ``MixedBatch.view_r``)."""
         return 0
 
+    def extra_view_transforms(self, train_transform: Any, eval_transform: Any) -> list[Any]:
+        """The transforms of the :attr:`num_extra_views` extra views (default: the train one)."""
+        return [train_transform] * self.num_extra_views
+
     @property
     def paired_sampler(self) -> PairedSampler | None:
         """The paired sampler of a paired method (None for plain methods)."""

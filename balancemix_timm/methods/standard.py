@@ -99,17 +99,36 @@ class BalanceMixMethod(TrainingMethod):
                 normalize=cfg.gmm_normalize, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar,
                 dtype=cfg.gmm_dtype,
             ),
+            clean_if_agrees=cfg.clean_if_agrees,
+            record_momentum=cfg.record_momentum,
+            managed_labels=cfg.managed_labels,
             seed=cfg.seed,
             num_replicas=trainer.world_size,
             rank=trainer.dist_rank,
             device=trainer.device,
         )
-        self.view_set = trainer.build_view_set(cfg.num_views) if cfg.label_source == "epoch_pass" else None
+        self.image_view = cfg.confidence_input == "image"
+        self.view_set = (
+            trainer.build_view_set(cfg.num_views, image_view=self.image_view) if cfg.label_source == "epoch_pass" else None
+        )
         self.view_time = 0.0
 
     @property
     def num_extra_views(self) -> int:
-        return self.cfg.num_views if self.cfg.label_source == "views" else 0
+        if self.cfg.label_source != "views":
+            return 0
+        return self.cfg.num_views + int(self.image_view)
+
+    def extra_view_transforms(self, train_transform: Any, eval_transform: Any) -> list[Any]:
+        """``num_views`` RandAugment views, then the un-augmented image with ``confidence_input="image"``."""
+        return [train_transform] * self.cfg.num_views + ([eval_transform] if self.image_view else [])
+
+    def _record(self, index: Tensor, probs: Tensor) -> None:
+        """Record (V, B, K) probabilities: the RandAug views, then the image when ``image_view``."""
+        if self.image_view:
+            self.engine.record(index, probs[:-1], image_probs=probs[-1])
+        else:
+            self.engine.record(index, probs)
 
     @property
     def paired_sampler(self) -> PairedSampler:
@@ -134,7 +153,7 @@ class BalanceMixMethod(TrainingMethod):
         if batch.view_r is not None and self.cfg.label_source == "views":
             t0 = time.perf_counter()
             m = self.num_viewed(len(batch.index_r))
-            eng.record(batch.index_r[:m], tr.view_probs(batch.view_r[: self.cfg.num_views], count=m))
+            self._record(batch.index_r[:m], tr.view_probs(batch.view_r[: self.num_extra_views], count=m))
             self.view_time += time.perf_counter() - t0
         return loss.detach()
 
@@ -150,7 +169,7 @@ class BalanceMixMethod(TrainingMethod):
         )
         for views, _, index in loader:
             stacked = torch.stack(list(views)) if isinstance(views, (list, tuple)) else views[None]
-            self.engine.record(index, tr.view_probs(stacked))
+            self._record(index, tr.view_probs(stacked))
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
