@@ -416,6 +416,111 @@ def test_plugin_on_cuda_moves_tables_to_the_training_device(train_set):
     assert bool(engine.seen.all())
 
 
+# ============================================================================ engine options
+#: A deterministic stand-in of the validation transform that differs from the training one
+#: (TF), so that the image's predictions are told apart from the views'.
+IMAGE_TF = T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Lambda(lambda x: 1 - x)])  # colours inverted
+
+
+def test_option_flags_parse_and_reach_the_engine(train_set):
+    a = parse([])
+    assert (a.bm_clean_if_agrees, a.bm_record_momentum, a.bm_managed_labels, a.bm_confidence_input) == (
+        False, 0.0, "all", "views")
+    plugin = bm.setup(parse(["--balancemix"]), train_set)
+    eng = plugin.engine
+    assert (eng.clean_if_agrees, eng.record_momentum, eng.managed_labels) == (False, 0.0, "all")
+    assert plugin.confidence_input == "views" and plugin.image_transform is None
+    argv = ["--balancemix", "--bm-clean-if-agrees", "--bm-record-momentum", "0.25", "--bm-managed-labels",
+            "negative", "--bm-confidence-input", "image"]
+    plugin = bm.setup(parse(argv), train_set, image_transform=IMAGE_TF)
+    eng = plugin.engine
+    assert (eng.clean_if_agrees, eng.record_momentum, eng.managed_labels) == (True, 0.25, "negative")
+    assert plugin.confidence_input == "image" and plugin.image_transform is IMAGE_TF
+    assert plugin.config()["confidence_input"] == "image"
+    options = {"clean_if_agrees": True, "record_momentum": 0.25, "managed_labels": "negative"}
+    assert options.items() <= eng.config().items()
+    assert parse(["--bm-clean-if-agrees", "--no-bm-clean-if-agrees"]).bm_clean_if_agrees is False
+    for bad in (["--bm-managed-labels", "positive"], ["--bm-confidence-input", "crop"], ["--bm-record-momentum", "x"]):
+        with pytest.raises(SystemExit):
+            parse(bad)
+    with pytest.raises(ValueError, match="record_momentum"):
+        bm.setup(parse(["--balancemix", "--bm-record-momentum", "1"]), train_set)
+    p = ml_decoder_parser()
+    bm.add_args(p)
+    text = p.format_help()
+    for flag in ("--bm-clean-if-agrees", "--no-bm-clean-if-agrees", "--bm-record-momentum", "--bm-managed-labels",
+                 "--bm-confidence-input"):
+        assert flag in text
+    # Without --balancemix the new flags are ignored, and named.
+    assert bm.setup(parse(["--bm-confidence-input", "image"]), train_set) is None
+
+
+def test_confidence_input_image_needs_an_image_transform(train_set):
+    with pytest.raises(ValueError, match="image_transform"):
+        bm.setup(parse(["--balancemix", "--bm-confidence-input", "image"]), train_set)
+    with pytest.raises(ValueError, match="image_transform"):
+        bm.BalanceMixPlugin(train_set, confidence_input="image", label_source="epoch_pass")
+    with pytest.raises(ValueError, match="image_transform"):
+        bm.BalanceMixPlugin(train_set, confidence_input="image", image_transform="val")
+    with pytest.raises(ValueError, match="confidence_input"):
+        bm.BalanceMixPlugin(train_set, confidence_input="crop")
+    # With f(x) from the views the evaluation transform is not used (the patched script passes it always).
+    plugin = bm.setup(parse(["--balancemix"]), train_set, image_transform=IMAGE_TF)
+    assert plugin.image_transform is None and len(plugin.train_set.transform.transforms) == 3
+
+
+def test_confidence_input_image_records_the_image_and_the_views(train_set, demo):
+    """Views mode: items carry [TF] * (1 + num_views) + [image transform]; f(x) (engine.probs)
+    is the image's prediction, Eq. 9's mean (engine.view_mean) the views'."""
+    plugin = bm.setup(parse(["--balancemix", "--bm-confidence-input", "image"]), train_set, image_transform=IMAGE_TF)
+    assert plugin.train_set.transform.transforms == [TF, TF, TF, IMAGE_TF]
+    assert train_set.transform is TF  # the data set itself is left alone (a shallow copy has the views)
+    model = small_model()
+    plugin.attach(model)
+    loader = plugin.train_loader(batch_size=16)
+    plugin.set_epoch(0)
+    x, target = next(iter(loader))
+    b = plugin._current
+    assert b.view_r.shape == (3, 16, 3, 32, 32)
+    plugin.mix(x, target.max(dim=1)[0])
+    plugin.record()
+    images = MLDecoderStyleCoco(str(demo.train_images), str(demo.train_annotations), IMAGE_TF)
+    model.eval()
+    with torch.no_grad():
+        image_probs = torch.sigmoid(model(torch.stack([images[i][0] for i in b.index_r.tolist()])))
+        view_probs = torch.sigmoid(model(torch.stack([train_set[i][0] for i in b.index_r.tolist()])))
+    eng = plugin.engine
+    torch.testing.assert_close(eng.probs[b.index_r], image_probs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(eng.view_mean[b.index_r], view_probs, rtol=0, atol=1e-5)
+    assert not torch.allclose(image_probs, view_probs, atol=1e-3)
+    # The epoch pass: num_views training views plus the image, for every sample.
+    plugin = bm.setup(parse(["--balancemix", "--bm-label-source", "epoch_pass", "--bm-num-views", "1",
+                             "--bm-confidence-input", "image"]), train_set, image_transform=IMAGE_TF)
+    assert plugin.train_set is train_set
+    plugin.attach(model)
+    plugin.train_loader(batch_size=16)
+    plugin.set_epoch(0)
+    plugin.end_epoch(0)
+    model.eval()
+    with torch.no_grad():
+        image_probs = torch.sigmoid(model(torch.stack([images[i][0] for i in range(N_TRAIN)])))
+        view_probs = torch.sigmoid(model(torch.stack([train_set[i][0] for i in range(N_TRAIN)])))
+    torch.testing.assert_close(plugin.engine.probs, image_probs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(plugin.engine.view_mean, view_probs, rtol=0, atol=1e-5)
+
+
+def test_confidence_input_is_part_of_the_checkpoint_config(train_set):
+    views = bm.setup(parse(["--balancemix"]), train_set)
+    image = bm.setup(parse(["--balancemix", "--bm-confidence-input", "image"]), train_set, image_transform=IMAGE_TF)
+    with pytest.raises(ValueError, match="confidence_input"):
+        views.load_state_dict(image.state_dict())
+    older = views.state_dict()
+    del older["config"]["confidence_input"]  # written before the option existed: f(x) from the views
+    bm.setup(parse(["--balancemix"]), train_set).load_state_dict(older)
+    with pytest.raises(ValueError, match="confidence_input"):
+        image.load_state_dict(older)
+
+
 def test_epoch_pass_records_every_sample(train_set):
     plugin = bm.setup(parse(["--balancemix", "--bm-label-source", "epoch_pass"]), train_set)
     model = small_model()
@@ -553,6 +658,8 @@ def test_patch_file_is_shipped_and_identical():
     assert shipped == (REPO / "patches" / "ml_decoder_train.patch").read_text()
     hunks = pm.parse_patch(shipped)
     assert (sum(h.added for h in hunks), sum(h.removed for h in hunks)) == (25, 5)
+    # --bm-confidence-input image reads the un-augmented image through ML-Decoder's validation transform.
+    assert "balancemix.setup(args, train_dataset, image_transform=val_dataset.transform)" in shipped
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     scripts = cfg["options.entry_points"]["console_scripts"]
@@ -673,7 +780,8 @@ def test_checkout_patch_apply_compile_help_refuse(tmp_path, capsys):
     assert help_run.returncode == 0, help_run.stderr[-2000:]
     for flag in ("--balancemix", "--bm-alpha", "--bm-eps", "--bm-warmup-epochs", "--bm-minority-sampler",
                  "--bm-label-management", "--bm-base-loss", "--bm-reduction", "--bm-gmm-tol", "--bm-label-source",
-                 "--bm-seed", "--bm-model", "--model-name", "--batch-size"):
+                 "--bm-seed", "--bm-model", "--bm-confidence-input", "--bm-clean-if-agrees", "--model-name",
+                 "--batch-size"):
         assert flag in help_run.stdout
     # A train.py of another version: refused, unchanged.
     other = tmp_path / "other"
@@ -735,6 +843,14 @@ def test_checkout_patched_script_trains_on_cpu(tmp_path, demo):
     assert ckpt["epoch"] == 2 and engine["seen"].all() and engine["applied"]
     assert [h["epoch"] for h in engine["history"]] == [0, 1]
     assert ckpt["balancemix"]["engine"]["given_labels"].shape == (N_TRAIN, 80)
+    # f(x) of the un-augmented image: the patched script hands the plugin its validation transform.
+    run(["--balancemix", "--bm-warmup-epochs", "1", "--bm-confidence-input", "image", "--bm-clean-if-agrees",
+         "--bm-record-momentum", "0.5"])
+    ckpt = torch.load(work / "models" / "balancemix-last.pth", weights_only=True)
+    engine = ckpt["balancemix"]["engine"]
+    assert ckpt["balancemix"]["config"]["confidence_input"] == "image"
+    assert engine["config"]["clean_if_agrees"] and engine["config"]["record_momentum"] == 0.5
+    assert engine["seen"].all() and not torch.allclose(engine["probs"], engine["view_mean"])
 
 
 @needs_checkout

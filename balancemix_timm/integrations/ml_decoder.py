@@ -8,7 +8,8 @@ ML-Decoder's ``train.py`` (Alibaba-MIIL/ML_Decoder at 8a9e984) so that it calls 
     create_model = balancemix.import_ml_decoder_factory()   # src_files.models.create_model
     balancemix.add_args(parser)                              # --balancemix, --bm-*
     model = balancemix.create_model(args, create_model).cuda()
-    plugin = balancemix.setup(args, train_dataset)           # None without --balancemix
+    plugin = balancemix.setup(args, train_dataset,           # None without --balancemix
+                              image_transform=val_dataset.transform)  # f(x) of the image
     if plugin is not None:
         train_loader = plugin.train_loader(batch_size=..., num_workers=..., pin_memory=True)
     ...
@@ -48,6 +49,13 @@ How the pieces fit ML-Decoder's loop:
 * The labels of the training set are read from the COCO index of ML-Decoder's
   ``CocoDetection`` (``coco.imgToAnns`` in ``ids`` order, classes by ``cat2cat``): no image is
   loaded.
+* ``--bm-confidence-input image`` takes f(x) of Eq. 2 and 6 from the un-augmented image, read
+  through the validation transform (``Resize`` + ``ToTensor``) that the patched script passes
+  as ``image_transform=val_dataset.transform``; the RandAugment views still give Eq. 9's mean.
+  ``--bm-clean-if-agrees``, ``--bm-record-momentum`` and ``--bm-managed-labels`` are the
+  engine's options of the same names. All four match the trainer's ``TrainConfig`` fields
+  ``confidence_input``, ``clean_if_agrees``, ``record_momentum`` and ``managed_labels``
+  (``tests/test_frontends_equivalent.py`` checks that both front ends train the same thing).
 
 Runnable on today's stack: :func:`create_model` builds ``--bm-model`` (or, when ML-Decoder's
 TResNet cannot be imported because inplace-abn is absent, the timm TResNet with the same
@@ -169,6 +177,20 @@ def add_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                         "or epoch_pass (a no-grad pass over the training set after each epoch)")
     g.add_argument("--bm-num-views", type=int, default=2,
                    help="augmented views averaged per prediction (Eq. 9 uses two)")
+    g.add_argument("--bm-confidence-input", choices=("views", "image"), default="views",
+                   help="f(x) of Eq. 2 and 6 (minority score, GMM losses): views (the mean of the "
+                        "RandAugment views, default) or image (the un-augmented image through the "
+                        "validation transform, as the paper writes Eq. 6; one more no-grad forward "
+                        "per sample); Eq. 9 always averages the views")
+    g.add_argument("--bm-clean-if-agrees", action=argparse.BooleanOptionalAction, default=False,
+                   help="a label that f(x) agrees with (BCE below ln 2) is clean whatever its p_G "
+                        "(not in the paper; default off)")
+    g.add_argument("--bm-record-momentum", type=float, default=0.0,
+                   help="m in [0, 1): recorded probabilities become m * previous + (1 - m) * new "
+                        "(an average over epochs, not in the paper); 0 keeps the latest (default)")
+    g.add_argument("--bm-managed-labels", choices=("all", "negative"), default="all",
+                   help="all (the paper) manages positive and negative labels; negative treats "
+                        "every given positive as clean (missing-label / single-positive setting)")
     g.add_argument("--bm-gmm-normalize", choices=("minmax", "none"), default="minmax")
     g.add_argument("--bm-gmm-max-iter", type=int, default=10)
     g.add_argument("--bm-gmm-tol", type=float, default=1e-2)
@@ -224,13 +246,22 @@ def _ensure_console_logging(level: str | int) -> None:
         pkg.addHandler(handler)
 
 
-def setup(args: argparse.Namespace, dataset: Dataset, *, labels: Tensor | None = None) -> "BalanceMixPlugin | None":
+def setup(
+    args: argparse.Namespace,
+    dataset: Dataset,
+    *,
+    labels: Tensor | None = None,
+    image_transform: Callable[[Any], Any] | None = None,
+) -> "BalanceMixPlugin | None":
     """The plugin for ``args``, or ``None`` without ``--balancemix``.
 
     Args:
         args: Parsed arguments (with the flags of :func:`add_args`).
         dataset: ML-Decoder's training set (or any map-style set of ``(image, target)``).
         labels: Optional ``(N, K)`` labels; read from ``dataset`` when omitted.
+        image_transform: The evaluation transform (the patched script passes
+            ``val_dataset.transform``); required by ``--bm-confidence-input image``, unused
+            otherwise.
 
     Returns:
         A :class:`BalanceMixPlugin`, or ``None`` when ``args.balancemix`` is false (a warning
@@ -247,7 +278,7 @@ def setup(args: argparse.Namespace, dataset: Dataset, *, labels: Tensor | None =
                             ", ".join("--" + k.replace("_", "-") for k in changed))
         return None
     _ensure_console_logging(getattr(args, "bm_log_level", "INFO"))
-    return BalanceMixPlugin.from_args(args, dataset, labels=labels)
+    return BalanceMixPlugin.from_args(args, dataset, labels=labels, image_transform=image_transform)
 
 
 # ============================================================================ labels
@@ -363,8 +394,9 @@ class BalanceMixPlugin:
 
     Args:
         dataset: Training set returning ``(image, target)`` (ML-Decoder's ``CocoDetection``)
-            or ``(image, target, index)``; with ``label_source="views"`` it must apply its
-            ``transform`` attribute (a shallow copy gets a :class:`MultiView` of it).
+            or ``(image, target, index)``; with ``label_source="views"`` or
+            ``confidence_input="image"`` it must apply its ``transform`` attribute (a shallow
+            copy gets a :class:`MultiView` of it).
         labels: ``(N, K)`` given labels; default :func:`labels_from_dataset`.
         num_classes: ``K`` for :func:`labels_from_dataset`.
         alpha, eps, warmup_epochs, minority_sampler, label_management, sampler_score,
@@ -376,6 +408,23 @@ class BalanceMixPlugin:
         lam_mode: ``"batch"`` or ``"elem"`` (see :class:`~balancemix_timm.mixing.MixupCollate`).
         label_source: ``"views"`` or ``"epoch_pass"`` (see :func:`add_args`).
         num_views: Views averaged per recorded prediction (>= 1).
+        clean_if_agrees, record_momentum, managed_labels: engine options, see
+            :class:`~balancemix_timm.engine.BalanceMix` (the paper has none of these rules;
+            the defaults False, 0.0 and ``"all"`` are the paper).
+        confidence_input: Where f(x) of Eq. 2 (minority score) and Eq. 6 (GMM losses) comes
+            from: ``"views"`` (default) uses the mean of the ``num_views`` augmented views,
+            the same mean that Eq. 9 re-labels with; ``"image"`` forwards one more input per
+            sample, the un-augmented image through ``image_transform``, and records its
+            ``(B, K)`` probabilities as f(x) (``engine.probs``) while the views' mean still
+            goes to Eq. 9 (``engine.view_mean``). The paper gives no rule beyond writing
+            Eq. 6 with f(x) of the image. With ``label_source="views"`` the training items
+            then carry ``[train transform] * (1 + num_views) + [image_transform]``; with
+            ``"epoch_pass"`` the pass reads ``num_views`` train-transform views plus the
+            image.
+        image_transform: The evaluation transform (ML-Decoder's validation transform,
+            ``Resize`` + ``ToTensor``), a callable from what ``dataset`` reads to a
+            ``(C, H, W)`` tensor of the training views' shape. Required by
+            ``confidence_input="image"``, unused otherwise.
         checkpoint_dir: Folder of ``balancemix-last.pth``; ``None`` or ``""`` disables.
         resume: A ``balancemix-last.pth`` to restore in :meth:`attach`.
         verify_targets: Check on each epoch's first batch that the loop's targets equal the
@@ -407,6 +456,11 @@ class BalanceMixPlugin:
         gmm_options: Mapping[str, Any] | None = None,
         label_source: str = "views",
         num_views: int = 2,
+        clean_if_agrees: bool = False,
+        record_momentum: float = 0.0,
+        managed_labels: str = "all",
+        confidence_input: str = "views",
+        image_transform: Callable[[Any], Any] | None = None,
         seed: int = 0,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         resume: str | os.PathLike[str] | None = None,
@@ -423,6 +477,16 @@ class BalanceMixPlugin:
             raise ValueError(f"label_source must be 'views' or 'epoch_pass', got {label_source!r}")
         if isinstance(num_views, bool) or int(num_views) != num_views or num_views < 1:
             raise ValueError(f"num_views must be a positive int, got {num_views!r}")
+        if confidence_input not in ("views", "image"):
+            raise ValueError(f"confidence_input must be 'views' or 'image', got {confidence_input!r}")
+        if confidence_input == "image" and image_transform is None:
+            raise ValueError(
+                "image_transform is required with confidence_input='image' (f(x) of the "
+                "un-augmented image): pass the evaluation transform, e.g. "
+                "image_transform=val_dataset.transform (the patched train.py does)"
+            )
+        if image_transform is not None and not callable(image_transform):
+            raise ValueError(f"image_transform must be callable, got {type(image_transform).__name__}")
         asl = dict(_ASL_DEFAULTS)
         unknown = sorted(set(asl_options or {}) - set(asl))
         if unknown:
@@ -447,6 +511,9 @@ class BalanceMixPlugin:
             sampler_labels=sampler_labels,  # type: ignore[arg-type]
             base_loss=base,
             gmm_options=gmm_options,
+            clean_if_agrees=clean_if_agrees,
+            record_momentum=record_momentum,
+            managed_labels=managed_labels,  # type: ignore[arg-type]
             seed=seed,
             device=None if device == "auto" else device,
         )
@@ -463,13 +530,18 @@ class BalanceMixPlugin:
         self.lam_mode = lam_mode
         self.label_source = label_source
         self.num_views = int(num_views)
+        self.confidence_input = confidence_input
+        #: The evaluation transform of f(x) (None unless ``confidence_input="image"``).
+        self.image_transform = image_transform if confidence_input == "image" else None
         self.seed = int(seed)
         self.verify_targets = bool(verify_targets)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.resume = Path(resume) if resume else None
         self.epoch = 0
         self.batch_size: int | None = None
-        self.train_set = self._with_views(dataset, 1 + self.num_views) if label_source == "views" else dataset
+        self.train_set = (
+            self._with_views(dataset, 1 + self.num_views, self.image_transform) if label_source == "views" else dataset
+        )
         self._loader_generator = torch.Generator()
         self._loader_generator.manual_seed(epoch_seed(self.seed, 0, 1))
         self._current: MixedBatch | None = None
@@ -481,14 +553,35 @@ class BalanceMixPlugin:
         self._pin_memory = False
         _logger.info(
             "BalanceMix on %d samples x %d classes: alpha=%s eps=%s warm-up=%d minority=%s "
-            "label management=%s base loss=%s (%s) label source=%s x%d views",
-            *labels.shape, alpha, eps, warmup_epochs, minority_sampler, label_management,
-            base_loss, reduction, label_source, self.num_views,
+            "label management=%s (%s labels, clean if agrees=%s) base loss=%s (%s) label source=%s "
+            "x%d views, f(x) from the %s, record momentum=%s",
+            *labels.shape, alpha, eps, warmup_epochs, minority_sampler, label_management, managed_labels,
+            clean_if_agrees, base_loss, reduction, label_source, self.num_views,
+            "un-augmented image" if confidence_input == "image" else "views", record_momentum,
         )
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, dataset: Dataset, *, labels: Tensor | None = None) -> "BalanceMixPlugin":
-        """Build from the flags of :func:`add_args` (``args.num_classes`` gives ``K``)."""
+    def from_args(
+        cls,
+        args: argparse.Namespace,
+        dataset: Dataset,
+        *,
+        labels: Tensor | None = None,
+        image_transform: Callable[[Any], Any] | None = None,
+    ) -> "BalanceMixPlugin":
+        """Build from the flags of :func:`add_args` (``args.num_classes`` gives ``K``).
+
+        Args:
+            args: Parsed arguments.
+            dataset: The training set.
+            labels: Optional ``(N, K)`` labels (default: read from ``dataset``).
+            image_transform: The evaluation transform, required by
+                ``--bm-confidence-input image`` (see the class).
+
+        Raises:
+            ValueError: ``--bm-confidence-input image`` without ``image_transform``, or any
+                option the plugin or the engine refuses.
+        """
         num_classes = getattr(args, "num_classes", None)
         return cls(
             dataset,
@@ -518,6 +611,11 @@ class BalanceMixPlugin:
             ),
             label_source=args.bm_label_source,
             num_views=args.bm_num_views,
+            clean_if_agrees=args.bm_clean_if_agrees,
+            record_momentum=args.bm_record_momentum,
+            managed_labels=args.bm_managed_labels,
+            confidence_input=args.bm_confidence_input,
+            image_transform=image_transform,
             seed=args.bm_seed,
             checkpoint_dir=args.bm_checkpoint_dir,
             resume=args.bm_resume,
@@ -526,16 +624,21 @@ class BalanceMixPlugin:
 
     # ------------------------------------------------------------------ data
     @staticmethod
-    def _with_views(dataset: Dataset, num_views: int) -> Dataset:
-        """A shallow copy of ``dataset`` whose ``transform`` returns ``num_views`` views."""
+    def _with_views(dataset: Dataset, num_views: int, image_transform: Callable[[Any], Any] | None = None) -> Dataset:
+        """A shallow copy of ``dataset`` whose ``transform`` returns ``num_views`` views of its
+        own transform, then (``image_transform``) the image under ``image_transform``."""
         if not hasattr(dataset, "transform") or dataset.transform is None:  # type: ignore[attr-defined]
             raise ValueError(
                 "dataset must have a transform attribute that its __getitem__ applies, to make "
-                "the augmented views of label_source='views' (or use label_source='epoch_pass' "
-                "with such a dataset)"
+                "the augmented views of label_source='views' and the image of "
+                "confidence_input='image' (or use label_source='epoch_pass' and "
+                "confidence_input='views' with such a dataset)"
             )
         views = copy.copy(dataset)
-        views.transform = MultiView(dataset.transform, num_views)  # type: ignore[attr-defined]
+        transforms = [dataset.transform] * num_views  # type: ignore[attr-defined]
+        if image_transform is not None:
+            transforms.append(image_transform)
+        views.transform = MultiView(transforms)  # type: ignore[attr-defined]
         return views
 
     def train_loader(
@@ -687,8 +790,11 @@ class BalanceMixPlugin:
         """Record the current batch's predictions (``label_source="views"``; else a no-op).
 
         The random instances' extra views are forwarded without gradient, in eval mode (under
-        float16 autocast on CUDA), after the optimiser step; their mean probability is the
-        f(x) of Eq. 2 and 6 and the two-view average of Eq. 9.
+        float16 autocast on CUDA), after the optimiser step, in one batch of ``V * B`` images:
+        the ``num_views`` augmented views, then with ``confidence_input="image"`` the
+        un-augmented image. The views' mean probability is Eq. 9's average
+        (``engine.view_mean``) and, with ``confidence_input="views"``, also f(x) of Eq. 2 and
+        6 (``engine.probs``); with ``"image"`` f(x) is the image's ``(B, K)`` probabilities.
 
         Args:
             model: The model (default: the one given to :meth:`attach`).
@@ -700,11 +806,22 @@ class BalanceMixPlugin:
             raise RuntimeError("the current batch has no extra views (label_source='views')")
         model = self._model(model, "record")
         device = self._device or next(model.parameters()).device
-        self.engine.record(b.index_r, self._view_probs(model, b.view_r[: self.num_views], device))
+        image = self.image_transform is not None
+        self._record(b.index_r, self._view_probs(model, b.view_r[: self.num_views + int(image)], device))
+
+    def _record(self, index: Tensor, probs: Tensor) -> None:
+        """Record ``(V, B, K)`` probabilities: the views, then the image when it is f(x)."""
+        if self.image_transform is not None:
+            self.engine.record(index, probs[:-1], image_probs=probs[-1])
+        else:
+            self.engine.record(index, probs)
 
     @torch.no_grad()
     def _epoch_pass(self, model: nn.Module, epoch: int) -> None:
-        views = self._with_views(self.dataset, self.num_views) if self.num_views > 1 else self.dataset
+        if self.num_views > 1 or self.image_transform is not None:
+            views = self._with_views(self.dataset, self.num_views, self.image_transform)
+        else:
+            views = self.dataset
         sampler = ShardedRandomSampler(len(views), seed=self.seed + 7)  # type: ignore[arg-type]
         sampler.set_epoch(epoch)
         loader = DataLoader(
@@ -720,7 +837,7 @@ class BalanceMixPlugin:
         device = self._device or next(model.parameters()).device
         for images, index in loader:
             stacked = images if images.ndim == 5 else images[None]
-            self.engine.record(index, self._view_probs(model, stacked, device))
+            self._record(index, self._view_probs(model, stacked, device))
 
     def end_epoch(self, epoch: int | None = None, model: nn.Module | None = None) -> RefreshReport:
         """Epoch end (Alg. 1): the no-grad pass if ``label_source="epoch_pass"``, then the refresh.
@@ -755,6 +872,7 @@ class BalanceMixPlugin:
             lam_mode=self.lam_mode,
             label_source=self.label_source,
             num_views=self.num_views,
+            confidence_input=self.confidence_input,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -769,7 +887,8 @@ class BalanceMixPlugin:
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; refuses another configuration."""
-        cfg = dict(state_dict.get("config", {}))
+        # A state written before confidence_input existed took f(x) from the views.
+        cfg = {"confidence_input": "views", **dict(state_dict.get("config", {}))}
         diff = {k: (cfg.get(k), v) for k, v in self.config().items() if cfg.get(k) != v}
         if diff:
             pretty = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
