@@ -10,6 +10,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .presets import PRESETS, preset_options
+
 __all__ = ["TrainConfig", "load_config", "parse_overrides", "RESUME_IGNORED_KEYS"]
 
 
@@ -70,10 +72,12 @@ class TrainConfig:
     lam_mode: str = "batch"
     label_source: str = "views"  # "views" (per step, no grad) | "epoch_pass"
     num_views: int = 2
-    clean_if_agrees: bool = False  # a label f(x) agrees with is clean whatever its p_G
-    record_momentum: float = 0.0  # EMA over epochs of the recorded probabilities (0: latest only)
-    managed_labels: str = "all"  # "all" | "negative" (given positives always clean)
-    confidence_input: str = "views"  # f(x) of Eq. 2 / 6: "views" (mean of the RandAug views) | "image"
+    preset: str | None = None  # "paper" | "default": named option sets (balancemix_timm.presets)
+    # The defaults of these four are the "default" preset's (balancemix_timm.presets).
+    clean_if_agrees: bool = PRESETS["default"]["clean_if_agrees"]  # a label f(x) agrees with is clean
+    record_momentum: float = PRESETS["default"]["record_momentum"]  # EMA over epochs of the records
+    managed_labels: str = PRESETS["default"]["managed_labels"]  # "all" | "negative" (positives clean)
+    confidence_input: str = PRESETS["default"]["confidence_input"]  # f(x) of Eq. 2 / 6: "image" | "views"
     view_fraction: float = 1.0  # share of each random batch whose views are forwarded (cost option)
     gmm_normalize: str = "minmax"
     gmm_max_iter: int = 10
@@ -125,6 +129,7 @@ class TrainConfig:
             "label_source": ("views", "epoch_pass"),
             "confidence_input": ("views", "image"),
             "managed_labels": ("all", "negative"),
+            "preset": (None, *PRESETS),
             "label_management": ("none", "clean", "relabel", "full"),
             "lam_mode": ("batch", "elem"),
             "gmm_dtype": ("auto", "float32", "float64"),
@@ -162,6 +167,16 @@ class TrainConfig:
                 "label_source='epoch_pass' records every sample"
             )
 
+
+#: Keys added to :class:`TrainConfig` after configs were first saved, with what a saved config
+#: that lacks one meant (the behaviour before the key existed, not today's default).
+LEGACY_VALUES: dict[str, Any] = {
+    "preset": None, "confidence_input": "views", "clean_if_agrees": False, "record_momentum": 0.0,
+    "managed_labels": "all", "voc_difficult_eval": "negative",
+}
+
+#: Keys only the BalanceMix method reads: they cannot make another method's run differ.
+BALANCEMIX_ONLY_KEYS = frozenset({"preset", *PRESETS["default"]})
 
 #: Keys that may change between a checkpoint and its resumed run.
 RESUME_IGNORED_KEYS = frozenset(
@@ -230,6 +245,8 @@ def _coerce_field(name: str, annotation: str, value: Any) -> Any:
 
 def _from_mapping(values: Mapping[str, Any]) -> TrainConfig:
     known = {f.name: f for f in fields(TrainConfig)}
+    if values.get("preset") is not None:  # the preset first, explicit keys over it
+        values = {**preset_options(values["preset"]), **values}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown config keys: {unknown}; known keys are listed in docs/training.md")

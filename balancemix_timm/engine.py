@@ -43,6 +43,7 @@ from ._checks import check_binary, check_finite, check_ndim, check_tensor, check
 from .gmm import LabelGMM
 from .loss import balancemix_loss
 from .mixing import _check_lam, _interpolate
+from .presets import PRESETS
 from .refine import LabelState, clean_if_agrees, refine_labels
 from .sampling import (
     MinoritySampler,
@@ -69,6 +70,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 _EPS = 1e-7
+_DEFAULT = PRESETS["default"]
 
 #: Options added after the first checkpoint format, with the value an older checkpoint had.
 _ADDED_OPTION_DEFAULTS: dict[str, Any] = {"clean_if_agrees": False, "record_momentum": 0.0, "managed_labels": "all"}
@@ -130,8 +132,10 @@ class BalanceMix:
         gmm_options: Keyword options forwarded to :func:`~balancemix_timm.gmm.clean_probability`.
         clean_threshold: p_G above which a label is clean (paper: 0.5).
         clean_if_agrees: A label the recorded f(x) agrees with (BCE loss below ln 2) is clean
-            whatever its p_G (see :func:`~balancemix_timm.refine.clean_if_agrees`; the paper
-            has no such rule: False).
+            whatever its p_G (see :func:`~balancemix_timm.refine.clean_if_agrees`). The paper
+            has no such rule (preset ``"paper"``: False); the default preset's value is the
+            default. The defaults of this option and the next two are the ``"default"``
+            preset's (:mod:`balancemix_timm.presets`; ``engine_preset("paper")`` gives the paper's).
         record_momentum: m in [0, 1): a sample's recorded probabilities become
             ``m * previous + (1 - m) * new`` once it has a record (an exponential moving
             average over epochs, a temporal ensemble); 0 keeps the latest only (the paper).
@@ -183,9 +187,9 @@ class BalanceMix:
         base_loss: str | Callable[[Tensor, Tensor], Tensor] = "bce",
         gmm_options: Mapping[str, Any] | None = None,
         clean_threshold: float = 0.5,
-        clean_if_agrees: bool = False,
-        record_momentum: float = 0.0,
-        managed_labels: Literal["all", "negative"] = "all",
+        clean_if_agrees: bool = _DEFAULT["clean_if_agrees"],
+        record_momentum: float = _DEFAULT["record_momentum"],
+        managed_labels: Literal["all", "negative"] = _DEFAULT["managed_labels"],
         seed: int = 0,
         num_samples: int | None = None,
         num_replicas: int = 1,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from balancemix_timm.engine import BalanceMix
+from balancemix_timm.presets import PRESETS, engine_preset
 from balancemix_timm.refine import LabelState, clean_if_agrees
 
 
@@ -50,7 +51,7 @@ def test_engine_clean_if_agrees_keeps_agreeing_labels_of_a_noise_free_group():
     g = torch.Generator().manual_seed(2)
     conf = 0.55 + 0.44 * torch.rand(labels.shape, generator=g)  # all on the label's side
     probs = torch.where(labels.bool(), conf, 1 - conf)
-    plain = BalanceMix(labels, warmup_epochs=0)
+    plain = BalanceMix(labels, warmup_epochs=0, **engine_preset("paper"))
     ruled = BalanceMix(labels, warmup_epochs=0, clean_if_agrees=True)
     for eng in (plain, ruled):
         eng.set_epoch(0)
@@ -67,7 +68,7 @@ def test_engine_clean_if_agrees_leaves_disagreeing_labels_to_the_gmm():
     noisy = torch.rand(labels.shape, generator=g) < 0.15
     conf = 0.9 + 0.09 * torch.rand(labels.shape, generator=g)
     probs = torch.where(labels.bool() ^ noisy, conf, 1 - conf)  # disagree exactly on the noise
-    plain = BalanceMix(labels, warmup_epochs=0, eps=1.0)
+    plain = BalanceMix(labels, warmup_epochs=0, eps=1.0, clean_if_agrees=False)
     ruled = BalanceMix(labels, warmup_epochs=0, eps=1.0, clean_if_agrees=True)
     for eng in (plain, ruled):
         eng.set_epoch(0)
@@ -84,7 +85,7 @@ def test_image_probs_feed_the_gmm_and_sampler_views_feed_eq9():
     g = torch.Generator().manual_seed(4)
     image = torch.rand(n, k, generator=g)
     views = torch.rand(2, n, k, generator=g)
-    eng = BalanceMix(labels, warmup_epochs=0, eps=0.6)
+    eng = BalanceMix(labels, warmup_epochs=0, eps=0.6, clean_if_agrees=False)
     eng.set_epoch(0)
     eng.record(torch.arange(n), views, image_probs=image)
     torch.testing.assert_close(eng.probs, image)
@@ -146,18 +147,22 @@ def test_new_options_round_trip_and_old_checkpoints_load():
     torch.testing.assert_close(other.view_mean, eng.view_mean)
     torch.testing.assert_close(other.probs, eng.probs)
     with pytest.raises(ValueError, match="clean_if_agrees"):
-        BalanceMix(labels, warmup_epochs=0, record_momentum=0.5).load_state_dict(sd)
+        BalanceMix(labels, warmup_epochs=0, clean_if_agrees=False, record_momentum=0.5).load_state_dict(sd)
     # A checkpoint written before these options existed: no keys, one probability table.
-    plain = BalanceMix(labels, warmup_epochs=0)
+    plain = BalanceMix(labels, warmup_epochs=0, **engine_preset("paper"))
     plain.set_epoch(0)
     plain.record(torch.arange(20), torch.rand(2, 20, 3))
     old = plain.state_dict()
     for key in ("clean_if_agrees", "record_momentum"):
         del old["config"][key]
     del old["view_mean"]
-    fresh = BalanceMix(labels, warmup_epochs=0)
+    fresh = BalanceMix(labels, warmup_epochs=0, **engine_preset("paper"))
     fresh.load_state_dict(old)
     torch.testing.assert_close(fresh.view_mean, plain.probs)
+    # Such a run used the paper's rules: an engine with the default preset refuses to resume it.
+    if PRESETS["default"] != PRESETS["paper"]:
+        with pytest.raises(ValueError, match="another configuration"):
+            BalanceMix(labels, warmup_epochs=0).load_state_dict(old)
 
 
 # ------------------------------------------------------------------ managed labels
@@ -167,7 +172,7 @@ def test_managed_labels_negative_never_touches_given_positives():
     noisy = torch.rand(labels.shape, generator=g) < 0.2
     conf = 0.9 + 0.09 * torch.rand(labels.shape, generator=g)
     probs = torch.where(labels.bool() ^ noisy, conf, 1 - conf)
-    both = BalanceMix(labels, warmup_epochs=0, eps=0.55)
+    both = BalanceMix(labels, warmup_epochs=0, eps=0.55, managed_labels="all")
     neg = BalanceMix(labels, warmup_epochs=0, eps=0.55, managed_labels="negative")
     for eng in (both, neg):
         eng.set_epoch(0)
@@ -182,3 +187,39 @@ def test_managed_labels_negative_never_touches_given_positives():
     assert torch.equal(neg.state[~pos], both.state[~pos])
     with pytest.raises(ValueError, match="managed_labels"):
         BalanceMix(labels, managed_labels="positive")
+
+
+def test_presets_are_the_defaults_of_every_front_end():
+    """One declaration: the engine's, the trainer's and the ML-Decoder flags' defaults are the
+    default preset's; the paper preset is the literal paper."""
+    import argparse
+    import inspect
+
+    from balancemix_timm.config import TrainConfig
+    from balancemix_timm.integrations import ml_decoder
+
+    default = PRESETS["default"]
+    sig = inspect.signature(BalanceMix)
+    for key, value in engine_preset("default").items():
+        assert sig.parameters[key].default == value, key
+    cfg = TrainConfig()
+    for key, value in default.items():
+        assert getattr(cfg, key) == value, key
+    p = argparse.ArgumentParser()
+    ml_decoder.add_args(p)
+    args = p.parse_args([])
+    for key, value in default.items():
+        assert getattr(args, "bm_" + key) == value, key
+    assert PRESETS["paper"] == dict(confidence_input="image", clean_if_agrees=False, record_momentum=0.0,
+                                    managed_labels="all")
+
+
+def test_trainer_preset_paper_and_explicit_keys_win():
+    from balancemix_timm.config import load_config
+
+    cfg = load_config(None, {"preset": "paper"})
+    assert {k: getattr(cfg, k) for k in PRESETS["paper"]} == PRESETS["paper"]
+    cfg = load_config(None, {"preset": "paper", "clean_if_agrees": True})
+    assert cfg.clean_if_agrees is True and cfg.managed_labels == "all"
+    with pytest.raises(ValueError, match="preset"):
+        load_config(None, {"preset": "best"})

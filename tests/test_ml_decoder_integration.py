@@ -423,13 +423,24 @@ IMAGE_TF = T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Lambda(lambda x: 1 - x
 
 
 def test_option_flags_parse_and_reach_the_engine(train_set):
+    from balancemix_timm.presets import PRESETS
+
+    default, paper = PRESETS["default"], PRESETS["paper"]
     a = parse([])
     assert (a.bm_clean_if_agrees, a.bm_record_momentum, a.bm_managed_labels, a.bm_confidence_input) == (
-        False, 0.0, "all", "views")
-    plugin = bm.setup(parse(["--balancemix"]), train_set)
+        default["clean_if_agrees"], default["record_momentum"], default["managed_labels"], default["confidence_input"])
+    plugin = bm.setup(parse(["--balancemix"]), train_set, image_transform=IMAGE_TF)
     eng = plugin.engine
-    assert (eng.clean_if_agrees, eng.record_momentum, eng.managed_labels) == (False, 0.0, "all")
-    assert plugin.confidence_input == "views" and plugin.image_transform is None
+    assert (eng.clean_if_agrees, eng.record_momentum, eng.managed_labels) == (
+        default["clean_if_agrees"], default["record_momentum"], default["managed_labels"])
+    assert plugin.confidence_input == default["confidence_input"]
+    # --bm-preset paper: the literal paper on every flag left at its default; a set flag wins.
+    plugin = bm.setup(parse(["--balancemix", "--bm-preset", "paper"]), train_set, image_transform=IMAGE_TF)
+    assert (plugin.engine.clean_if_agrees, plugin.engine.managed_labels, plugin.confidence_input) == (
+        paper["clean_if_agrees"], paper["managed_labels"], paper["confidence_input"])
+    plugin = bm.setup(parse(["--balancemix", "--bm-preset", "paper", "--bm-managed-labels", "negative"]), train_set,
+                      image_transform=IMAGE_TF)
+    assert plugin.engine.managed_labels == "negative" and plugin.engine.clean_if_agrees == paper["clean_if_agrees"]
     argv = ["--balancemix", "--bm-clean-if-agrees", "--bm-record-momentum", "0.25", "--bm-managed-labels",
             "negative", "--bm-confidence-input", "image"]
     plugin = bm.setup(parse(argv), train_set, image_transform=IMAGE_TF)
@@ -455,9 +466,11 @@ def test_option_flags_parse_and_reach_the_engine(train_set):
     assert bm.setup(parse(["--bm-confidence-input", "image"]), train_set) is None
 
 
-def test_confidence_input_image_needs_an_image_transform(train_set):
-    with pytest.raises(ValueError, match="image_transform"):
-        bm.setup(parse(["--balancemix", "--bm-confidence-input", "image"]), train_set)
+def test_confidence_input_image_needs_an_image_transform(train_set, caplog):
+    # The default (image) without an evaluation transform falls back to the views, with a warning.
+    with caplog.at_level("WARNING", logger="balancemix_timm"):
+        plugin = bm.setup(parse(["--balancemix"]), train_set)
+    assert plugin.confidence_input == "views" and "image_transform" in caplog.text
     with pytest.raises(ValueError, match="image_transform"):
         bm.BalanceMixPlugin(train_set, confidence_input="image", label_source="epoch_pass")
     with pytest.raises(ValueError, match="image_transform"):
@@ -465,7 +478,7 @@ def test_confidence_input_image_needs_an_image_transform(train_set):
     with pytest.raises(ValueError, match="confidence_input"):
         bm.BalanceMixPlugin(train_set, confidence_input="crop")
     # With f(x) from the views the evaluation transform is not used (the patched script passes it always).
-    plugin = bm.setup(parse(["--balancemix"]), train_set, image_transform=IMAGE_TF)
+    plugin = bm.setup(parse(["--balancemix", "--bm-confidence-input", "views"]), train_set, image_transform=IMAGE_TF)
     assert plugin.image_transform is None and len(plugin.train_set.transform.transforms) == 3
 
 

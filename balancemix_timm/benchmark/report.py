@@ -155,7 +155,8 @@ def headline(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         bm = main["balancemix"].get(s, {}).get("mAP")
         if not bm or bm.get("mean") is None:
             continue
-        others = {m: main[m][s]["mAP"] for m in main if m != "balancemix" and main[m].get(s, {}).get("mAP", {}).get("mean") is not None}
+        others = {m: main[m][s]["mAP"] for m in main
+                  if not m.startswith("balancemix") and main[m].get(s, {}).get("mAP", {}).get("mean") is not None}
         if not others:
             continue
         best_m = max(others, key=lambda m: others[m]["mean"])

@@ -88,11 +88,12 @@ def _expected_config(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
-    """A run's ``config.yaml``; a key it lacks (an option added after the run) holds its default.
-    None if the file is missing or unreadable."""
+    """A run's ``config.yaml``; a key it lacks (an option added after the run) holds the value
+    of the behaviour before it existed (:data:`~balancemix_timm.config.LEGACY_VALUES`). None if
+    the file is missing or unreadable."""
     import yaml
 
-    from ..config import TrainConfig
+    from ..config import LEGACY_VALUES
 
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -100,7 +101,21 @@ def _saved_config(run_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(saved, dict):
         return None
-    return {**TrainConfig().to_dict(), **saved}
+    return {**LEGACY_VALUES, **saved}
+
+
+def _ignored_keys(expected: Mapping[str, Any]) -> frozenset[str]:
+    """Keys whose difference does not make a finished run stale: the resume-ignored ones, and for
+    a method other than BalanceMix the options only BalanceMix reads, and on data other than
+    VOC the ``voc_*`` options."""
+    from ..config import BALANCEMIX_ONLY_KEYS, RESUME_IGNORED_KEYS, TrainConfig
+
+    ignored = set(RESUME_IGNORED_KEYS) | {"preset"}  # a preset is compared through the options it sets
+    if expected.get("method") != "balancemix":
+        ignored |= BALANCEMIX_ONLY_KEYS
+    if expected.get("data") != "voc":
+        ignored |= {k for k in TrainConfig.__dataclass_fields__ if k.startswith("voc_")}
+    return frozenset(ignored)
 
 
 def is_finished(run_dir: Path, values: Mapping[str, Any]) -> bool:
@@ -111,7 +126,7 @@ def is_finished(run_dir: Path, values: Mapping[str, Any]) -> bool:
     if saved is None:
         return False
     expected = _expected_config(values)
-    diff = config_diff(saved, expected)
+    diff = config_diff(saved, expected, ignore=_ignored_keys(expected))
     if diff:
         _logger.warning("%s was run with another configuration (%s): running it again", run_dir.name, sorted(diff))
     return not diff
@@ -123,7 +138,7 @@ def _prepare_run_dir(run_dir: Path, values: Mapping[str, Any]) -> str | None:
         return None
     saved = _saved_config(run_dir)
     expected = _expected_config(values)
-    if saved is not None and not config_diff(saved, expected) and (run_dir / "last.pth").is_file() \
+    if saved is not None and not config_diff(saved, expected, ignore=_ignored_keys(expected)) and (run_dir / "last.pth").is_file() \
             and not (run_dir / "summary.json").is_file():
         _logger.info("%s: continuing the interrupted run", run_dir.name)
         return "auto"

@@ -84,6 +84,7 @@ from balancemix_timm.data.transforms import MultiView
 from balancemix_timm.engine import LABEL_MANAGEMENT_LEVELS, BalanceMix, RefreshReport
 from balancemix_timm.loss import asl_elementwise
 from balancemix_timm.mixing import MixedBatch, MixupCollate, PairedDataset
+from balancemix_timm.presets import PRESETS, preset_options
 from balancemix_timm.sampling import PairedBatchSampler, ShardedRandomSampler
 from balancemix_timm.utils import atomic_save, epoch_seed, seed_worker, view_probabilities
 
@@ -111,6 +112,8 @@ ML_DECODER_TRESNETS: dict[str, str] = {
 
 #: ML-Decoder's ASL setting in ``train.py`` (``AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05)``).
 _ASL_DEFAULTS = dict(gamma_neg=4.0, gamma_pos=0.0, clip=0.05)
+#: The default preset's options: the defaults of the flags and of the plugin's keywords.
+_DEFAULT = PRESETS["default"]
 
 _CHECKPOINT_NAME = "balancemix-last.pth"
 _CHECKPOINT_FORMAT = "balancemix-ml-decoder/1"
@@ -177,18 +180,22 @@ def add_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                         "or epoch_pass (a no-grad pass over the training set after each epoch)")
     g.add_argument("--bm-num-views", type=int, default=2,
                    help="augmented views averaged per prediction (Eq. 9 uses two)")
-    g.add_argument("--bm-confidence-input", choices=("views", "image"), default="views",
-                   help="f(x) of Eq. 2 and 6 (minority score, GMM losses): views (the mean of the "
-                        "RandAugment views, default) or image (the un-augmented image through the "
-                        "validation transform, as the paper writes Eq. 6; one more no-grad forward "
-                        "per sample); Eq. 9 always averages the views")
-    g.add_argument("--bm-clean-if-agrees", action=argparse.BooleanOptionalAction, default=False,
+    g.add_argument("--bm-preset", choices=sorted(PRESETS), default=None,
+                   help="named option set (balancemix_timm.presets): paper (the literal paper) or "
+                        "default; the flags below that are left at their default take the preset's value")
+    g.add_argument("--bm-confidence-input", choices=("views", "image"), default=_DEFAULT["confidence_input"],
+                   help="f(x) of Eq. 2 and 6 (minority score, GMM losses): image (the un-augmented "
+                        "image through the validation transform, as the paper writes Eq. 6; one "
+                        "more no-grad forward per sample) or views (the mean of the RandAugment "
+                        "views); Eq. 9 always averages the views")
+    g.add_argument("--bm-clean-if-agrees", action=argparse.BooleanOptionalAction,
+                   default=_DEFAULT["clean_if_agrees"],
                    help="a label that f(x) agrees with (BCE below ln 2) is clean whatever its p_G "
-                        "(not in the paper; default off)")
-    g.add_argument("--bm-record-momentum", type=float, default=0.0,
+                        "(not in the paper; see docs/design.md)")
+    g.add_argument("--bm-record-momentum", type=float, default=_DEFAULT["record_momentum"],
                    help="m in [0, 1): recorded probabilities become m * previous + (1 - m) * new "
-                        "(an average over epochs, not in the paper); 0 keeps the latest (default)")
-    g.add_argument("--bm-managed-labels", choices=("all", "negative"), default="all",
+                        "(an average over epochs, not in the paper); 0 keeps the latest")
+    g.add_argument("--bm-managed-labels", choices=("all", "negative"), default=_DEFAULT["managed_labels"],
                    help="all (the paper) manages positive and negative labels; negative treats "
                         "every given positive as clean (missing-label / single-positive setting)")
     g.add_argument("--bm-gmm-normalize", choices=("minmax", "none"), default="minmax")
@@ -229,6 +236,20 @@ def _flag_defaults() -> dict[str, Any]:
     p = argparse.ArgumentParser(add_help=False)
     add_args(p)
     return vars(p.parse_args([]))
+
+
+def _with_preset(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with ``--bm-preset``'s options on the flags left at their default (a copy)."""
+    name = getattr(args, "bm_preset", None)
+    if name is None:
+        return args
+    defaults = _flag_defaults()
+    out = copy.copy(args)
+    for key, value in preset_options(name).items():
+        flag = "bm_" + key
+        if getattr(args, flag, defaults[flag]) == defaults[flag]:
+            setattr(out, flag, value)
+    return out
 
 
 def _ensure_console_logging(level: str | int) -> None:
@@ -456,10 +477,10 @@ class BalanceMixPlugin:
         gmm_options: Mapping[str, Any] | None = None,
         label_source: str = "views",
         num_views: int = 2,
-        clean_if_agrees: bool = False,
-        record_momentum: float = 0.0,
-        managed_labels: str = "all",
-        confidence_input: str = "views",
+        clean_if_agrees: bool = _DEFAULT["clean_if_agrees"],
+        record_momentum: float = _DEFAULT["record_momentum"],
+        managed_labels: str = _DEFAULT["managed_labels"],
+        confidence_input: str | None = None,
         image_transform: Callable[[Any], Any] | None = None,
         seed: int = 0,
         checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -477,6 +498,15 @@ class BalanceMixPlugin:
             raise ValueError(f"label_source must be 'views' or 'epoch_pass', got {label_source!r}")
         if isinstance(num_views, bool) or int(num_views) != num_views or num_views < 1:
             raise ValueError(f"num_views must be a positive int, got {num_views!r}")
+        if confidence_input is None:
+            confidence_input = _DEFAULT["confidence_input"]
+            if confidence_input == "image" and image_transform is None:
+                _logger.warning(
+                    "no image_transform given: f(x) of Eq. 2 and 6 is the mean of the RandAugment "
+                    "views (confidence_input='views'); pass the evaluation transform as "
+                    "image_transform= for the un-augmented image"
+                )
+                confidence_input = "views"
         if confidence_input not in ("views", "image"):
             raise ValueError(f"confidence_input must be 'views' or 'image', got {confidence_input!r}")
         if confidence_input == "image" and image_transform is None:
@@ -583,6 +613,7 @@ class BalanceMixPlugin:
                 option the plugin or the engine refuses.
         """
         num_classes = getattr(args, "num_classes", None)
+        args = _with_preset(args)
         return cls(
             dataset,
             labels=labels,
@@ -614,7 +645,9 @@ class BalanceMixPlugin:
             clean_if_agrees=args.bm_clean_if_agrees,
             record_momentum=args.bm_record_momentum,
             managed_labels=args.bm_managed_labels,
-            confidence_input=args.bm_confidence_input,
+            # The flag's default resolves like the keyword's (views, with a warning, when the
+            # loop gives no image_transform).
+            confidence_input=None if args.bm_confidence_input == _DEFAULT["confidence_input"] else args.bm_confidence_input,
             image_transform=image_transform,
             seed=args.bm_seed,
             checkpoint_dir=args.bm_checkpoint_dir,
