@@ -27,7 +27,8 @@ from .loss import BalanceMixLoss, asl_elementwise, balancemix_loss, bce_elementw
 from .metrics import average_precision, mean_average_precision
 from .mixing import MinorityMixup, MixedBatch, MixupCollate, PairedDataset, mix, mix_targets, sample_lambda
 from .noise import mislabel, random_flip, single_positive
-from .refine import LabelState, refine_labels, view_average
+from .presets import PRESETS, engine_preset
+from .refine import LabelState, clean_if_agrees, refine_labels, view_average
 from .sampling import (
     MinoritySampler,
     PairedBatchSampler,
@@ -40,6 +41,9 @@ from .sampling import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
+    "engine_preset",
+    "clean_if_agrees",
     "ABLATIONS",
     "BalanceMix",
     "BalanceMixLoss",

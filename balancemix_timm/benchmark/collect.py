@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config import load_config
-from .grid import ABLATION_ROWS, BUDGETS, RUN_ORDER, SETTING_TITLES, Budget, RunSpec, plan_runs
+from .grid import ABLATION_ROWS, BUDGETS, RUN_ORDER, SETTING_TITLES, TABLE5_SETTINGS, Budget, RunSpec, plan_runs
 
 #: Suffixes of the class groups' metrics (``mAP``, ``mAP_many``, ...) and their titles.
 GROUPS = ("", "_many", "_medium", "_few")
@@ -135,6 +135,14 @@ def paired_differences(runs: Mapping[str, Mapping[str, Any]], methods: Sequence[
                                            for s in sorted(set(mine) & set(ref) & set(clean))
                                            if clean[s] != ref[s]]).as_dict()
             out[method][setting] = entry
+        if all(t in settings for t in TABLE5_SETTINGS):
+            # The paper's "Overall (mean)" of Table 5: per seed, the mean over the four settings.
+            per_seed = [{s: v for s, v in _by_seed(runs, m, t, "mAP").items()} for m in (method, reference)
+                        for t in TABLE5_SETTINGS]
+            mine, ref = per_seed[:len(TABLE5_SETTINGS)], per_seed[len(TABLE5_SETTINGS):]
+            seeds = sorted(set.intersection(*(set(d) for d in mine + ref)))
+            out[method]["table5_mean"] = {"mAP": _Cell([
+                sum(d[s] for d in mine) / len(mine) - sum(d[s] for d in ref) / len(ref) for s in seeds]).as_dict()}
     return out
 
 
