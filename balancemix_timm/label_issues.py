@@ -84,8 +84,10 @@ class LabelIssueState:
     Attributes:
         given_labels: (N, K) uint8, the labels the data set gives (possibly noisy).
         clean_prob: (N, K) float32 in [0, 1], ``p_G`` of Eq. 8 (1 for never-recorded images).
-        view_probs: (N, K) float32 in [0, 1], the mean sigmoid probability over the augmented
-            views last recorded for each image (0.5 placeholder where ``seen`` is False).
+        view_probs: (N, K) float32 in [0, 1], the engine's recorded f(x) (``probs``): the
+            un-augmented image's sigmoid probability, or the mean over the augmented views with
+            ``confidence_input="views"``; the last record of each image (0.5 placeholder where
+            ``seen`` is False).
         refined_labels: (N, K) uint8, the labels after Eq. 9.
         states: (N, K) int8 :class:`~balancemix_timm.refine.LabelState` values (0 clean,
             1 re-labeled, 2 ambiguous).
@@ -288,11 +290,12 @@ def label_quality_scores(source: Any, *, method: str = "balancemix") -> np.ndarr
 
     Args:
         source: Anything :func:`load_label_state` accepts (engine, run folder, checkpoint, ...).
-        method: With ``p`` the mean sigmoid probability of the class over the image's
-            augmented views (the engine's ``probs``) and ``p_G`` the clean probability of Eq. 8:
+        method: With ``p`` the model's probability of the class for the image, f(x) as the GMMs
+            saw it (the engine's ``probs``: the un-augmented image, or the mean of the augmented
+            views with ``confidence_input="views"``) and ``p_G`` the clean probability of Eq. 8:
 
             * ``"balancemix"`` (default): ``p_G + (1 - p_G) * sc``, the probability that the
-              label is clean, plus, where it is not, the views' probability of the given value.
+              label is clean, plus, where it is not, the model's probability of the given value.
             * ``"clean_probability"``: ``p_G``, the posterior of the low-loss component of the
               Gaussian mixture fitted to the BCE losses of the label's class and polarity.
             * ``"self_confidence"``: ``sc = p`` if the given label is 1 else ``1 - p``, the
@@ -420,7 +423,7 @@ def describe_label_issues(
         ``image_index``, ``class_index`` (int64); ``given`` and ``suggested`` (uint8);
         ``state`` (int8 :class:`~balancemix_timm.refine.LabelState`); ``clean_prob``,
         ``view_prob``, ``quality`` (float64 in [0, 1]). ``suggested`` is the refined label of
-        Eq. 9 for re-labeled labels and otherwise the views' vote (1 if ``view_prob > 0.5``); it
+        Eq. 9 for re-labeled labels and otherwise the model's vote (1 if ``view_prob > 0.5``); it
         may equal ``given`` (the views lean towards the given value).
         ``pandas.DataFrame(result)`` makes it a data frame.
 
