@@ -68,9 +68,20 @@ def test_resume_reproduces_uninterrupted_run(data_root, tmp_path):
 
 
 @pytest.mark.parametrize("ablation", ["mixup", "minority", "clean", "relabel", "full"])
-def test_each_ablation_row_runs(data_root, tmp_path, ablation):
-    summary = train(_cfg(data_root, tmp_path, run_name=ablation, ablation=ablation, epochs=1, warmup_epochs=0, max_steps_per_epoch=2))
+def test_each_ablation_row_hands_its_switches_to_the_engine(data_root, tmp_path, ablation):
+    from balancemix_timm.engine import ABLATIONS
+    from balancemix_timm.sampling import MinoritySampler
+
+    tr = Trainer(_cfg(data_root, tmp_path, run_name=ablation, ablation=ablation, epochs=1, warmup_epochs=0,
+                      max_steps_per_epoch=2))
+    eng = tr.method.engine
+    assert eng.use_minority_sampler == ABLATIONS[ablation]["minority_sampler"]
+    assert isinstance(eng.second_sampler, MinoritySampler) == ABLATIONS[ablation]["minority_sampler"]
+    assert eng.label_management == ABLATIONS[ablation]["label_management"]
+    summary = tr.fit()
     assert summary["last"]["epoch"] == 1
+    if ablation in ("mixup", "minority"):  # no label management: every label stays clean
+        assert summary["last"]["lm_clean_fraction"] == 1.0
 
 
 def test_bce_baseline_and_epoch_pass(data_root, tmp_path):
