@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> None:
             "differences against the grid's BCE / default BalanceMix runs of the same noisy labels; recovery = "
             "(variant - BCE) / (BCE clean - BCE); precision / recall: the last epoch's clean-label selection "
             "(Eq. 12).\n\nVariants (config overrides of BalanceMix's run):\n\n"
-            + "\n".join(f"- `{name}`: " + (", ".join(f"`{k}={v}`" for k, v in ov.items()) or "see the command")
+            + "\n".join(f"- `{name}`: " + (", ".join(f"`{k}={v}`" for k, v in ov.items())
+                                             or ("the default preset with the label decisions of an oracle: "
+                                                 "`benchmarks/oracle_selection.py`" if name.startswith("oracle")
+                                                 else "see the command"))
                         for name, ov in variants)
             + "\n\n" + table + "\n")
 

@@ -90,6 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     first_seed = min(seeds or budget.seeds)
     path = write_report(results, report_dir, command=command, notes=notes, run_stats=stats,
                         lm_curves=label_management_curves(budget, out, first_seed),
-                        diagnostics=diagnostics_runs(out, first_seed))
+                        diagnostics=diagnostics_runs(out, first_seed, (*budget.settings, *budget.ablation_settings)))
     _logger.info("wrote %s", path)
     return 1 if stats and stats["failed"] else 0

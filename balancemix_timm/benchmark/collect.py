@@ -340,19 +340,22 @@ def label_management_curves(budget: Budget, out: Path, seed: int) -> dict[str, l
 DIAGNOSTICS_SETTINGS = ("mislabel40", "flip40")
 
 
-def diagnostics_runs(out: Path, seed: int) -> dict[str, Path]:
+def diagnostics_runs(out: Path, seed: int, settings: Sequence[str] | None = None) -> dict[str, Path]:
     """The finished BalanceMix runs of ``seed`` on :data:`DIAGNOSTICS_SETTINGS` that saved
     label diagnostics (``label_diagnostics/epoch_*.npz``).
 
     Args:
         out: The benchmark's output folder.
         seed: The seed whose runs are read.
+        settings: Only these settings (a budget's; default every diagnostics setting).
 
     Returns:
         Setting -> run folder, only for runs with a ``summary.json`` and at least one ``.npz``.
     """
     runs = {}
     for setting in DIAGNOSTICS_SETTINGS:
+        if settings is not None and setting not in settings:
+            continue
         run_dir = out / "runs" / RunSpec("balancemix", setting, seed).key
         if (run_dir / "summary.json").is_file() and any((run_dir / "label_diagnostics").glob("epoch_*.npz")):
             runs[setting] = run_dir
