@@ -47,3 +47,43 @@ def test_no_table5_mean_without_all_four_settings():
     out = paired_differences(_runs(table), ["bce", "bm"], ["clean", "mislabel40"])
     assert "table5_mean" not in out["bm"]
     assert out["bm"]["mislabel40"]["mAP"]["values"] == [1.0]
+
+
+def test_finished_runs_compare_by_the_options_their_method_reads(tmp_path):
+    """A run saved before an option existed holds the option's earlier behaviour (LEGACY_VALUES),
+    not today's default; options only BalanceMix reads, and ``voc_*`` off VOC, never make another
+    run stale; ``preset`` is compared through the options it sets."""
+    import json
+
+    import yaml
+
+    from balancemix_timm.benchmark.runner import is_finished
+    from balancemix_timm.config import LEGACY_VALUES, TrainConfig, load_config
+
+    def saved(run: str, values: dict, drop: tuple[str, ...]) -> None:
+        d = tmp_path / run
+        d.mkdir()
+        cfg = load_config(None, values).to_dict()
+        for key in drop:
+            cfg.pop(key)
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (d / "summary.json").write_text(json.dumps({"last": {}}))
+
+    new_keys = tuple(LEGACY_VALUES)
+    saved("bce", {"method": "bce", "data": "coco"}, new_keys)
+    assert is_finished(tmp_path / "bce", {"method": "bce", "data": "coco"})
+    # BalanceMix saved before the options: it ran the legacy behaviour, so today's default
+    # (different) makes it stale, and the legacy values make it finished.
+    saved("bm", {"method": "balancemix", "data": "coco", **{k: v for k, v in LEGACY_VALUES.items()}}, new_keys)
+    default = TrainConfig()
+    changed = any(getattr(default, k) != v for k, v in LEGACY_VALUES.items() if k != "voc_difficult_eval")
+    assert is_finished(tmp_path / "bm", {"method": "balancemix", "data": "coco"}) is (not changed)
+    legacy = {k: v for k, v in LEGACY_VALUES.items() if k not in ("preset", "voc_difficult_eval")}
+    assert is_finished(tmp_path / "bm", {"method": "balancemix", "data": "coco", **legacy})
+    # preset=paper and its explicit options are the same run.
+    saved("paper", {"method": "balancemix", "data": "coco", "preset": "paper"}, ())
+    from balancemix_timm.presets import PRESETS
+
+    assert is_finished(tmp_path / "paper", {"method": "balancemix", "data": "coco", **PRESETS["paper"]})
+    assert not is_finished(tmp_path / "paper", {"method": "balancemix", "data": "coco", "clean_if_agrees": True,
+                                                "preset": "paper"})

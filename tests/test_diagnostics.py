@@ -82,9 +82,14 @@ def test_trainer_npz_holds_the_engine_tables(tmp_path):
             assert data["losses"][n, k] == pytest.approx(expected, rel=1e-5)
         np.testing.assert_array_equal(
             data["losses"], BalanceMix.bce_from_probs(torch.from_numpy(data["probs"]), trainer.given_labels).numpy())
-        # Refitting the GMMs on the saved losses gives the saved p_G (deterministic EM).
+        # Refitting the GMMs on the saved losses gives the saved p_G (deterministic EM), after the
+        # engine's clean-if-agrees rule when it is on.
         gmm = LabelGMM(**method.engine.gmm_options)
         refit = gmm.fit_predict_clean_proba(torch.from_numpy(data["losses"]), trainer.given_labels)
+        if method.engine.clean_if_agrees:
+            from balancemix_timm.refine import clean_if_agrees
+
+            refit = clean_if_agrees(refit, torch.from_numpy(data["probs"]).to(refit.dtype), trainer.given_labels)
         np.testing.assert_allclose(refit.numpy(), data["clean_prob"], atol=1e-6)
         # States agree with p_G: clean labels have p_G > 0.5, the others not.
         is_clean = data["state"] == int(LabelState.CLEAN)

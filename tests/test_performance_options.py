@@ -57,7 +57,8 @@ def test_view_fraction_records_the_first_share_of_each_random_batch(data_root, t
     for start in range(0, 160, 32):
         expect[order[start:start + expected_per_batch]] = True
     assert torch.equal(eng.seen, expect)
-    assert forwarded == [(2, expected_per_batch)] * 5  # 2 views of the chosen instances only
+    # 2 views and the un-augmented image of the chosen instances only
+    assert forwarded == [(2 + int(cfg.confidence_input == "image"), expected_per_batch)] * 5
     # Unrecorded samples keep the initial 0.5.
     assert bool((eng.probs[~expect] == 0.5).all())
 
