@@ -177,7 +177,7 @@ def test_target_verdict_from_numbers():
     def record(setting, f1_bm, f1_cl, s_bm, s_cl):
         cell = lambda f1, s: dict(  # noqa: E731
             labels={p: dict(precision=f1, recall=f1, f1=f1, flagged=1) for p in ("all", "added", "removed")},
-            images=dict(f1=f1), curve=dict(average_precision=f1), compute=dict(train_seconds=s))
+            images=dict(f1=f1), curve=dict(average_precision=f1), compute=dict(cpu_seconds=s, train_seconds=1000 - s))
         return dict(setting=setting, seed=0, images=10, classes=2, wrong_labels=3,
                     balancemix=cell(f1_bm, s_bm), cleanlab=cell(f1_cl, s_cl))
 

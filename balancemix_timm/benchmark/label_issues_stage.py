@@ -483,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        + ([f"--jobs {args.jobs}"] if args.jobs != 1 else []) + [shlex.quote(o) for o in args.overrides])
     if args.report_only:
         results = json.loads((out / "label_issues" / "comparison.json").read_text())
+        results["summary"] = summarize(results["records"])  # the verdict by the current rules
     else:
         results = run_stage(out, settings=settings, seeds=seeds, folds=args.folds, threads=args.threads,
                             jobs=args.jobs, train_overrides=overrides, pretrain_cache=args.pretrain_cache)
