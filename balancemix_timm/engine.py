@@ -404,7 +404,6 @@ class BalanceMix:
         device and nothing synchronises; non-finite values are then reported by the next
         :meth:`refresh` (on CPU tables, here).
         """
-        check_tensor(view_probs, "view_probs")
         check_tensor(index, "index")
         p = self._checked_probs(view_probs, index, "view_probs", allow_views=True)
         f = p if image_probs is None else self._checked_probs(image_probs, index, "image_probs", allow_views=False)
@@ -554,17 +553,15 @@ class BalanceMix:
             return
         backend = dist.get_backend()
         device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        mask = self._epoch_seen.to(device=device, dtype=torch.float64)
+        local = self._epoch_seen.to(device=device, dtype=torch.float64)
+        mask = local.clone()
         dist.all_reduce(mask)
         got = mask > 0
         got_here = got.to(self.device)
         for name in ("probs", "view_mean"):
-            masked = getattr(self, name).to(device=device, dtype=torch.float64) * self._epoch_seen.to(
-                device=device, dtype=torch.float64
-            )[:, None]
+            masked = getattr(self, name).to(device=device, dtype=torch.float64) * local[:, None]
             dist.all_reduce(masked)
-            merged = masked[got] / mask[got][:, None]
-            getattr(self, name)[got_here] = merged.to(self.device, torch.float32)
+            getattr(self, name)[got_here] = (masked[got] / mask[got][:, None]).to(self.device, torch.float32)
         self.seen |= got_here
         self._epoch_seen |= got_here
 

@@ -43,6 +43,17 @@ __all__ = ["LabelState", "clean_if_agrees", "refine_labels", "view_average"]
 _logger = logging.getLogger(__name__)
 
 
+def _check_label_tables(labels: Tensor, **probabilities: Tensor) -> None:
+    """``labels`` is a binary (N, K) tensor and each named table holds probabilities of its shape;
+    ``ValueError`` naming the first offending argument otherwise."""
+    check_tensor(labels, "labels")
+    check_ndim(labels, "labels", 2)
+    check_binary(labels, "labels")
+    for name, table in probabilities.items():
+        check_probabilities(table, name)
+        check_same_shape(labels, "labels", table, name)
+
+
 class LabelState(IntEnum):
     """Reliability of one refined label (``C``, ``R`` and ``U`` of BalanceMix, Eq. 10).
 
@@ -126,13 +137,7 @@ def refine_labels(
             shapes, a tensor that is not 2-D, ``eps`` outside (0.5, 1] or ``clean_threshold``
             outside [0, 1].
     """
-    check_tensor(labels, "labels")
-    check_ndim(labels, "labels", 2)
-    check_binary(labels, "labels")
-    check_probabilities(clean_prob, "clean_prob")
-    check_probabilities(view_probs, "view_probs")
-    check_same_shape(labels, "labels", clean_prob, "clean_prob")
-    check_same_shape(labels, "labels", view_probs, "view_probs")
+    _check_label_tables(labels, clean_prob=clean_prob, view_probs=view_probs)
     eps = check_unit_interval(eps, "eps", low=0.5, low_open=True)
     clean_threshold = check_unit_interval(clean_threshold, "clean_threshold")
 
@@ -195,13 +200,7 @@ def clean_if_agrees(clean_prob: Tensor, probs: Tensor, labels: Tensor) -> Tensor
     Raises:
         ValueError: on non-binary labels, probabilities outside [0, 1] or mismatched shapes.
     """
-    check_tensor(labels, "labels")
-    check_ndim(labels, "labels", 2)
-    check_binary(labels, "labels")
-    check_probabilities(clean_prob, "clean_prob")
-    check_probabilities(probs, "probs")
-    check_same_shape(labels, "labels", clean_prob, "clean_prob")
-    check_same_shape(labels, "labels", probs, "probs")
+    _check_label_tables(labels, clean_prob=clean_prob, probs=probs)
     probs = probs.to(clean_prob.device)
     positive = labels.to(clean_prob.device) != 0
     agrees = torch.where(positive, probs > 0.5, probs < 0.5)

@@ -419,6 +419,13 @@ def test_plugin_on_cuda_moves_tables_to_the_training_device(train_set):
 # ============================================================================ engine options
 #: A deterministic stand-in of the validation transform that differs from the training one
 #: (TF), so that the image's predictions are told apart from the views'.
+def _eval_probs(model, dataset, indices):
+    """Eval-mode, no-grad sigmoid probabilities of ``dataset``'s images at ``indices``."""
+    model.eval()
+    with torch.no_grad():
+        return torch.sigmoid(model(torch.stack([dataset[i][0] for i in indices])))
+
+
 IMAGE_TF = T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Lambda(lambda x: 1 - x)])  # colours inverted
 
 
@@ -498,10 +505,8 @@ def test_confidence_input_image_records_the_image_and_the_views(train_set, demo)
     plugin.mix(x, target.max(dim=1)[0])
     plugin.record()
     images = MLDecoderStyleCoco(str(demo.train_images), str(demo.train_annotations), IMAGE_TF)
-    model.eval()
-    with torch.no_grad():
-        image_probs = torch.sigmoid(model(torch.stack([images[i][0] for i in b.index_r.tolist()])))
-        view_probs = torch.sigmoid(model(torch.stack([train_set[i][0] for i in b.index_r.tolist()])))
+    image_probs = _eval_probs(model, images, b.index_r.tolist())
+    view_probs = _eval_probs(model, train_set, b.index_r.tolist())
     eng = plugin.engine
     torch.testing.assert_close(eng.probs[b.index_r], image_probs, rtol=0, atol=1e-5)
     torch.testing.assert_close(eng.view_mean[b.index_r], view_probs, rtol=0, atol=1e-5)
@@ -514,10 +519,8 @@ def test_confidence_input_image_records_the_image_and_the_views(train_set, demo)
     plugin.train_loader(batch_size=16)
     plugin.set_epoch(0)
     plugin.end_epoch(0)
-    model.eval()
-    with torch.no_grad():
-        image_probs = torch.sigmoid(model(torch.stack([images[i][0] for i in range(N_TRAIN)])))
-        view_probs = torch.sigmoid(model(torch.stack([train_set[i][0] for i in range(N_TRAIN)])))
+    image_probs = _eval_probs(model, images, range(N_TRAIN))
+    view_probs = _eval_probs(model, train_set, range(N_TRAIN))
     torch.testing.assert_close(plugin.engine.probs, image_probs, rtol=0, atol=1e-5)
     torch.testing.assert_close(plugin.engine.view_mean, view_probs, rtol=0, atol=1e-5)
 
@@ -541,9 +544,7 @@ def test_epoch_pass_records_every_sample(train_set):
     plugin.train_loader(batch_size=16)
     plugin.set_epoch(0)
     plugin.end_epoch(0)
-    model.eval()
-    with torch.no_grad():
-        expected = torch.sigmoid(model(torch.stack([train_set[i][0] for i in range(N_TRAIN)])))
+    expected = _eval_probs(model, train_set, range(N_TRAIN))
     torch.testing.assert_close(plugin.engine.probs, expected, rtol=0, atol=1e-5)
     assert bool(plugin.engine.seen.all())
 

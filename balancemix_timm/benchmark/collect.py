@@ -137,9 +137,8 @@ def paired_differences(runs: Mapping[str, Mapping[str, Any]], methods: Sequence[
             out[method][setting] = entry
         if all(t in settings for t in TABLE5_SETTINGS):
             # The paper's "Overall (mean)" of Table 5: per seed, the mean over the four settings.
-            per_seed = [{s: v for s, v in _by_seed(runs, m, t, "mAP").items()} for m in (method, reference)
-                        for t in TABLE5_SETTINGS]
-            mine, ref = per_seed[:len(TABLE5_SETTINGS)], per_seed[len(TABLE5_SETTINGS):]
+            mine = [_by_seed(runs, method, t, "mAP") for t in TABLE5_SETTINGS]
+            ref = [_by_seed(runs, reference, t, "mAP") for t in TABLE5_SETTINGS]
             seeds = sorted(set.intersection(*(set(d) for d in mine + ref)))
             out[method]["table5_mean"] = {"mAP": _Cell([
                 sum(d[s] for d in mine) / len(mine) - sum(d[s] for d in ref) / len(ref) for s in seeds]).as_dict()}
