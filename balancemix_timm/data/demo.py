@@ -37,12 +37,15 @@ Example:
     >>> info.class_groups()["few"]  # doctest: +SKIP
 
 Command line: ``python -m balancemix_timm.data.demo --root DIR [--num-train 2000 ...]``.
+
+Layout: the label layout (classes, counts, groups, source split) lives in
+:mod:`balancemix_timm.data.demo_labels`, the pixels in :mod:`balancemix_timm.data.demo_render`;
+this module writes the files and holds the command line, and every name stays importable from it.
 """
 
 from __future__ import annotations
 
 import argparse
-import colorsys
 import json
 import logging
 import math
@@ -53,9 +56,50 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
-from ..metrics import COCO_NUM_TRAIN, scaled_group_thresholds
+from ..metrics import COCO_NUM_TRAIN
+from .demo_labels import (
+    COLOURS,
+    _assign_labels,
+    _category_ids,
+    _group_of,
+    class_definitions,
+    demo_group_thresholds,
+    demo_positive_counts,
+    split_sources,
+)
+from .demo_render import (
+    _DISTRACTOR_RATE,
+    _REPEAT_PROB,
+    _instance_colour,
+    _render,
+)
+
+# Private names keep importing from this path too.
+from .demo_labels import _COCO_MISSING_IDS, _MAX_LABELS  # noqa: F401
+from .demo_render import (  # noqa: F401
+    _BG_SATURATION,
+    _BG_TEXTURE,
+    _BG_VALUE,
+    _BG_VARIATION,
+    _BOLD_PROB,
+    _HUE_JITTER,
+    _MAX_ROTATION,
+    _NOISE_SIGMA,
+    _OBJ_SATURATION,
+    _OBJ_VALUE,
+    _OBJECT_SCALE,
+    _OPACITY,
+    _PLACEMENT_TRIES,
+    _STROKE_RANGE,
+    _background,
+    _composite,
+    _digit_mask,
+    _hsv,
+    _place,
+    _strokes,
+)
 
 __all__ = [
     "COLOURS",
@@ -71,146 +115,10 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-#: Class colours: name -> hue in degrees (HSV). Per-instance jitter is added when rendering.
-COLOURS: dict[str, float] = {"red": 0.0, "green": 120.0, "blue": 225.0, "yellow": 55.0}
-
-#: The ids COCO skips in its 1..90 range; the demo's category ids skip them too.
-_COCO_MISSING_IDS = frozenset({12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
-
 _FORMAT_VERSION = 1
 _META_NAME = "demo_meta.json"
 _SPLITS = ("train", "val")
 _VAL_SOURCE_FRACTION = 0.2
-
-# Rendering constants. They were tuned (see the module docstring) so that plain BCE training of
-# timm's resnet10t from scratch at 64 px stays far from saturation while the head classes are
-# clearly learnable; the clutter (background field, strokes, distractor digits, noise) is what
-# keeps colour or shape alone from identifying a class.
-_OBJECT_SCALE = (0.34, 0.46)  # object side / image side
-_MAX_ROTATION = 10.0  # degrees
-_BOLD_PROB = 0.0  # probability of thickening a stroke with a 3x3 max filter
-_REPEAT_PROB = 0.25  # a positive class gets a second instance
-_HUE_JITTER = 8.0  # degrees (half of it for class objects, all of it for strokes)
-_DISTRACTOR_RATE = 0.5  # Poisson mean of unlabelled distractor digits per image
-_STROKE_RANGE = (1, 3)  # coloured clutter strokes per image
-_NOISE_SIGMA = 4.0  # pixel noise, in 0..255 units
-_MAX_LABELS = 6  # capacity limit: most classes drawn for one image
-_BG_SATURATION = (0.0, 0.25)  # background base colour (HSV saturation range)
-_BG_VALUE = (0.25, 0.6)  # background base brightness range
-_BG_VARIATION = 20.0  # std of the smooth colour field around the base colour (0..255 units)
-_BG_TEXTURE = (0.1, 0.4)  # weight range of the fine grey texture
-_OBJ_SATURATION = (0.7, 1.0)  # object colour saturation range
-_OBJ_VALUE = (0.75, 1.0)  # object colour brightness range
-_OPACITY = (0.9, 1.0)  # object alpha range
-_PLACEMENT_TRIES = 20  # candidate positions per object (the least-overlapping one is used)
-
-
-# --------------------------------------------------------------------------------------------
-# Class definitions, counts and thresholds
-# --------------------------------------------------------------------------------------------
-
-
-def class_definitions(num_classes: int) -> list[tuple[str, int]]:
-    """Return the ``(colour, digit)`` pair of each class.
-
-    The ``10 * len(COLOURS)`` combinations are interleaved (combination ``i`` has digit
-    ``i % 10`` and colour ``(i % 10 + i // 10) % C``) and the first ``num_classes`` are taken, so
-    every digit appears in several colours and every colour on several digits.
-
-    Args:
-        num_classes: number of classes, 2 to ``10 * len(COLOURS)``.
-
-    Returns:
-        List of ``num_classes`` ``(colour_name, digit)`` pairs.
-    """
-    colours = list(COLOURS)
-    max_classes = 10 * len(colours)
-    if not isinstance(num_classes, int) or not 2 <= num_classes <= max_classes:
-        raise ValueError(f"num_classes must be an int in [2, {max_classes}], got {num_classes!r}")
-    out = []
-    for i in range(num_classes):
-        digit = i % 10
-        out.append((colours[(digit + i // 10) % len(colours)], digit))
-    return out
-
-
-def _category_ids(num_classes: int) -> list[int]:
-    """COCO-like non-contiguous category ids (COCO's gaps in 1..90, then 91, 92, ...)."""
-    ids: list[int] = []
-    candidate = 1
-    while len(ids) < num_classes:
-        if candidate not in _COCO_MISSING_IDS:
-            ids.append(candidate)
-        candidate += 1
-    return ids
-
-
-def demo_group_thresholds(num_train: int) -> tuple[int, int]:
-    """COCO's many-shot / few-shot thresholds scaled to ``num_train`` training images.
-
-    The rule of every data set, :func:`balancemix_timm.metrics.scaled_group_thresholds`.
-
-    Args:
-        num_train: number of training images.
-
-    Returns:
-        ``(many, few)``: a class with more than ``many`` positives is many-shot, one with fewer
-        than ``few`` is few-shot, the rest medium-shot. ``few >= 1`` and ``many > few``.
-    """
-    return scaled_group_thresholds(num_train)
-
-
-def _group_of(count: int, many: int, few: int) -> str:
-    if count > many:
-        return "many"
-    if count < few:
-        return "few"
-    return "medium"
-
-
-def demo_positive_counts(
-    num_images: int,
-    num_classes: int,
-    *,
-    imbalance_ratio: float = 100.0,
-    mean_labels: float = 2.9,
-) -> list[int]:
-    """Target positive counts by frequency rank: an exponential (Zipf-like) long tail.
-
-    ``count[r] = round(n_max * imbalance_ratio ** (-r / (K - 1)))`` with ``n_max`` chosen so the
-    counts sum to ``mean_labels * num_images`` (capped at ``num_images``), every count at least 1.
-
-    Args:
-        num_images: number of images of the split.
-        num_classes: ``K``.
-        imbalance_ratio: most / least frequent class, >= 1.
-        mean_labels: mean number of positive classes per image (COCO: 2.9).
-
-    Returns:
-        ``K`` counts, non-increasing in rank.
-    """
-    if not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"num_images must be a positive int, got {num_images!r}")
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    if not math.isfinite(imbalance_ratio) or imbalance_ratio < 1.0:
-        raise ValueError(f"imbalance_ratio must be a finite number >= 1, got {imbalance_ratio!r}")
-    if not math.isfinite(mean_labels) or not 1.0 <= mean_labels <= _MAX_LABELS:
-        raise ValueError(f"mean_labels must be in [1, {_MAX_LABELS}], got {mean_labels!r}")
-    profile = imbalance_ratio ** (-np.arange(num_classes) / (num_classes - 1))
-    n_max = min(float(num_images), mean_labels * num_images / profile.sum())
-    if n_max >= num_images:
-        _logger.warning(
-            "mean_labels=%s is too high for imbalance_ratio=%s; the head class is capped at "
-            "every image", mean_labels, imbalance_ratio,
-        )
-    counts = np.maximum(1, np.round(n_max * profile)).astype(np.int64)
-    return [int(c) for c in np.minimum(counts, num_images)]
-
-
-# --------------------------------------------------------------------------------------------
-# Info object
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -258,227 +166,6 @@ class DemoDatasetInfo:
         for k, c in enumerate(self.train_positive_counts):
             groups[_group_of(c, many, few)].append(k)
         return groups
-
-
-# --------------------------------------------------------------------------------------------
-# Label assignment
-# --------------------------------------------------------------------------------------------
-
-
-def _assign_labels(
-    rng: np.random.Generator, num_images: int, counts: Sequence[int], mean_labels: float
-) -> np.ndarray:
-    """Draw a ``(N, K)`` bool matrix whose column sums are exactly ``counts``.
-
-    Each image gets a capacity ``1 + Poisson`` (clipped to ``_MAX_LABELS``); classes, largest
-    first, pick their images without replacement with probability proportional to the remaining
-    capacity. Images left without a label then take one over from an image holding three or more
-    (column sums unchanged).
-    """
-    n, k_total = num_images, len(counts)
-    counts = np.asarray(counts, dtype=np.int64)
-    lam = max(0.0, 1.15 * counts.sum() / n - 1.0)
-    capacity = np.clip(1 + rng.poisson(lam, size=n), 1, min(_MAX_LABELS, k_total)).astype(np.int64)
-    labels = np.zeros((n, k_total), dtype=bool)
-    for k in np.argsort(-counts, kind="stable"):
-        free = np.flatnonzero(capacity > 0)
-        need = int(counts[k])
-        if need > free.size:  # not enough capacity left: give the rest to any image
-            capacity[~labels[:, k]] += 1
-            free = np.flatnonzero(capacity > 0)
-        p = capacity[free] / capacity[free].sum()
-        chosen = rng.choice(free, size=need, replace=False, p=p)
-        labels[chosen, k] = True
-        capacity[chosen] -= 1
-    # Give every image at least one label by moving labels from crowded images.
-    for i in np.flatnonzero(labels.sum(1) == 0):
-        donors = np.flatnonzero(labels.sum(1) >= 3)
-        if donors.size == 0:
-            break
-        d = int(rng.choice(donors))
-        k = int(rng.choice(np.flatnonzero(labels[d])))
-        labels[d, k] = False
-        labels[i, k] = True
-    return labels
-
-
-# --------------------------------------------------------------------------------------------
-# Rendering
-# --------------------------------------------------------------------------------------------
-
-
-def _hsv(h_deg: float, s: float, v: float) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb((h_deg / 360.0) % 1.0, s, v), dtype=np.float32) * 255.0
-
-
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth random colour field plus fine texture, float32 ``(size, size, 3)`` in 0..255."""
-    base = _hsv(rng.uniform(0, 360), rng.uniform(*_BG_SATURATION), rng.uniform(*_BG_VALUE))
-    grid = np.clip(base + rng.normal(0.0, _BG_VARIATION, size=(4, 4, 3)), 0, 255)
-    grid = grid.astype(np.uint8)
-    field_img = Image.fromarray(grid, "RGB").resize((size, size), Image.BICUBIC)
-    canvas = np.asarray(field_img, dtype=np.float32).copy()
-    fine = rng.normal(0.0, 1.0, size=(max(2, size // 4), max(2, size // 4))).astype(np.float32)
-    fine_img = Image.fromarray(((fine * 40 + 128).clip(0, 255)).astype(np.uint8), "L")
-    fine_up = np.asarray(fine_img.resize((size, size), Image.BILINEAR), np.float32) - 128.0
-    canvas += fine_up[..., None] * rng.uniform(*_BG_TEXTURE)
-    return canvas
-
-
-def _strokes(rng: np.random.Generator, canvas: np.ndarray, count: int) -> np.ndarray:
-    """Draw ``count`` random coloured lines / arcs onto the canvas."""
-    size = canvas.shape[0]
-    img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(img)
-    hues = list(COLOURS.values())
-    width_max = max(1, size // 32)
-    for _ in range(count):
-        if rng.random() < 0.6:  # class hues: colour alone must not reveal a class
-            colour = _hsv(hues[rng.integers(len(hues))] + rng.normal(0, _HUE_JITTER),
-                          rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
-        else:
-            colour = _hsv(rng.uniform(0, 360), rng.uniform(0, 1), rng.uniform(0.3, 1.0))
-        fill = tuple(int(c) for c in colour)
-        width = int(rng.integers(1, width_max + 1))
-        pts = rng.uniform(0, size, size=4)
-        if rng.random() < 0.5:
-            draw.line([(pts[0], pts[1]), (pts[2], pts[3])], fill=fill, width=width)
-        else:
-            box = [min(pts[0], pts[2]), min(pts[1], pts[3]), max(pts[0], pts[2]) + 2,
-                   max(pts[1], pts[3]) + 2]
-            start = float(rng.uniform(0, 360))
-            draw.arc(box, start, start + float(rng.uniform(60, 270)), fill=fill, width=width)
-    return np.asarray(img, dtype=np.float32).copy()
-
-
-def _digit_mask(rng: np.random.Generator, digit: np.ndarray, size: int) -> np.ndarray:
-    """Scale, maybe thicken, and rotate one 8x8 digit; float32 alpha mask in [0, 1]."""
-    side = int(rng.integers(max(5, round(_OBJECT_SCALE[0] * size)),
-                            max(6, round(_OBJECT_SCALE[1] * size)) + 1))
-    img = Image.fromarray((digit * (255.0 / 16.0)).clip(0, 255).astype(np.uint8), "L")
-    # Non-square scaling (+-15 %) for some shape variation.
-    w = max(4, round(side * rng.uniform(0.85, 1.15)))
-    img = img.resize((w, side), Image.BILINEAR)
-    if side >= 12 and rng.random() < _BOLD_PROB:
-        img = img.filter(ImageFilter.MaxFilter(3))
-    img = img.rotate(float(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION)), Image.BILINEAR,
-                     expand=True)
-    mask = np.asarray(img, dtype=np.float32) / 255.0
-    # Crisper edges: stretch the contrast of the bilinear ramp.
-    return np.clip((mask - 0.15) * 1.6, 0.0, 1.0)
-
-
-def _place(
-    rng: np.random.Generator, occupancy: np.ndarray, mask: np.ndarray, tries: int | None = None
-) -> tuple[int, int]:
-    """Top-left corner for ``mask`` with the least overlap among ``tries`` random positions."""
-    size = occupancy.shape[0]
-    h, w = mask.shape
-    tries = _PLACEMENT_TRIES if tries is None else tries
-    best, best_xy = None, (0, 0)
-    solid = mask > 0.3
-    for _ in range(tries):
-        x = int(rng.integers(0, max(1, size - w + 1)))
-        y = int(rng.integers(0, max(1, size - h + 1)))
-        overlap = float(occupancy[y : y + h, x : x + w][solid[: size - y, : size - x]].sum())
-        if best is None or overlap < best:
-            best, best_xy = overlap, (x, y)
-            if overlap == 0:
-                break
-    return best_xy
-
-
-def _composite(
-    canvas: np.ndarray, mask: np.ndarray, colour: np.ndarray, x: int, y: int
-) -> np.ndarray:
-    """Alpha-blend ``colour`` through ``mask`` at ``(x, y)``; returns the clipped mask used."""
-    size = canvas.shape[0]
-    m = mask[: size - y, : size - x]
-    h, w = m.shape
-    region = canvas[y : y + h, x : x + w]
-    region *= 1.0 - m[..., None]
-    region += m[..., None] * colour
-    return m
-
-
-def _render(
-    rng: np.random.Generator,
-    size: int,
-    instances: list[tuple[int, np.ndarray, np.ndarray, int]],
-    distractors: list[tuple[np.ndarray, np.ndarray]],
-) -> tuple[np.ndarray, list[tuple[int, list[float], float, int]]]:
-    """Render one image.
-
-    Args:
-        instances: ``(class_index, digit 8x8, rgb colour, source_index)`` to annotate.
-        distractors: ``(digit 8x8, rgb colour)`` unlabelled digits.
-
-    Returns:
-        ``uint8 (size, size, 3)`` image and ``(class_index, bbox, area, source_index)`` per
-        instance.
-    """
-    canvas = _background(rng, size)
-    canvas = _strokes(rng, canvas, int(rng.integers(_STROKE_RANGE[0], _STROKE_RANGE[1] + 1)))
-    occupancy = np.zeros((size, size), dtype=np.float32)
-    items: list[tuple[bool, int]] = [(True, i) for i in range(len(instances))]
-    items += [(False, i) for i in range(len(distractors))]
-    order = rng.permutation(len(items))
-    annotations: list[tuple[int, list[float], float, int] | None] = [None] * len(instances)
-    for j in order:
-        is_instance, idx = items[int(j)]
-        if is_instance:
-            _, digit, colour, _ = instances[idx]
-        else:
-            digit, colour = distractors[idx]
-        mask = _digit_mask(rng, digit, size)
-        mask = mask[:size, :size]
-        x, y = _place(rng, occupancy, mask)
-        opacity = float(rng.uniform(*_OPACITY))
-        m = _composite(canvas, mask * opacity, colour, x, y)
-        occupancy[y : y + m.shape[0], x : x + m.shape[1]] += (m > 0.3)
-        if is_instance:
-            ys, xs = np.nonzero(m > 0.3)
-            if ys.size == 0:  # degenerate; fall back to the pasted rectangle
-                bbox = [float(x), float(y), float(m.shape[1]), float(m.shape[0])]
-                area = float(m.shape[0] * m.shape[1])
-            else:
-                bbox = [float(x + xs.min()), float(y + ys.min()),
-                        float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-                area = float(ys.size)
-            k, _, _, src = instances[idx]
-            annotations[idx] = (k, bbox, area, src)
-    canvas += rng.normal(0.0, _NOISE_SIGMA, size=canvas.shape).astype(np.float32)
-    image = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
-    return image, [a for a in annotations if a is not None]
-
-
-def _instance_colour(rng: np.random.Generator, colour_name: str) -> np.ndarray:
-    return _hsv(COLOURS[colour_name] + rng.normal(0.0, _HUE_JITTER / 2),
-                rng.uniform(*_OBJ_SATURATION), rng.uniform(*_OBJ_VALUE))
-
-
-def split_sources(targets: np.ndarray, val_fraction: float, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Split source digits into training and validation sources, stratified by digit.
-
-    Each digit's indices are permuted by ``rng`` (digits 0..9 in turn) and the first
-    ``max(1, round(val_fraction * count))`` go to validation, so the two splits share no source.
-
-    Args:
-        targets: ``int (M,)`` digit class of each source, values 0..9.
-        val_fraction: share of each digit's sources for validation, in [0, 1].
-        rng: the generator; consumed once per digit.
-
-    Returns:
-        ``(train_indices, val_indices)``, each sorted ``int64``.
-    """
-    train_src, val_src = [], []
-    for d in range(10):
-        idx = rng.permutation(np.flatnonzero(targets == d))
-        n_val = max(1, round(val_fraction * idx.size))
-        val_src.append(idx[:n_val])
-        train_src.append(idx[n_val:])
-    return np.sort(np.concatenate(train_src)), np.sort(np.concatenate(val_src))
 
 
 def _make_split(
@@ -546,11 +233,6 @@ def _make_split(
             for cid, (c, d) in zip(category_ids, classes)
         ],
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Public entry point
-# --------------------------------------------------------------------------------------------
 
 
 def _options(**kwargs: Any) -> dict[str, Any]:
