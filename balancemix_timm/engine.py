@@ -43,7 +43,7 @@ from ._checks import check_binary, check_finite, check_ndim, check_tensor, check
 from .gmm import LabelGMM
 from .loss import balancemix_loss
 from .mixing import _check_lam, _interpolate
-from .presets import PRESETS
+from .options import OPTION_DEFAULTS
 from .refine import LabelState, clean_if_agrees, refine_labels
 from .sampling import (
     MinoritySampler,
@@ -70,7 +70,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 _EPS = 1e-7
-_DEFAULT = PRESETS["default"]
+_D = OPTION_DEFAULTS  # keyword defaults: declared once in balancemix_timm.options
 
 #: Options added after the first checkpoint format, with the value an older checkpoint had.
 _ADDED_OPTION_DEFAULTS: dict[str, Any] = {"clean_if_agrees": False, "record_momentum": 0.0, "managed_labels": "all"}
@@ -176,20 +176,20 @@ class BalanceMix:
         self,
         labels: Tensor,
         *,
-        alpha: float = 4.0,
-        eps: float = 0.975,
-        warmup_epochs: int = 10,
-        minority_sampler: bool = True,
-        label_management: Literal["none", "clean", "relabel", "full"] = "full",
-        sampler_score: Literal["paper", "positive"] = "paper",
-        sampler_temperature: float = 1.0,
-        sampler_labels: Literal["given", "refined"] = "given",
-        base_loss: str | Callable[[Tensor, Tensor], Tensor] = "bce",
+        alpha: float = _D["alpha"],
+        eps: float = _D["eps"],
+        warmup_epochs: int = _D["warmup_epochs"],
+        minority_sampler: bool = _D["minority_sampler"],
+        label_management: Literal["none", "clean", "relabel", "full"] = _D["label_management"],
+        sampler_score: Literal["paper", "positive"] = _D["sampler_score"],
+        sampler_temperature: float = _D["sampler_temperature"],
+        sampler_labels: Literal["given", "refined"] = _D["sampler_labels"],
+        base_loss: str | Callable[[Tensor, Tensor], Tensor] = _D["base_loss"],
         gmm_options: Mapping[str, Any] | None = None,
         clean_threshold: float = 0.5,
-        clean_if_agrees: bool = _DEFAULT["clean_if_agrees"],
-        record_momentum: float = _DEFAULT["record_momentum"],
-        managed_labels: Literal["all", "negative"] = _DEFAULT["managed_labels"],
+        clean_if_agrees: bool = _D["clean_if_agrees"],
+        record_momentum: float = _D["record_momentum"],
+        managed_labels: Literal["all", "negative"] = _D["managed_labels"],
         seed: int = 0,
         num_samples: int | None = None,
         num_replicas: int = 1,
