@@ -1,5 +1,4 @@
-"""Eq. 5 of BalanceMix: interpolation of images and targets with a given ``lambda``.
-"""
+"""Eq. 5 of BalanceMix: interpolation of images and targets with a given ``lambda``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The minority sampler of BalanceMix: draws instances with the Eq. 4 weights, DDP-aware.
-"""
+"""The minority sampler of BalanceMix: draws instances with the Eq. 4 weights, DDP-aware."""
 
 from __future__ import annotations
 

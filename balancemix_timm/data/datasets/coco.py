@@ -1,5 +1,4 @@
-"""COCO reader: :class:`CocoMultiLabel`, the multi-label view of an ``instances_*.json`` file.
-"""
+"""COCO reader: :class:`CocoMultiLabel`, the multi-label view of an ``instances_*.json`` file."""
 
 from __future__ import annotations
 

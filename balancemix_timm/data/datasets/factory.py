@@ -1,5 +1,4 @@
-"""Data-set factory: :func:`build_dataset` builds a COCO or VOC multi-label data set by name.
-"""
+"""Data-set factory: :func:`build_dataset` builds a COCO or VOC multi-label data set by name."""
 
 from __future__ import annotations
 

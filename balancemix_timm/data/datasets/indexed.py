@@ -1,5 +1,4 @@
-"""The ``(image, target)`` -> ``(image, target, index)`` wrapper :class:`IndexedDataset`.
-"""
+"""The ``(image, target)`` -> ``(image, target, index)`` wrapper :class:`IndexedDataset`."""
 
 from __future__ import annotations
 

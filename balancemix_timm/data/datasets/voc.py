@@ -1,5 +1,4 @@
-"""Pascal-VOC reader: :class:`VocMultiLabel`, its 20 classes and the ``<difficult>`` flag parser.
-"""
+"""Pascal-VOC reader: :class:`VocMultiLabel`, its 20 classes and the ``<difficult>`` flag parser."""
 
 from __future__ import annotations
 
