@@ -11,7 +11,8 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from balancemix_timm import gmm as gmm_module
+from balancemix_timm.gmm import chunks as gmm_chunks
+from balancemix_timm.gmm import init as gmm_init
 from balancemix_timm.gmm import LabelGMM, clean_probability
 
 EPS10 = 10 * np.finfo(np.float64).eps
@@ -123,8 +124,8 @@ def test_matches_sklearn_from_same_initialisation(settings, dtype):
 def _count_splits(monkeypatch) -> list:
     """Record every full-data split (the first Lloyd step or a fallback)."""
     calls = []
-    split = gmm_module._Chunks.split
-    monkeypatch.setattr(gmm_module._Chunks, "split",
+    split = gmm_chunks._Chunks.split
+    monkeypatch.setattr(gmm_chunks._Chunks, "split",
                         lambda self, thr: calls.append(1) or split(self, thr))
     return calls
 
@@ -160,12 +161,12 @@ def test_kmeans_bound_sequences_plain_steps_or_search_agree(monkeypatch):
     setting) or mixed."""
     losses, labels = make_data(2500, POS_RATES, seed=5, modes=8)
     windows = []
-    window = gmm_module._Chunks.window
-    monkeypatch.setattr(gmm_module._Chunks, "window",
+    window = gmm_chunks._Chunks.window
+    monkeypatch.setattr(gmm_chunks._Chunks, "window",
                         lambda self, lo, hi: windows.append((lo, hi)) or window(self, lo, hi))
     results = []
     for setting in [(5000, 64), (0, 1), (0, 512), (3, 7), (24, 64)]:
-        monkeypatch.setattr(gmm_module, "_BOUND_SEARCH", {"cpu": setting, "other": setting})
+        monkeypatch.setattr(gmm_init, "_BOUND_SEARCH", {"cpu": setting, "other": setting})
         results.append(clean_probability(losses, labels))
     for (lo, hi), p in zip(windows[1:], results[1:]):
         assert torch.equal(lo, windows[0][0]) and torch.equal(hi, windows[0][1])
@@ -176,7 +177,7 @@ def test_kmeans_bound_sequences_plain_steps_or_search_agree(monkeypatch):
 def test_kmeans_init_exact_with_coarse_histogram(monkeypatch, dtype):
     """With 2 bins the bounds are loose (the first step's direction needs a split) and the
     exact window holds most losses: same result."""
-    monkeypatch.setattr(gmm_module, "_INIT_BINS", 2)
+    monkeypatch.setattr(gmm_init, "_INIT_BINS", 2)
     splits = _count_splits(monkeypatch)
     losses, labels = make_data(1500, POS_RATES, seed=3, modes=7)
     model = LabelGMM(max_iter=0, dtype=dtype).fit(losses, labels)
@@ -419,7 +420,7 @@ def test_cuda_matches_cpu():
 @DTYPES
 def test_kmeans_init_exact_when_a_threshold_leaves_the_window(monkeypatch, dtype):
     """A window narrower than the path (negative margin) sends the rest to the full data."""
-    monkeypatch.setattr(gmm_module, "_WINDOW_MARGIN",
+    monkeypatch.setattr(gmm_init, "_WINDOW_MARGIN",
                         {torch.float64: -0.05, torch.float32: -0.05})
     calls = _count_splits(monkeypatch)
     losses, labels = make_data(1500, POS_RATES, seed=14, modes=6)
@@ -478,7 +479,7 @@ def test_result_does_not_depend_on_the_slab_size(monkeypatch, dtype):
     model = LabelGMM(dtype=dtype)
     p = model.fit_predict_clean_proba(losses, labels)
     for entries in (1, 1 << 62):
-        monkeypatch.setattr(gmm_module, "_SLAB_ENTRIES", {"cpu": entries, "other": entries})
+        monkeypatch.setattr(gmm_chunks, "_SLAB_ENTRIES", {"cpu": entries, "other": entries})
         other = LabelGMM(dtype=dtype)
         torch.testing.assert_close(other.fit_predict_clean_proba(losses, labels), p, rtol=0,
                                    atol=1e-6)
