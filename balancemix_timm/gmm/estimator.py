@@ -89,7 +89,10 @@ class LabelGMM:
         init: initial hard assignment, ``"kmeans"`` (1-D two-means from each group's
             minimum / maximum, like scikit-learn's default k-means up to its random start) or
             ``"quantile"`` (split at each group's lower median).
-        init_max_iter: cap on the Lloyd iterations of ``init="kmeans"``.
+        init_max_iter: cap on the exact Lloyd iterations of ``init="kmeans"``, counted from
+            where the histogram bounds resume Lloyd (see :mod:`balancemix_timm.gmm.init`):
+            Lloyd reaches its fixed point unless the cap stops it, and a cap that does stops
+            it further along than that many plain Lloyd steps.
         min_group_size: groups with fewer labels are not fitted (default 8: with fewer points
             the two components' means and variances are mostly noise; scikit-learn needs 2).
         fallback: clean probability given to the labels of groups that are not fitted (too
