@@ -21,22 +21,22 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import TrainConfig, config_diff
+from ..config import TrainConfig
 from ..engine import ABLATIONS
 from ..methods import MethodContext, build_method
 from ..metrics import class_groups, group_absence_reasons, scaled_group_thresholds
 from ..noise import noise_rate_report
-from ..sampling import ShardedRandomSampler, TailMergingBatchSampler
+from ..sampling import ShardedRandomSampler
 from ..utils import (
     ModelEma,
     atomic_save,
     epoch_seed,
     resolve_device,
-    rng_state,
     seed_everything,
     seed_worker,
 )
-from .data import build_datasets, noisy_labels
+from .checkpoint import CheckpointMixin
+from .data import build_datasets, noisy_labels, train_loader
 from .distributed import dist_info, init_distributed
 from .evaluation import MapFigures, predict
 from .optim import build_optimizer, steps_per_epoch
@@ -48,7 +48,7 @@ __all__ = ["Trainer", "train"]
 _logger = logging.getLogger("balancemix_timm.train")
 
 
-class Trainer:
+class Trainer(CheckpointMixin):
     """One training run described by a :class:`TrainConfig`.
 
     Args:
@@ -217,34 +217,14 @@ class Trainer:
 
     def loader_generator(self, epoch: int, stream: int) -> torch.Generator:
         """Seeded generator of a DataLoader (worker seeds) for (epoch, stream)."""
-        return torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch, stream))
+        return self.context.loader_generator(epoch, stream)
 
     def _train_loader(self, epoch: int) -> DataLoader:
-        cfg = self.cfg
-        common = dict(
-            num_workers=cfg.workers,
-            pin_memory=self.device.type == "cuda",
-            worker_init_fn=seed_worker,
-            generator=self.loader_generator(epoch, 1),
-            persistent_workers=False,
-        )
         self.method.set_epoch(epoch)
-        if self.method.paired:
-            from ..mixing import MixupCollate, PairedDataset
-            from ..sampling import PairedBatchSampler
-
-            collate = MixupCollate(alpha=cfg.alpha, mode=cfg.lam_mode, seed=cfg.seed)
-            collate.set_epoch(epoch)
-            batch_sampler = PairedBatchSampler(self.method.paired_sampler, cfg.batch_size, drop_last=False, merge_single_tail=True)
-            # Minority items are read through the views too (their extra views are dropped).
-            # Reading them without views measured the same on the demo once the augmentation
-            # stream was varied (docs/performance.md, target 4); kept for the published figures.
-            pairs = PairedDataset(self.train_set)
-            return DataLoader(pairs, batch_sampler=batch_sampler, collate_fn=collate, **common)
-        assert self.train_sampler is not None
-        self.train_sampler.set_epoch(epoch)
-        batches = TailMergingBatchSampler(self.train_sampler, cfg.batch_size, merge_single_tail=True)
-        return DataLoader(self.train_set, batch_sampler=batches, **common)
+        return train_loader(
+            self.cfg, self.method, self.train_set, self.train_sampler, epoch,
+            generator=self.loader_generator(epoch, 1), pin_memory=self.device.type == "cuda",
+        )
 
     # ------------------------------------------------------------------ steps
     def autocast(self):
@@ -320,61 +300,6 @@ class Trainer:
             out["best_of_mAP"] = max(out["mAP"], out["ema_mAP"])
         self.model.train()
         return out
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self, epoch: int) -> dict[str, Any]:
-        """The checkpoint after ``epoch`` (0-based): everything :meth:`load_checkpoint` restores."""
-        return dict(
-            format="balancemix-timm/1",
-            epoch=epoch,
-            config=self.cfg.to_dict(),
-            model=self.model.state_dict(),
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
-            scaler=self.scaler.state_dict(),
-            ema=self.ema.state_dict() if self.ema is not None else None,
-            method=self.method.state_dict(),
-            train_sampler=self.train_sampler.state_dict() if self.train_sampler is not None else None,
-            given_labels=self.given_labels,
-            best=self.best,
-            metrics=self.metrics,
-            rng=rng_state(),
-        )
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Resume from ``path``.
-
-        Raises:
-            FileNotFoundError: no file at ``path``.
-            ValueError: not a training checkpoint, or one of another configuration or of
-                other labels.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != "balancemix-timm/1":
-            raise ValueError(f"{path} is not a balancemix-timm training checkpoint")
-        diff = config_diff(ckpt["config"], self.cfg.to_dict())
-        if diff:
-            pretty = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"checkpoint {path} was written with another configuration: {pretty}")
-        if not torch.equal(ckpt["given_labels"], self.given_labels):
-            raise ValueError(f"checkpoint {path} was trained on different labels (data set or noise seed changed)")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt["scheduler"] is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        if self.ema is not None and ckpt["ema"] is not None:
-            self.ema.load_state_dict(ckpt["ema"])
-        self.method.load_state_dict(ckpt["method"])
-        if self.train_sampler is not None and ckpt["train_sampler"] is not None:
-            self.train_sampler.load_state_dict(ckpt["train_sampler"])
-        self.best = dict(ckpt["best"])
-        self.metrics = list(ckpt["metrics"])
-        self.start_epoch = int(ckpt["epoch"]) + 1
-        _logger.info("resumed from %s at epoch %d", path, self.start_epoch)
 
     # ------------------------------------------------------------------ run
     def fit(self, resume: str | Path | None = None, *, stop_after: int | None = None) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The run's data: training and validation sets of a :class:`~balancemix_timm.config.TrainConfig`
-and the given (noise-injected) labels."""
+"""The run's data: training and validation sets of a :class:`~balancemix_timm.config.TrainConfig`,
+the given (noise-injected) labels and the training loader of an epoch."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import TrainConfig
+from ..methods import TrainingMethod
+from ..mixing import MixupCollate, PairedDataset
 from ..noise import apply_noise
+from ..sampling import PairedBatchSampler, ShardedRandomSampler, TailMergingBatchSampler
+from ..utils import seed_worker
 
-__all__ = ["build_datasets", "noisy_labels"]
+__all__ = ["build_datasets", "noisy_labels", "train_loader"]
 
 
 def _paths(cfg: TrainConfig) -> dict[str, Path]:
@@ -87,3 +91,48 @@ def noisy_labels(cfg: TrainConfig, clean: Tensor) -> Tensor:
         return clean.clone()
     g = torch.Generator().manual_seed(int(cfg.noise_seed))
     return apply_noise(clean, cfg.noise, cfg.noise_rate, generator=g)
+
+
+def train_loader(
+    cfg: TrainConfig, method: TrainingMethod, train_set: Dataset, sampler: ShardedRandomSampler | None,
+    epoch: int, *, generator: torch.Generator, pin_memory: bool,
+) -> DataLoader:
+    """The training batches of ``epoch`` as ``method`` consumes them.
+
+    A paired method gets :class:`~balancemix_timm.mixing.MixedBatch` batches of its
+    ``paired_sampler`` (Mixup of the random and the second stream); a plain one gets
+    ``(image, target, index)`` batches of ``sampler``. Either way a one-sample tail joins the
+    batch before it.
+
+    Args:
+        cfg: ``batch_size``, ``workers``, ``alpha``, ``lam_mode``, ``seed``.
+        method: The training method (its ``set_epoch`` already called for ``epoch``).
+        train_set: The training data set.
+        sampler: The random sampler of a plain method (None for a paired one).
+        epoch: 0-based epoch.
+        generator: Seeds the loader's workers.
+        pin_memory: Pin host batches (for a CUDA device).
+
+    Raises:
+        ValueError: a plain method without ``sampler``.
+    """
+    common: dict[str, Any] = dict(
+        num_workers=cfg.workers,
+        pin_memory=pin_memory,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        persistent_workers=False,
+    )
+    if method.paired:
+        collate = MixupCollate(alpha=cfg.alpha, mode=cfg.lam_mode, seed=cfg.seed)
+        collate.set_epoch(epoch)
+        batch_sampler = PairedBatchSampler(method.paired_sampler, cfg.batch_size, drop_last=False, merge_single_tail=True)
+        # Minority items are read through the views too (their extra views are dropped).
+        # Reading them without views measured the same on the demo once the augmentation
+        # stream was varied (docs/performance.md, target 4); kept for the published figures.
+        return DataLoader(PairedDataset(train_set), batch_sampler=batch_sampler, collate_fn=collate, **common)
+    if sampler is None:
+        raise ValueError(f"method {method.name!r} is not paired: its training loader needs a sampler")
+    sampler.set_epoch(epoch)
+    batches = TailMergingBatchSampler(sampler, cfg.batch_size, merge_single_tail=True)
+    return DataLoader(train_set, batch_sampler=batches, **common)
