@@ -10,17 +10,35 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .options import OPTION_DEFAULTS, BalanceMixOptions, check_option, option_specs
 from .presets import PRESETS, preset_options
 
 __all__ = ["TrainConfig", "load_config", "parse_overrides", "RESUME_IGNORED_KEYS"]
 
 
+def _with_balancemix_options(cls: type) -> type:
+    """Insert one field per :class:`~balancemix_timm.options.BalanceMixOptions` option after
+    ``preset`` (same name, type and default), before ``dataclass`` processes ``cls``."""
+    annotations: dict[str, Any] = {}
+    for name, kind in cls.__annotations__.items():
+        annotations[name] = kind
+        if name == "preset":
+            for spec in option_specs():
+                annotations[spec.name] = spec.type
+                setattr(cls, spec.name, spec.default)
+    cls.__annotations__ = annotations
+    return cls
+
+
 @dataclass
+@_with_balancemix_options
 class TrainConfig:
     """Every option of ``balancemix-train``; YAML files in ``configs/`` set a subset.
 
-    Groups of fields: data, label noise, model, method (BalanceMix engine and baselines),
-    optimisation, evaluation and output. See ``docs/training.md`` for each field.
+    Groups of fields: data, label noise, model, method (the BalanceMix options of
+    :class:`~balancemix_timm.options.BalanceMixOptions`, inserted after ``preset``, and the
+    baselines' ``method_options``), optimisation, evaluation and output. See
+    ``docs/training.md`` for each field.
     """
 
     # --- data ---------------------------------------------------------------------------
@@ -60,30 +78,9 @@ class TrainConfig:
     # --- method ---------------------------------------------------------------------------
     method: str = "balancemix"  # "bce" | "balancemix" (+ baselines)
     ablation: str | None = None  # "mixup" | "minority" | "clean" | "relabel" | "full" (Table 5)
-    alpha: float = 4.0
-    eps: float = 0.975
-    warmup_epochs: int = 10
-    minority_sampler: bool = True
-    label_management: str = "full"
-    sampler_score: str = "paper"
-    sampler_temperature: float = 1.0
-    sampler_labels: str = "given"
-    base_loss: str = "bce"
-    lam_mode: str = "batch"
-    label_source: str = "views"  # "views" (per step, no grad) | "epoch_pass"
-    num_views: int = 2
     preset: str | None = None  # "paper" | "default": named option sets (balancemix_timm.presets)
-    # The defaults of these four are the "default" preset's (balancemix_timm.presets).
-    clean_if_agrees: bool = PRESETS["default"]["clean_if_agrees"]  # a label f(x) agrees with is clean
-    record_momentum: float = PRESETS["default"]["record_momentum"]  # EMA over epochs of the records
-    managed_labels: str = PRESETS["default"]["managed_labels"]  # "all" | "negative" (positives clean)
-    confidence_input: str = PRESETS["default"]["confidence_input"]  # f(x) of Eq. 2 / 6: "image" | "views"
-    view_fraction: float = 1.0  # share of each random batch whose views are forwarded (cost option)
-    gmm_normalize: str = "minmax"
-    gmm_max_iter: int = 10
-    gmm_tol: float = 1e-2
-    gmm_reg_covar: float = 5e-4
-    gmm_dtype: str = "auto"  # per-label arithmetic of the GMM fit: "auto" | "float32" | "float64"
+    # Here the fields of balancemix_timm.options.BalanceMixOptions are inserted (alpha, eps, ...,
+    # gmm_min_group_size): each BalanceMix option is declared once, there.
     method_options: dict[str, Any] = field(default_factory=dict)
     # --- optimisation ---------------------------------------------------------------------
     epochs: int = 10
@@ -118,6 +115,10 @@ class TrainConfig:
         """Plain dictionary (YAML/JSON serialisable)."""
         return dataclasses.asdict(self)
 
+    def balancemix_options(self) -> BalanceMixOptions:
+        """The BalanceMix options of this configuration."""
+        return BalanceMixOptions(**{spec.name: getattr(self, spec.name) for spec in option_specs()})
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent option."""
         choices = {
@@ -126,13 +127,7 @@ class TrainConfig:
             "head": ("linear", "ml_decoder"),
             "optimizer": ("sgd", "adam", "adamw"),
             "scheduler": ("cosine", "onecycle", "none"),
-            "label_source": ("views", "epoch_pass"),
-            "confidence_input": ("views", "image"),
-            "managed_labels": ("all", "negative"),
             "preset": (None, *PRESETS),
-            "label_management": ("none", "clean", "relabel", "full"),
-            "lam_mode": ("batch", "elem"),
-            "gmm_dtype": ("auto", "float32", "float64"),
             "voc_difficult_eval": ("ignore", "negative"),
         }
         for key, allowed in choices.items():
@@ -156,11 +151,8 @@ class TrainConfig:
             raise ValueError(f"config lr must be >= 0, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"config ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.num_views < 1:
-            raise ValueError(f"config num_views must be >= 1, got {self.num_views}")
-        if isinstance(self.view_fraction, bool) or not isinstance(self.view_fraction, (int, float)) \
-                or not 0.0 < float(self.view_fraction) <= 1.0:
-            raise ValueError(f"config view_fraction must be a number in (0, 1], got {self.view_fraction!r}")
+        for spec in option_specs():
+            check_option(spec.name, getattr(self, spec.name), where="config ")
         if self.label_source == "epoch_pass" and float(self.view_fraction) != 1.0:
             raise ValueError(
                 "config view_fraction < 1 applies to label_source='views' only; "
@@ -173,6 +165,8 @@ class TrainConfig:
 LEGACY_VALUES: dict[str, Any] = {
     "preset": None, "confidence_input": "views", "clean_if_agrees": False, "record_momentum": 0.0,
     "managed_labels": "all", "voc_difficult_eval": "negative",
+    # The trainer fitted the GMMs with LabelGMM's defaults before these two keys existed.
+    "gmm_init": OPTION_DEFAULTS["gmm_init"], "gmm_min_group_size": OPTION_DEFAULTS["gmm_min_group_size"],
 }
 
 #: Keys only the BalanceMix method reads: they cannot make another method's run differ.

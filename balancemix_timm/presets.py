@@ -15,19 +15,26 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PRESETS", "ENGINE_KEYS", "preset_options", "engine_preset"]
+from .options import OPTION_DEFAULTS, option_spec
+
+__all__ = ["PRESETS", "PRESET_KEYS", "ENGINE_KEYS", "preset_options", "engine_preset"]
+
+#: The options a preset sets: those where the paper's text and the project's default differ or
+#: where the paper is silent.
+PRESET_KEYS = ("confidence_input", "clean_if_agrees", "record_momentum", "managed_labels")
 
 #: Options each preset sets (trainer / ML-Decoder names; ``confidence_input`` is a front-end option).
 PRESETS: dict[str, dict[str, Any]] = {
     # Eq. 2 and 6 read f(x) of the un-augmented image; every (class, polarity) group is split by
     # its GMM (Eq. 7-8); the latest record of a sample is used; positives and negatives are managed.
     "paper": dict(confidence_input="image", clean_if_agrees=False, record_momentum=0.0, managed_labels="all"),
-    # As the paper, except that a label the model agrees with stays clean (refine.clean_if_agrees).
-    "default": dict(confidence_input="image", clean_if_agrees=True, record_momentum=0.0, managed_labels="all"),
+    # The options' defaults (balancemix_timm.options): the paper, except that a label the model
+    # agrees with stays clean (refine.clean_if_agrees).
+    "default": {key: OPTION_DEFAULTS[key] for key in PRESET_KEYS},
 }
 
 #: The preset keys that are :class:`~balancemix_timm.engine.BalanceMix` keywords.
-ENGINE_KEYS = ("clean_if_agrees", "record_momentum", "managed_labels")
+ENGINE_KEYS = tuple(key for key in PRESET_KEYS if option_spec(key).group == "engine")
 
 
 def preset_options(name: str) -> dict[str, Any]:

@@ -39,9 +39,9 @@ def test_numeric_fields_read_as_numbers_from_yaml_and_overrides(tmp_path):
     # YAML 1.1 reads "1e-4" (no dot) as a string; numeric fields must still come out numeric.
     recipe = tmp_path / "r.yaml"
     recipe.write_text("weight_decay: 1e-4\nlr: '3e-3'\nepochs: '4'\nbatch_size: 8.0\n")
-    cfg = load_config(recipe, ["eps=5e-1", "many_threshold=1e3", "grad_clip=null"])
+    cfg = load_config(recipe, ["eps=6e-1", "many_threshold=1e3", "grad_clip=null"])
     assert cfg.weight_decay == 1e-4 and isinstance(cfg.weight_decay, float)
-    assert cfg.lr == 3e-3 and cfg.eps == 0.5
+    assert cfg.lr == 3e-3 and cfg.eps == 0.6
     assert cfg.epochs == 4 and isinstance(cfg.epochs, int)
     assert cfg.batch_size == 8 and isinstance(cfg.batch_size, int)
     assert cfg.many_threshold == 1000 and isinstance(cfg.many_threshold, int)

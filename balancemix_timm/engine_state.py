@@ -1,0 +1,160 @@
+"""The engine's refresh report, checkpoints and the distributed merge of its records.
+
+:class:`EngineState` holds the methods of :class:`~balancemix_timm.engine.BalanceMix` that read
+or write its per-sample tables as a whole: the all-reduce of each epoch's records across ranks
+and the bit-for-bit checkpoint (``config`` / ``state_dict`` / ``load_state_dict``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+__all__ = ["EngineState", "RefreshReport"]
+
+#: Options added after the first checkpoint format, with the value an older checkpoint had.
+_ADDED_OPTION_DEFAULTS: dict[str, Any] = {"clean_if_agrees": False, "record_momentum": 0.0, "managed_labels": "all"}
+
+
+
+@dataclass
+class RefreshReport:
+    """What one epoch-end refresh did (all fractions over the recorded labels).
+
+    Attributes:
+        epoch: The epoch that just ended.
+        applied: Whether the refined labels are used from the next epoch on (after warm-up).
+        clean_fraction: Fraction of labels with ``p_G > 0.5``.
+        relabeled_fraction: Fraction of labels re-labeled by Eq. 9.
+        ambiguous_fraction: Fraction of ambiguous labels.
+        changed_fraction: Fraction of labels whose refined value differs from the given one.
+        sampler: The minority sampler's weight spread (see :func:`weight_spread`).
+        unseen: Number of samples with no recorded prediction yet.
+    """
+
+    epoch: int
+    applied: bool
+    clean_fraction: float
+    relabeled_fraction: float
+    ambiguous_fraction: float
+    changed_fraction: float
+    sampler: dict[str, float]
+    unseen: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat dictionary for logging (``sampler_*`` keys for the spread)."""
+        out = {k: v for k, v in self.__dict__.items() if k != "sampler"}
+        out.update({f"sampler_{k}": v for k, v in self.sampler.items()})
+        return out
+
+
+class EngineState:
+    """Checkpoint and distributed-merge methods of the engine (tables set by its constructor)."""
+
+    # ------------------------------------------------------------------ distributed
+    def sync_records(self) -> None:
+        """Merge the predictions recorded this epoch on every rank (call before :meth:`refresh`).
+
+        Each rank records only its shard; an all-reduce of (probs x mask, mask) gives every rank
+        the same table (samples drawn on several ranks through padding get the mean).
+        No-op when torch.distributed is not initialised.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        backend = dist.get_backend()
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        local = self._epoch_seen.to(device=device, dtype=torch.float64)
+        mask = local.clone()
+        dist.all_reduce(mask)
+        got = mask > 0
+        got_here = got.to(self.device)
+        for name in ("probs", "view_mean"):
+            masked = getattr(self, name).to(device=device, dtype=torch.float64) * local[:, None]
+            dist.all_reduce(masked)
+            getattr(self, name)[got_here] = (masked[got] / mask[got][:, None]).to(self.device, torch.float32)
+        self.seen |= got_here
+        self._epoch_seen |= got_here
+
+    # ------------------------------------------------------------------ checkpointing
+    def config(self) -> dict[str, Any]:
+        """The options that must match when a checkpoint is loaded."""
+        return dict(
+            num_samples=self.num_samples_total,
+            num_classes=self.num_classes,
+            alpha=self.alpha,
+            eps=self.eps,
+            warmup_epochs=self.warmup_epochs,
+            minority_sampler=self.use_minority_sampler,
+            label_management=self.label_management,
+            sampler_score=self.sampler_score,
+            sampler_temperature=self.sampler_temperature,
+            sampler_labels=self.sampler_labels,
+            clean_threshold=self.clean_threshold,
+            clean_if_agrees=self.clean_if_agrees,
+            record_momentum=self.record_momentum,
+            managed_labels=self.managed_labels,
+            seed=self.seed,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-for-bit (tensors on CPU, whatever :attr:`device`)."""
+        def cpu(t: Tensor) -> Tensor:
+            return t.detach().to("cpu", copy=True)
+
+        return dict(
+            config=self.config(),
+            given_labels=cpu(self.given_labels),
+            refined_labels=cpu(self.refined_labels),
+            state=cpu(self.state),
+            clean_prob=cpu(self.clean_prob),
+            probs=cpu(self.probs),
+            view_mean=cpu(self.view_mean),
+            losses=cpu(self.losses),
+            seen=cpu(self.seen),
+            epoch_seen=cpu(self._epoch_seen),
+            epoch=self.epoch,
+            applied=self.applied,
+            history=list(self.history),
+            random_sampler=self.random_sampler.state_dict(),
+            second_sampler=self.second_sampler.state_dict(),
+        )
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; refuses a checkpoint of another configuration."""
+        cfg = dict(state_dict.get("config", {}))
+        mine = self.config()
+        cfg = {**_ADDED_OPTION_DEFAULTS, **cfg}
+        diff = {k: (cfg.get(k), v) for k, v in mine.items() if cfg.get(k) != v}
+        if diff:
+            pretty = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"engine checkpoint was written with another configuration ({pretty})")
+        given = state_dict["given_labels"]
+        if not torch.equal(given.to(self.device, torch.uint8), self.given_labels):
+            raise ValueError(
+                "engine checkpoint holds different given labels than this data set "
+                "(another data set, split or noise seed?)"
+            )
+
+        def load(key: str, dtype: torch.dtype) -> Tensor:
+            return state_dict[key].detach().to(self.device, dtype, copy=True)
+
+        self.refined_labels = load("refined_labels", torch.uint8)
+        self.state = load("state", torch.int8)
+        self.clean_prob = load("clean_prob", torch.float32)
+        self.probs = load("probs", torch.float32)
+        # Checkpoints written before f(x) and the view mean were told apart hold one table.
+        self.view_mean = load("view_mean" if "view_mean" in state_dict else "probs", torch.float32)
+        self.losses = load("losses", torch.float32)
+        self.seen = load("seen", torch.bool)
+        self._epoch_seen = load("epoch_seen", torch.bool)
+        self.epoch = int(state_dict["epoch"])
+        self.applied = bool(state_dict["applied"])
+        self.history = list(state_dict.get("history", []))
+        self.random_sampler.load_state_dict(state_dict["random_sampler"])
+        self.second_sampler.load_state_dict(state_dict["second_sampler"])
+        self._device_cache.clear()

@@ -1,0 +1,110 @@
+"""The hand-written docs stand alone: every relative link resolves inside the repository, and no
+page points at material outside it (``../shared``, absolute ``/work/`` paths) or at numbered
+issues instead of stating the rule.
+
+Pages (or parts of pages) written by the benchmark's report commands are excluded by name below;
+fix their wording in the generator, not in the page.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Pages written by code, not by hand (regenerating them would undo an edit).
+GENERATED = {
+    # balancemix_timm/benchmark/report.py (write_report; `balancemix-benchmark`, which appends
+    # docs/results_discussion.md through --notes)
+    "docs/results.md",
+    # benchmarks/study_variants.py --markdown docs/results_variants.md
+    "docs/results_variants.md",
+}
+#: Generated blocks inside hand-written pages: (start marker, end marker). The label-issue
+#: comparison is rewritten by balancemix_timm/benchmark/label_issues_report.py
+#: (`balancemix-benchmark-label-issues --docs docs/label-issues.md`).
+GENERATED_BLOCKS = [("<!-- label-issues-comparison:start", "<!-- label-issues-comparison:end -->")]
+
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|!\[[^\]]*\]\(([^)\s]+)\)")
+URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.I)
+FORBIDDEN = [
+    (re.compile(r"\.\./shared\b|\bshared/(paper|spec)\b"), "material outside the repository (../shared)"),
+    (re.compile(r"/work/"), "an absolute path of one machine (/work/)"),
+    (re.compile(r"\bissues?\s*#?\s*\d+", re.I), "an issue number instead of the rule"),
+    (re.compile(r"(?<![\w&/])#\d+\b"), "an issue number (#N) instead of the rule"),
+    (re.compile(r"\bsessions?\s+\d+|\bearlier sessions?\b|\bthe session before\b", re.I),
+     "the history of a working session instead of the current rule"),
+]
+
+
+def _pages() -> list[Path]:
+    pages = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+    return [p for p in pages if p.relative_to(ROOT).as_posix() not in GENERATED]
+
+
+def _hand_written(text: str) -> str:
+    for start, end in GENERATED_BLOCKS:
+        while start in text:
+            i = text.index(start)
+            j = text.find(end, i)
+            assert j >= 0, f"generated block {start!r} has no end marker {end!r}"
+            text = text[:i] + text[j + len(end):]
+    return text
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub-style heading anchors (loosely: lower case, punctuation dropped, spaces to -)."""
+    out = set()
+    for line in text.splitlines():
+        m = re.match(r"#{1,6}\s+(.*)", line)
+        if m:
+            title = re.sub(r"[`*_]", "", m.group(1)).strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
+PAGES = _pages()
+IDS = [p.relative_to(ROOT).as_posix() for p in PAGES]
+
+
+def test_pages_found():
+    assert (ROOT / "README.md") in PAGES and len(PAGES) >= 5
+
+
+@pytest.mark.parametrize("page", PAGES, ids=IDS)
+def test_relative_links_resolve(page: Path):
+    text = _hand_written(page.read_text(encoding="utf-8"))
+    bad = []
+    for m in LINK.finditer(text):
+        target = m.group(1) or m.group(2)
+        if URL.match(target) or target.startswith("mailto:"):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists():
+            bad.append(f"{target}: no such file")
+            continue
+        try:
+            dest.relative_to(ROOT)
+        except ValueError:
+            bad.append(f"{target}: outside the repository")
+            continue
+        if anchor and dest.suffix == ".md" and anchor.lower() not in _anchors(dest.read_text(encoding="utf-8")):
+            bad.append(f"{target}: no heading with anchor #{anchor}")
+    assert not bad, f"{page.relative_to(ROOT)}: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=IDS)
+def test_no_references_outside_the_repository(page: Path):
+    text = _hand_written(page.read_text(encoding="utf-8"))
+    text = LINK.sub(lambda m: m.group(0).split("](")[0] + "]()", text)  # link targets checked above
+    text = URL.sub("", text)                                              # public URLs are fine
+    bad = []
+    for n, line in enumerate(text.splitlines(), 1):
+        for pattern, why in FORBIDDEN:
+            for m in pattern.finditer(line):
+                bad.append(f"line {n}: {m.group(0)!r} ({why})")
+    assert not bad, f"{page.relative_to(ROOT)}:\n" + "\n".join(bad)
