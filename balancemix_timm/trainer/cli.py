@@ -98,7 +98,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = ("epoch", "mAP", "mAP_many", "mAP_medium", "mAP_few")
     print(json.dumps({k: last[k] for k in keys if k in last} | {"best": summary["best"]}))
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
