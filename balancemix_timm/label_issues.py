@@ -14,6 +14,7 @@ swapped for the other:
   (N, K) bool mask or ranked (image, class) pairs, like cleanlab's
   ``multilabel_classification.filter.find_label_issues`` (which flags whole images).
 * :func:`describe_label_issues`: the given and suggested label of each flagged pair.
+* :func:`write_label_issues`: the flagged labels as a CSV file (a run's ``label_issues.csv``).
 
 Differences from cleanlab: the input is not ``(labels, pred_probs)`` but a ``source`` that
 holds BalanceMix's state (a live engine, a run folder, a checkpoint; see
@@ -41,6 +42,7 @@ for their labels and they are never flagged.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from dataclasses import dataclass
@@ -61,6 +63,7 @@ __all__ = [
     "find_label_issues",
     "label_quality_scores",
     "load_label_state",
+    "write_label_issues",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -457,3 +460,63 @@ def describe_label_issues(
         view_prob=vp,
         quality=_scores(st, ranked_by)[ni, ki],
     )
+
+
+#: Columns of ``label_issues.csv`` (:func:`write_label_issues`).
+_ISSUE_COLUMNS = ("image_id", "file", "class_index", "class", "given", "state", "refined", "changed",
+                  "clean_prob", "view_prob", "confidence", "label_quality")
+
+
+def write_label_issues(engine: Any, dataset: Any, path: str | Path) -> int:
+    """``label_issues.csv``: every re-labeled or ambiguous label, most confident first.
+
+    ``engine`` is anything :func:`load_label_state` accepts (a refreshed engine, a run folder,
+    a checkpoint); ``dataset`` names the rows (its ``image_ids``, ``image_paths`` and
+    ``classes`` if it has them, else positions and class indices). Columns: image_id, file,
+    class_index, class, given, state, refined, changed, clean_prob, view_prob, confidence,
+    label_quality. ``confidence`` is the views' agreement with the refined value for
+    re-labeled labels (Eq. 9) and ``1 - p_G`` for ambiguous ones; ``label_quality`` is the
+    default score of :func:`label_quality_scores` (in [0, 1], low = the given label is likely
+    wrong). Rows whose ``changed`` is 1 or whose state is ambiguous are what
+    :func:`find_label_issues` flags by default. An engine that was never refreshed gives the
+    header only (and a warning). The file is written atomically (a temporary file renamed).
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        ValueError: ``engine`` is nothing :func:`load_label_state` reads.
+    """
+    from .engine import BalanceMix
+
+    if isinstance(engine, BalanceMix) and not engine.history:
+        _logger.warning("the engine was never refreshed: %s lists no labels", path)
+        Path(path).write_text(",".join(_ISSUE_COLUMNS) + "\n")
+        return 0
+    st = load_label_state(engine)
+    pairs = np.argwhere(st.states != int(LabelState.CLEAN))  # row-major (image, class)
+    d = describe_label_issues(st, pairs)
+    relabeled = d["state"] == int(LabelState.RELABELED)
+    refined = st.refined_labels[d["image_index"], d["class_index"]]
+    vp, cp = d["view_prob"].astype(np.float32), d["clean_prob"].astype(np.float32)
+    conf = np.where(relabeled, np.where(refined == 1, vp, np.float32(1) - vp), np.float32(1) - cp)
+    order = np.argsort(-conf, kind="stable")
+    image_ids = list(getattr(dataset, "image_ids", range(len(dataset))))
+    paths = list(getattr(dataset, "image_paths", [""] * len(dataset)))
+    classes = list(getattr(dataset, "classes", [str(i) for i in range(st.shape[1])]))
+    names = {int(LabelState.RELABELED): "relabeled", int(LabelState.AMBIGUOUS): "ambiguous"}
+    path = Path(path)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(_ISSUE_COLUMNS)
+        for j in order.tolist():
+            n, k, given = int(d["image_index"][j]), int(d["class_index"][j]), int(d["given"][j])
+            w.writerow([
+                image_ids[n], Path(str(paths[n])).name, k, classes[k], given, names[int(d["state"][j])],
+                int(refined[j]), int(int(refined[j]) != given), f"{float(cp[j]):.4f}", f"{float(vp[j]):.4f}",
+                f"{float(conf[j]):.4f}", f"{float(d['quality'][j]):.4f}",
+            ])
+    tmp.replace(path)
+    _logger.info("label issues: %d re-labeled or ambiguous labels written to %s", len(order), path)
+    return int(len(order))

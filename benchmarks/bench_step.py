@@ -106,7 +106,7 @@ def build(args: argparse.Namespace) -> tuple[Trainer, Any, Any, list[Any]]:
     ))
     trainer = Trainer(cfg)
     bm = trainer.method
-    asl = build_method("asl", trainer)
+    asl = build_method("asl", trainer.context)
     eng = bm.engine
     # Post-warm-up state: predictions that agree with the given labels except on ~10% of them
     # (some confidently: re-labeled; some not: ambiguous), then one applied refresh.
@@ -135,17 +135,23 @@ def build(args: argparse.Namespace) -> tuple[Trainer, Any, Any, list[Any]]:
     return trainer, bm, asl, batches
 
 
+def _step(trainer: Trainer, method: Any, batch: Any) -> None:
+    """One training step as the trainer takes it: loss, optimiser step, post-step hook."""
+    trainer.optimizer_step(method.training_step(batch))
+    method.after_step(batch)
+
+
 def run_variant(name: str, trainer: Trainer, bm: Any, asl: Any, batch: Any) -> None:
     v = VARIANTS[name]
     if v["method"] == "asl":
-        asl.training_step(batch._replace(view_r=None))
+        _step(trainer, asl, batch._replace(view_r=None))
         return
     if not v["views"]:
-        bm.training_step(batch._replace(view_r=None))
+        _step(trainer, bm, batch._replace(view_r=None))
         return
     trainer.cfg.num_views = v["num_views"]
     trainer.cfg.view_fraction = v["view_fraction"]
-    bm.training_step(batch)
+    _step(trainer, bm, batch)
 
 
 def time_steps(

@@ -13,7 +13,7 @@ import torch
 from tests._tiny import tiny
 
 from balancemix_timm.config import TrainConfig, load_config
-from balancemix_timm.methods import METHODS
+from balancemix_timm.methods import METHODS, MethodContext
 from balancemix_timm.methods.asl import ASLMethod
 from balancemix_timm.methods.coteaching import (
     coteaching_forget_rate,
@@ -53,11 +53,13 @@ def bce(x: float, y: float) -> float:
     return y * softplus(-x) + (1 - y) * softplus(x)
 
 
-def _stub_trainer(labels: torch.Tensor, method: str, **options):
+def _stub_context(labels: torch.Tensor, method: str, **options) -> MethodContext:
+    """What a method is built from, without a trainer (no data set, no model)."""
     cfg = TrainConfig(method=method, method_options=dict(options))
-    return SimpleNamespace(
-        cfg=cfg, given_labels=labels, clean_labels=labels, true_labels_known=False, world_size=1,
-        dist_rank=0, device=torch.device("cpu"), num_classes=labels.shape[1],
+    model = torch.nn.Identity()
+    return MethodContext(
+        cfg=cfg, model=model, ddp_model=model, device=torch.device("cpu"), given_labels=labels,
+        clean_labels=labels, true_labels_known=False, num_classes=labels.shape[1],
     )
 
 
@@ -74,7 +76,7 @@ def test_all_baselines_registered():
 # ---------------------------------------------------------------------------- ASL
 def test_asl_method_equals_the_formula():
     labels = torch.tensor([[1, 0, 0], [0, 1, 1]], dtype=torch.uint8)
-    method = ASLMethod(_stub_trainer(labels, "asl"))
+    method = ASLMethod(_stub_context(labels, "asl"))
     assert (method.gamma_pos, method.gamma_neg, method.clip) == (0.0, 4.0, 0.05)
     logits = torch.tensor([[1.5, -0.3, 2.0], [-1.0, 0.2, -4.0]], dtype=torch.float64)
     targets = torch.tensor([[1.0, 0.0, 0.3], [0.0, 1.0, 0.7]], dtype=torch.float64)  # soft (Mixup)
@@ -90,13 +92,13 @@ def test_asl_method_equals_the_formula():
         per_sample.append(s)
     assert float(got) == pytest.approx(sum(per_sample) / 2, rel=1e-9)
     # options reach the loss
-    method = ASLMethod(_stub_trainer(labels, "asl", gamma_neg=0, clip=0))
+    method = ASLMethod(_stub_context(labels, "asl", gamma_neg=0, clip=0))
     plain = sum(bce(float(logits[i, k]), float(targets[i, k])) for i in range(2) for k in range(3)) / 2
     assert float(method.mixed_loss(logits, targets, None)) == pytest.approx(plain, rel=1e-9)
     with pytest.raises(ValueError, match="clip"):
-        ASLMethod(_stub_trainer(labels, "asl", clip=1.0))
+        ASLMethod(_stub_context(labels, "asl", clip=1.0))
     with pytest.raises(ValueError, match="does not take"):
-        ASLMethod(_stub_trainer(labels, "asl", gamma=1))
+        ASLMethod(_stub_context(labels, "asl", gamma=1))
 
 
 # ---------------------------------------------------------------------------- Co-teaching
@@ -159,7 +161,7 @@ def test_large_loss_modification_picks_top_negative_losses():
 
 @pytest.mark.parametrize("cls", [LLRMethod, LLCtMethod])
 def test_llr_zeroes_and_llct_flips_the_largest_negative_losses(cls):
-    method = cls(_stub_trainer(_LABELS, cls.name, delta_rel=25.0))  # 25 % of 8 entries at epoch 1
+    method = cls(_stub_context(_LABELS, cls.name, delta_rel=25.0))  # 25 % of 8 entries at epoch 1
     targets = _LABELS.double()
     batch = _batch([0, 1], [0, 1], 1.0)
     entries = {(i, k): bce(float(_LOGITS[i, k]), float(targets[i, k])) for i in range(2) for k in range(4)}
@@ -181,10 +183,10 @@ def test_large_loss_negatives_under_mixup():
     lam = 0.7
     targets = torch.tensor([[0.0, 0.3, 0.7]], dtype=torch.float64)
     batch = _batch([0], [1], lam)
-    both = LLCtMethod(_stub_trainer(y, "llct"))
+    both = LLCtMethod(_stub_context(y, "llct"))
     cand, corr = both.candidates_and_corrected(targets, batch)
     assert cand.tolist() == [[True, False, False]] and corr.tolist() == [[1.0, 1.0, 1.0]]
-    rnd = LLCtMethod(_stub_trainer(y, "llct", negatives="random"))
+    rnd = LLCtMethod(_stub_context(y, "llct", negatives="random"))
     cand, corr = rnd.candidates_and_corrected(targets, batch)
     assert cand.tolist() == [[True, True, False]]
     assert corr[0].tolist() == pytest.approx([0.7, 1.0, 0.7])  # y_R set to 1: lam + (1 - lam) y_M
@@ -264,9 +266,9 @@ def test_testimator_reweighting_matches_hand_computation():
 
 def test_testimator_state_round_trip():
     labels = torch.tensor([[1, 0], [0, 1]], dtype=torch.uint8)
-    a = TEstimatorMethod(_stub_trainer(labels, "testimator", warmup_epochs=0))
+    a = TEstimatorMethod(_stub_context(labels, "testimator", warmup_epochs=0))
     a.rho_pos, a.rho_neg, a.estimated_epoch = torch.tensor([0.1, 0.2], dtype=torch.float64), torch.tensor([0.0, 0.3], dtype=torch.float64), 0
-    b = TEstimatorMethod(_stub_trainer(labels, "testimator", warmup_epochs=0))
+    b = TEstimatorMethod(_stub_context(labels, "testimator", warmup_epochs=0))
     b.load_state_dict(a.state_dict())
     assert b.estimated and torch.equal(b.rho_pos, a.rho_pos) and torch.equal(b.rho_neg, a.rho_neg)
 
@@ -322,6 +324,8 @@ def test_coteaching_resume_is_exact(data_root, tmp_path):
     for a, b in ((full.model, resumed.model), (full.method.model2, resumed.method.model2)):
         for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
             assert torch.equal(x, y), name
-    assert full.method.scheduler2.state_dict() == resumed.method.scheduler2.state_dict()
+    # One optimiser and schedule train both networks (network 2 is the method's extra module).
+    assert full.trained_modules[1] is full.method.model2
+    assert full.scheduler.state_dict() == resumed.scheduler.state_dict()
     assert full.metrics[-1]["mAP"] == resumed.metrics[-1]["mAP"]
     assert full.metrics[-1]["train_loss"] == resumed.metrics[-1]["train_loss"]

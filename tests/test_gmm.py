@@ -1,4 +1,5 @@
-"""Tests for balancemix_timm.gmm (Eq. 6-8 of BalanceMix) against scikit-learn and NumPy loops."""
+"""Tests for balancemix_timm.gmm (Eq. 6-8 of BalanceMix) against scikit-learn, NumPy loops and
+the package's plain per-group reference."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from balancemix_timm import gmm as gmm_module
 from balancemix_timm.gmm import LabelGMM, clean_probability
+from balancemix_timm.gmm import chunks as gmm_chunks
+from balancemix_timm.gmm import init as gmm_init
+from balancemix_timm.gmm.reference import reference_fit
 
 EPS10 = 10 * np.finfo(np.float64).eps
 SETTINGS = dict(max_iter=10, tol=1e-2, reg_covar=5e-4)
@@ -123,8 +126,8 @@ def test_matches_sklearn_from_same_initialisation(settings, dtype):
 def _count_splits(monkeypatch) -> list:
     """Record every full-data split (the first Lloyd step or a fallback)."""
     calls = []
-    split = gmm_module._Chunks.split
-    monkeypatch.setattr(gmm_module._Chunks, "split",
+    split = gmm_chunks._Chunks.split
+    monkeypatch.setattr(gmm_chunks._Chunks, "split",
                         lambda self, thr: calls.append(1) or split(self, thr))
     return calls
 
@@ -160,12 +163,12 @@ def test_kmeans_bound_sequences_plain_steps_or_search_agree(monkeypatch):
     setting) or mixed."""
     losses, labels = make_data(2500, POS_RATES, seed=5, modes=8)
     windows = []
-    window = gmm_module._Chunks.window
-    monkeypatch.setattr(gmm_module._Chunks, "window",
+    window = gmm_chunks._Chunks.window
+    monkeypatch.setattr(gmm_chunks._Chunks, "window",
                         lambda self, lo, hi: windows.append((lo, hi)) or window(self, lo, hi))
     results = []
     for setting in [(5000, 64), (0, 1), (0, 512), (3, 7), (24, 64)]:
-        monkeypatch.setattr(gmm_module, "_BOUND_SEARCH", {"cpu": setting, "other": setting})
+        monkeypatch.setattr(gmm_init, "_BOUND_SEARCH", {"cpu": setting, "other": setting})
         results.append(clean_probability(losses, labels))
     for (lo, hi), p in zip(windows[1:], results[1:]):
         assert torch.equal(lo, windows[0][0]) and torch.equal(hi, windows[0][1])
@@ -176,7 +179,7 @@ def test_kmeans_bound_sequences_plain_steps_or_search_agree(monkeypatch):
 def test_kmeans_init_exact_with_coarse_histogram(monkeypatch, dtype):
     """With 2 bins the bounds are loose (the first step's direction needs a split) and the
     exact window holds most losses: same result."""
-    monkeypatch.setattr(gmm_module, "_INIT_BINS", 2)
+    monkeypatch.setattr(gmm_init, "_INIT_BINS", 2)
     splits = _count_splits(monkeypatch)
     losses, labels = make_data(1500, POS_RATES, seed=3, modes=7)
     model = LabelGMM(max_iter=0, dtype=dtype).fit(losses, labels)
@@ -419,7 +422,7 @@ def test_cuda_matches_cpu():
 @DTYPES
 def test_kmeans_init_exact_when_a_threshold_leaves_the_window(monkeypatch, dtype):
     """A window narrower than the path (negative margin) sends the rest to the full data."""
-    monkeypatch.setattr(gmm_module, "_WINDOW_MARGIN",
+    monkeypatch.setattr(gmm_init, "_WINDOW_MARGIN",
                         {torch.float64: -0.05, torch.float32: -0.05})
     calls = _count_splits(monkeypatch)
     losses, labels = make_data(1500, POS_RATES, seed=14, modes=6)
@@ -478,8 +481,98 @@ def test_result_does_not_depend_on_the_slab_size(monkeypatch, dtype):
     model = LabelGMM(dtype=dtype)
     p = model.fit_predict_clean_proba(losses, labels)
     for entries in (1, 1 << 62):
-        monkeypatch.setattr(gmm_module, "_SLAB_ENTRIES", {"cpu": entries, "other": entries})
+        monkeypatch.setattr(gmm_chunks, "_SLAB_ENTRIES", {"cpu": entries, "other": entries})
         other = LabelGMM(dtype=dtype)
         torch.testing.assert_close(other.fit_predict_clean_proba(losses, labels), p, rtol=0,
                                    atol=1e-6)
         assert torch.equal(other.n_iter_, model.n_iter_)
+
+
+# ----------------------------------------------------------------- against the plain reference
+def mixed_groups(n: int, k: int, *, seed: int, modes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and losses whose groups cover the layout's cases: both polarities as the dense
+    group, a constant group, groups just below and at ``min_group_size`` (8), an empty group."""
+    rates = np.random.default_rng(seed).uniform(0.05, 0.95, k)
+    losses, labels = make_data(n, list(rates), seed=seed, modes=modes)
+    if k >= 4 and n >= 40:
+        labels[:, 0] = 0.0
+        labels[: n // 3, 0] = 1.0
+        losses[n // 3:, 0] = 0.7  # class 0: constant negatives
+        labels[:, 1] = 0.0
+        labels[:7, 1] = 1.0  # class 1: 7 positives (fallback)
+        labels[:, 2] = 1.0
+        labels[:8, 2] = 0.0  # class 2: 8 negatives (fitted), positives the dense group
+        labels[:, 3] = 1.0  # class 3: no negative label
+    return losses, labels
+
+
+REFERENCE_CASES = {  # n, k, modes, seed
+    "mixed": (600, 5, 2, 30),
+    "multimodal": (2500, 6, 7, 31),
+    "small": (40, 4, 2, 32),
+    "several-chunks": (9000, 2, 9, 33),
+}
+
+
+@DTYPES
+@pytest.mark.parametrize("normalize", ["minmax", "none"])
+@pytest.mark.parametrize("init", ["kmeans", "quantile"])
+@pytest.mark.parametrize("case", list(REFERENCE_CASES))
+def test_matches_the_plain_reference(case, init, normalize, dtype):
+    """The batched fit against the plain float64 loop over the groups: same fallback groups,
+    EM rounds and convergence; float64 agrees to rounding, float32 to its per-label rounding
+    (its lower bound to about 1e-7 of the log-odds, which grow large for narrow components)."""
+    n, k, modes, seed = REFERENCE_CASES[case]
+    losses, labels = mixed_groups(n, k, seed=seed, modes=modes)
+    if case == "multimodal":  # other input dtypes (cast by the fit)
+        losses, labels = losses.double(), labels.bool()
+    options = {"init": init, "normalize": normalize, "fallback": 0.25, "max_iter": 20, "tol": 1e-3}
+    model = LabelGMM(dtype=dtype, **options)
+    p = model.fit_predict_clean_proba(losses, labels)
+    ref = reference_fit(losses, labels, **options)
+
+    assert torch.equal(model.fallback_, ref.fallback)
+    assert torch.equal(model.n_samples_, ref.n_samples)
+    on_fallback = ref.fallback[labels.long(), torch.arange(k)]  # (N, K) per label
+    assert (p[on_fallback] == 0.25).all()
+    p_tol, par_tol, lb_tol = {"float64": (1e-7, 1e-9, 1e-9), "float32": (2e-4, 5e-5, 2e-3)}[dtype]
+    # float32 misses small groups packed into chunks that are mostly filler (see
+    # test_float32_small_ragged_groups_match_float64): here it is checked on the others.
+    checked = ref.n_samples >= (0 if dtype == "float64" else 64)
+    on_checked = checked[labels.long(), torch.arange(k)]
+    torch.testing.assert_close(p.double()[on_checked], ref.clean_proba[on_checked], atol=p_tol,
+                               rtol=0)
+    fitted = ~ref.fallback & checked
+    assert torch.equal(model.n_iter_[checked], ref.n_iter[checked])
+    assert torch.equal(model.converged_[checked], ref.converged[checked])
+    for name in ("means", "variances", "weights"):
+        torch.testing.assert_close(getattr(model, name + "_")[fitted], getattr(ref, name)[fitted],
+                                   atol=par_tol, rtol=0)
+    torch.testing.assert_close(model.lower_bound_[checked], ref.lower_bound[checked],
+                               atol=lb_tol, rtol=0)
+    exact = dtype == "float64" or losses.dtype == torch.float32  # shift from the given values
+    torch.testing.assert_close(model.shift_, ref.shift, atol=0, rtol=0 if exact else 1e-7)
+    torch.testing.assert_close(model.scale_, ref.scale, atol=0, rtol=0 if exact else 1e-6)
+
+
+@pytest.mark.xfail(strict=True, reason="float32 EM sums of a small ragged group run over its "
+                   "whole chunk, mostly filler, whose share is subtracted in float64")
+def test_float32_small_ragged_groups_match_float64():
+    """Rare classes with 8 to 40 positives among 40000 samples: each positive group is one
+    chunk of 4096 entries, nearly all filler. In float32 the filler's sums (about
+    ``n_fill * |a|``, ``a`` the log-odds at the group minimum) are rounded in float32 and the
+    filler's share is subtracted in float64, so the error per label grows like ``n_fill / n``:
+    measured up to 0.17 in the lower bound and 0.09 in the clean probability, and a different
+    number of EM rounds for a few groups (float64 agrees with the reference to rounding)."""
+    rng = np.random.default_rng(0)
+    n, k = 40000, 40
+    labels = torch.zeros(n, k)
+    for c, count in enumerate(rng.integers(8, 40, k)):
+        labels[rng.choice(n, count, replace=False), c] = 1.0
+    wrong = rng.random((n, k)) < 0.3
+    q = np.where(wrong, rng.beta(1.2, 3.0, (n, k)), rng.beta(6.0, 1.0, (n, k)))
+    losses = torch.from_numpy(-np.log(np.clip(q, 1e-7, 1.0))).float()
+    p32 = LabelGMM(dtype="float32").fit_predict_clean_proba(losses, labels)
+    p64 = LabelGMM(dtype="float64").fit_predict_clean_proba(losses, labels)
+    positive = labels.bool()
+    assert (p32 - p64)[positive].abs().max() < 2e-4

@@ -22,7 +22,7 @@ from balancemix_timm.losses_mlml import (
     splc_corrected,
     splc_elementwise,
 )
-from balancemix_timm.methods import METHODS
+from balancemix_timm.methods import METHODS, MethodContext
 from balancemix_timm.methods.hill import HillMethod
 from balancemix_timm.methods.splc import SPLCMethod
 from balancemix_timm.train import train
@@ -197,11 +197,13 @@ def test_half_precision_logits_give_float32():
 
 
 # ---------------------------------------------------------------------------- methods
-def _stub_trainer(labels: torch.Tensor, method: str, **options):
+def _stub_context(labels: torch.Tensor, method: str, **options) -> MethodContext:
+    """What a method is built from, without a trainer (no data set, no model)."""
     cfg = TrainConfig(method=method, method_options=dict(options))
-    return SimpleNamespace(
-        cfg=cfg, given_labels=labels, clean_labels=labels, true_labels_known=True, world_size=1,
-        dist_rank=0, device=torch.device("cpu"), num_classes=labels.shape[1],
+    model = torch.nn.Identity()
+    return MethodContext(
+        cfg=cfg, model=model, ddp_model=model, device=torch.device("cpu"), given_labels=labels,
+        clean_labels=labels, true_labels_known=True, num_classes=labels.shape[1],
     )
 
 
@@ -221,22 +223,22 @@ def test_methods_registered():
 
 
 def test_hill_method_sums_labels_and_averages_the_batch():
-    method = HillMethod(_stub_trainer(LABELS, "hill"))
+    method = HillMethod(_stub_context(LABELS, "hill"))
     assert (method.lamb, method.margin, method.gamma) == (1.5, 1.0, 2.0)
     x, y = LOGITS.numpy(), SOFT.numpy()
     want = (y * focal_margin_np(x) + (1 - y) * hill_neg_np(x)).sum(1).mean()
     assert float(method.mixed_loss(LOGITS, SOFT, None)) == pytest.approx(want, rel=1e-10)
-    method = HillMethod(_stub_trainer(LABELS, "hill", lamb=2, margin=0.5, gamma=0))
+    method = HillMethod(_stub_context(LABELS, "hill", lamb=2, margin=0.5, gamma=0))
     want = (y * focal_margin_np(x, 0.5, 0.0) + (1 - y) * hill_neg_np(x, 2.0)).sum(1).mean()
     assert float(method.mixed_loss(LOGITS, SOFT, None)) == pytest.approx(want, rel=1e-10)
     with pytest.raises(ValueError, match="lamb"):
-        HillMethod(_stub_trainer(LABELS, "hill", lamb=0.9))
+        HillMethod(_stub_context(LABELS, "hill", lamb=0.9))
     with pytest.raises(ValueError, match="does not take"):
-        HillMethod(_stub_trainer(LABELS, "hill", tau=0.6))
+        HillMethod(_stub_context(LABELS, "hill", tau=0.6))
 
 
 def test_splc_method_corrects_only_from_change_epoch_on():
-    method = SPLCMethod(_stub_trainer(LABELS, "splc", change_epoch=2))
+    method = SPLCMethod(_stub_context(LABELS, "splc", change_epoch=2))
     assert (method.tau, method.margin, method.gamma, method.corrected_margin) == (0.6, 1.0, 2.0, True)
     x, y = LOGITS.numpy(), SOFT.numpy()
     off = splc_np(x, y, correct=False).sum(1).mean()
@@ -252,14 +254,14 @@ def test_splc_method_corrects_only_from_change_epoch_on():
         assert stats["splc_corrected"] == (1 if active else 0)
         if active:  # label 2 of instance 0 is negative, of instance 1 positive: a true positive of the mix
             assert stats["splc_corrected_precision"] == 1.0
-    default = SPLCMethod(_stub_trainer(LABELS, "splc"))
+    default = SPLCMethod(_stub_context(LABELS, "splc"))
     assert default.change_epoch == 1 and not default.correcting
     default.set_epoch(1)
     assert default.correcting
     with pytest.raises(ValueError, match="tau"):
-        SPLCMethod(_stub_trainer(LABELS, "splc", tau=1.5))
+        SPLCMethod(_stub_context(LABELS, "splc", tau=1.5))
     with pytest.raises(ValueError, match="corrected_margin"):
-        SPLCMethod(_stub_trainer(LABELS, "splc", corrected_margin=1))
+        SPLCMethod(_stub_context(LABELS, "splc", corrected_margin=1))
 
 
 # ---------------------------------------------------------------------------- through the trainer

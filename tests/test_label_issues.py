@@ -271,7 +271,9 @@ def test_tiny_run_folder_engine_and_csv_agree(tmp_path, caplog):
 
     cfg = load_config(None, dict(tiny(eps=0.6), data_root=str(tmp_path / "demo"), output_dir=str(tmp_path), run_name="bm"))
     trainer = Trainer(cfg)
-    with caplog.at_level(logging.INFO, logger="balancemix_timm.train"):  # other tests may quiet it
+    # other tests may quiet these loggers
+    with caplog.at_level(logging.INFO, logger="balancemix_timm.train"), \
+            caplog.at_level(logging.INFO, logger="balancemix_timm.label_issues"):
         trainer.fit()
     live, folder = trainer.method.engine, trainer.run_dir
     for a, b in zip(_answers(live), _answers(folder)):

@@ -38,14 +38,14 @@ def test_view_fraction_records_the_first_share_of_each_random_batch(data_root, t
     cfg = load_config(None, dict(TINY, data_root=data_root, output_dir=str(tmp_path), view_fraction=fraction))
     trainer = Trainer(cfg)
     forwarded: list[tuple[int, int]] = []
-    original = trainer.view_probs
+    original = trainer.context.view_probs
 
     def counting(views, model=None, count=None):
         probs = original(views, model, count)  # (V, samples forwarded, K)
         forwarded.append(tuple(probs.shape[:2]))
         return probs
 
-    trainer.view_probs = counting  # type: ignore[method-assign]
+    trainer.context.view_probs = counting  # type: ignore[method-assign]
     trainer.train_epoch(0)
     eng = trainer.method.engine
     # The epoch's random stream (a permutation of the 160 samples) in batches of 32: the

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.transforms import MultiView
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .ml_decoder_plugin import BalanceMixPlugin
 
 __all__ = ["PairedTrainLoader", "with_views", "first_of_pairs"]
 
@@ -27,12 +24,13 @@ class PairedTrainLoader:
     fewer when a one-pair tail joins the batch before it).
 
     Args:
-        plugin: The owning plugin.
+        on_batch: Called with each :class:`~balancemix_timm.mixing.MixedBatch` before it is
+            yielded, and with None once the epoch's batches are done (the plugin keeps it).
         loader: A DataLoader yielding :class:`~balancemix_timm.mixing.MixedBatch`.
     """
 
-    def __init__(self, plugin: "BalanceMixPlugin", loader: DataLoader) -> None:
-        self.plugin = plugin
+    def __init__(self, on_batch: Callable[[Any], None], loader: DataLoader) -> None:
+        self.on_batch = on_batch
         self.loader = loader
 
     def __len__(self) -> int:
@@ -40,9 +38,9 @@ class PairedTrainLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Any]]:
         for batch in self.loader:
-            self.plugin._set_batch(batch)
+            self.on_batch(batch)
             yield batch.input, batch.target_r
-        self.plugin._current = None
+        self.on_batch(None)
 
 
 # ============================================================================ plugin

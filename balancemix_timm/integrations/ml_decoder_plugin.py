@@ -260,9 +260,9 @@ class BalanceMixPlugin(ScriptCheckpoint):
             generator=self._loader_generator,
             **loader_kwargs,
         )
-        return PairedTrainLoader(self, loader)
+        return PairedTrainLoader(self._set_batch, loader)
 
-    def _set_batch(self, batch: MixedBatch) -> None:
+    def _set_batch(self, batch: MixedBatch | None) -> None:
         self._current = batch
 
     def _require_batch(self, what: str) -> MixedBatch:

@@ -7,10 +7,9 @@ Mixup batches of two random streams, as the paper trains its baselines.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .asl import ASLMethod
 from .base import MixupMethod, TrainingMethod
+from .context import MethodContext
 from .coteaching import CoTeachingMethod
 from .hill import HillMethod
 from .large_loss import LLCtMethod, LLRMethod
@@ -18,10 +17,7 @@ from .splc import SPLCMethod
 from .standard import BalanceMixMethod, BCEMethod, MixupBCEMethod
 from .testimator import TEstimatorMethod
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..train import Trainer
-
-__all__ = ["METHODS", "register_method", "build_method", "TrainingMethod", "MixupMethod"]
+__all__ = ["METHODS", "register_method", "build_method", "TrainingMethod", "MixupMethod", "MethodContext"]
 
 #: ``method=`` name -> class.
 METHODS: dict[str, type[TrainingMethod]] = {}
@@ -41,8 +37,13 @@ for _cls in _BUILT_IN:
     register_method(_cls)
 
 
-def build_method(name: str, trainer: "Trainer") -> TrainingMethod:
-    """Instantiate the method called ``name`` for ``trainer``."""
+def build_method(name: str, ctx: MethodContext) -> TrainingMethod:
+    """Instantiate the method called ``name`` from ``ctx``.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`METHODS`, or the method rejects ``ctx``
+            (e.g. unknown ``method_options``).
+    """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {sorted(METHODS)}")
-    return METHODS[name](trainer)
+    return METHODS[name](ctx)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
 from ..loss import asl_elementwise
 from ._options import float_option
 from .base import MixupMethod
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..train import Trainer
+from .context import MethodContext
 
 __all__ = ["ASLMethod"]
 
@@ -38,8 +36,8 @@ class ASLMethod(MixupMethod):
     name = "asl"
     option_names = ("gamma_pos", "gamma_neg", "clip")
 
-    def __init__(self, trainer: "Trainer") -> None:
-        super().__init__(trainer)
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
         self.gamma_pos = float_option(self.options, "gamma_pos", 0.0, low=0.0)
         self.gamma_neg = float_option(self.options, "gamma_neg", 4.0, low=0.0)
         self.clip = float_option(self.options, "clip", 0.05, low=0.0, high=1.0, high_open=True)

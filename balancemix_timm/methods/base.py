@@ -1,27 +1,31 @@
-"""The training-method interface: how one batch becomes an optimiser step.
+"""The training-method interface: how one batch becomes a loss.
 
-The :class:`~balancemix_timm.train.Trainer` owns data, model, optimiser, schedule, evaluation and
-checkpoints; a :class:`TrainingMethod` owns what differs between BCE, BalanceMix and the
-baselines: which loader it consumes (plain or paired random/second-stream batches), its loss,
-any extra networks, its epoch-end hook and its own checkpoint state.
+A :class:`TrainingMethod` is built from a :class:`~balancemix_timm.methods.context.MethodContext`
+(model, labels, recipe) and owns what differs between BCE, BalanceMix and the baselines: which
+loader it consumes (plain or paired random/second-stream batches), its loss, any extra networks,
+its post-step and epoch-end hooks and its own checkpoint state. The application that drives it
+(``balancemix_timm.trainer``) owns data, backward, gradient clipping, optimiser, AMP scaler,
+schedule, EMA, evaluation and checkpoints. One step is::
+
+    loss = method.training_step(batch)       # forward + loss, with gradient
+    ...backward, clip, optimiser step over [model, *method.extra_modules()]...
+    method.after_step(batch)                 # anything that needs the updated weights
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..mixing import mix_targets
 from ..sampling import PairedSampler, ShardedRandomSampler
+from .context import MethodContext
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..train import Trainer
-
-__all__ = ["TrainingMethod", "MixupMethod"]
+__all__ = ["TrainingMethod", "MixupMethod", "MethodContext"]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,7 +40,11 @@ class TrainingMethod:
             plain ``(image, target, index)`` batches drawn by a random sampler.
 
     Args:
-        trainer: The trainer (gives ``cfg``, ``model``, ``device``, ``given_labels``, ...).
+        ctx: What the method is built from (``cfg``, ``model``, ``device``, ``given_labels``,
+            ...; see :class:`~balancemix_timm.methods.context.MethodContext`).
+
+    Raises:
+        ValueError: ``cfg.method_options`` names an option the method does not take.
     """
 
     name = "base"
@@ -44,9 +52,9 @@ class TrainingMethod:
     #: Option names this method reads from ``cfg.method_options`` (others are an error).
     option_names: tuple[str, ...] = ()
 
-    def __init__(self, trainer: "Trainer") -> None:
-        self.trainer = trainer
-        self.cfg = trainer.cfg
+    def __init__(self, ctx: MethodContext) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
         unknown = sorted(set(self.cfg.method_options) - set(self.option_names))
         if unknown:
             raise ValueError(
@@ -77,8 +85,34 @@ class TrainingMethod:
 
     # ---------------------------------------------------------------- steps
     def training_step(self, batch: Any) -> Tensor:
-        """Forward, loss and optimiser step(s) for one batch; returns the detached loss."""
+        """Forward and loss of one batch.
+
+        Returns:
+            The scalar loss, with gradient, that the trainer back-propagates: one backward
+            and one optimiser step over :attr:`MethodContext.model` and
+            :meth:`extra_modules` follow. A method training several networks returns the
+            sum of their losses; each loss must then depend on its own network's parameters
+            only, so that the sum gives every network exactly its own gradient.
+        """
         raise NotImplementedError
+
+    def after_step(self, batch: Any) -> None:
+        """Called with the same batch after the optimiser step (the weights are updated)."""
+
+    def logged_loss(self, loss: Tensor) -> Tensor:
+        """The figure logged as the step's training loss, from what :meth:`training_step`
+        returned (default: that loss, detached)."""
+        return loss.detach()
+
+    def extra_modules(self) -> list[nn.Module]:
+        """Networks besides :attr:`MethodContext.model` that the trainer's optimiser trains.
+
+        Their parameters join the model's in the one optimiser (same learning rate, schedule
+        and weight decay rule); gradient clipping applies to each network separately. The
+        method saves their weights in :meth:`state_dict`; the optimiser state is the
+        trainer's. Not EMA-tracked, not validated.
+        """
+        return []
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         """Epoch-end hook (after the last step, before validation); returns figures to log."""
@@ -97,10 +131,11 @@ class TrainingMethod:
 
     # ---------------------------------------------------------------- helpers
     def forward(self, x: Tensor, model: torch.nn.Module | None = None) -> Tensor:
-        """Float32 logits of ``model`` (default: the trainer's, DDP-wrapped) under autocast."""
-        model = self.trainer.ddp_model if model is None else model
-        with self.trainer.autocast():
-            logits = model(x.to(self.trainer.device, non_blocking=True))
+        """Float32 logits ``(B, K)`` of ``model`` (default: the context's, DDP-wrapped) for
+        ``x`` ``(B, C, H, W)`` under autocast."""
+        model = self.ctx.ddp_model if model is None else model
+        with self.ctx.autocast():
+            logits = model(x.to(self.ctx.device, non_blocking=True))
         return logits.float()
 
 
@@ -113,10 +148,10 @@ class MixupMethod(TrainingMethod):
 
     paired = True
 
-    def __init__(self, trainer: "Trainer") -> None:
-        super().__init__(trainer)
-        n = len(trainer.given_labels)
-        kw = dict(num_replicas=trainer.world_size, rank=trainer.dist_rank)
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        n = len(ctx.given_labels)
+        kw = dict(num_replicas=ctx.world_size, rank=ctx.rank)
         self._paired = PairedSampler(
             ShardedRandomSampler(n, seed=self.cfg.seed, **kw),
             ShardedRandomSampler(n, seed=self.cfg.seed + 1, **kw),
@@ -134,12 +169,12 @@ class MixupMethod(TrainingMethod):
     def labels_on_device(self) -> Tensor:
         """The given labels as an (N, K) float tensor on the training device (cached)."""
         if self._labels_cache is None:
-            self._labels_cache = self.trainer.given_labels.to(self.trainer.device).float()
+            self._labels_cache = self.ctx.given_labels.to(self.ctx.device).float()
         return self._labels_cache
 
     def mixed_targets(self, batch: Any) -> Tensor:
         labels = self.labels_on_device()
-        dev = self.trainer.device
+        dev = self.ctx.device
         lam = batch.lam.to(dev) if isinstance(batch.lam, Tensor) else batch.lam
         return mix_targets(labels[batch.index_r.to(dev)], labels[batch.index_m.to(dev)], lam)
 
@@ -150,9 +185,7 @@ class MixupMethod(TrainingMethod):
     def training_step(self, batch: Any) -> Tensor:
         targets = self.mixed_targets(batch)
         logits = self.forward(batch.input)
-        loss = self.mixed_loss(logits, targets, batch)
-        self.trainer.optimizer_step(loss)
-        return loss.detach()
+        return self.mixed_loss(logits, targets, batch)
 
     def state_dict(self) -> dict[str, Any]:
         return dict(super().state_dict(), sampler=self._paired.state_dict())

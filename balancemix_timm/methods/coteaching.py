@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -13,9 +13,7 @@ from .._checks import check_finite, check_ndim, check_same_shape, check_tensor, 
 from ..loss import bce_elementwise
 from ._options import choice_option, float_option, int_option
 from .base import MixupMethod
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..train import Trainer
+from .context import MethodContext
 
 __all__ = [
     "SELECTIONS",
@@ -139,11 +137,18 @@ class CoTeachingMethod(MixupMethod):
     hands it to its peer, which is updated on that set only. ``R(t) = forget_rate *
     min(t / T_k, 1)`` grows linearly per epoch (:func:`coteaching_forget_rate`).
 
-    Network 1 is the trainer's model (validated, EMA-tracked and saved as ``best.pth``);
+    Network 1 is the context's model (validated, EMA-tracked and saved as ``best.pth``);
     network 2 comes from the same ``create_model`` call with another initialisation seed
-    (with ``pretrained_path`` only the heads differ), with its own optimiser and schedule from
-    ``trainer.build_optimizer``. Both live in the method's checkpoint state, so a resumed run
-    continues exactly.
+    (with ``pretrained_path`` only the heads differ) and is declared in :meth:`extra_modules`,
+    so the trainer's optimiser and schedule train it too (per-parameter updates: the same
+    steps as an optimiser of its own with the same recipe; gradients clipped per network).
+    Its weights live in the method's checkpoint state, its optimiser state in the trainer's,
+    so a resumed run continues exactly.
+
+    One step returns ``update_1 + update_2``: ``update_1`` depends on network 1's parameters
+    only and ``update_2`` on network 2's (each network's selection is made without gradient),
+    so one backward of the sum gives each network exactly the gradient of its own update loss
+    (the sum's backward passes the unit gradient to each term unchanged).
 
     Multi-label form (open in the paper, option ``selection``):
 
@@ -168,8 +173,8 @@ class CoTeachingMethod(MixupMethod):
     name = "coteaching"
     option_names = ("forget_rate", "num_gradual", "selection")
 
-    def __init__(self, trainer: "Trainer") -> None:
-        super().__init__(trainer)
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
         cfg = self.cfg
         known = cfg.noise in ("mislabel", "random_flip") and cfg.noise_rate > 0
         self.forget_rate = float_option(self.options, "forget_rate", cfg.noise_rate if known else 0.2, low=0.0, high=1.0)
@@ -177,12 +182,12 @@ class CoTeachingMethod(MixupMethod):
         self.selection = choice_option(self.options, "selection", "instance", SELECTIONS)
         self.model2 = self._build_second_model()
         self.ddp_model2: nn.Module = self.model2
-        if trainer.world_size > 1:
-            dev = trainer.device
+        if ctx.world_size > 1:
+            dev = ctx.device
             self.ddp_model2 = nn.parallel.DistributedDataParallel(
                 self.model2, device_ids=[dev.index] if dev.type == "cuda" else None
             )
-        self.optimizer2, self.scheduler2 = trainer.build_optimizer(self.model2)
+        self._update_1: Tensor | None = None
         self._noisy_rows: Tensor | None = None
         self._reset_counters()
 
@@ -195,10 +200,10 @@ class CoTeachingMethod(MixupMethod):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(epoch_seed(cfg.seed, 0, _INIT_STREAM))
             model = create_model(
-                cfg.model, num_classes=self.trainer.num_classes, head=cfg.head,
-                pretrained_path=self.trainer.pretrained_path, drop_rate=cfg.drop_rate,
+                cfg.model, num_classes=self.ctx.num_classes, head=cfg.head,
+                pretrained_path=self.ctx.pretrained_path, drop_rate=cfg.drop_rate,
             )
-        return model.to(self.trainer.device)
+        return model.to(self.ctx.device)
 
     # ---------------------------------------------------------------- schedule
     @property
@@ -216,25 +221,31 @@ class CoTeachingMethod(MixupMethod):
 
     # ---------------------------------------------------------------- steps
     def training_step(self, batch: Any) -> Tensor:
-        tr = self.trainer
         targets = self.mixed_targets(batch)
         losses_1 = bce_elementwise(self.forward(batch.input), targets)
         losses_2 = bce_elementwise(self.forward(batch.input, model=self.ddp_model2), targets)
         update_1, update_2, keep_1, _ = coteaching_losses(
             losses_1, losses_2, 1.0 - self.current_forget_rate, selection=self.selection
         )
-        tr.optimizer_step(update_1)
-        tr.optimizer_step(update_2, model=self.model2, optimizer=self.optimizer2, scheduler=self.scheduler2, ema=None)
         self._count(batch.index_r, keep_1)
-        return update_1.detach()
+        self._update_1 = update_1.detach()
+        return update_1 + update_2
+
+    def logged_loss(self, loss: Tensor) -> Tensor:
+        """Network 1's update loss of the last step (not the sum that is back-propagated)."""
+        return loss.detach() if self._update_1 is None else self._update_1
+
+    def extra_modules(self) -> list[nn.Module]:
+        """Network 2 (trained by the trainer's optimiser alongside network 1)."""
+        return [self.model2]
 
     def _count(self, index_r: Tensor, keep: Tensor) -> None:
-        tr = self.trainer
-        if not tr.true_labels_known:
+        ctx = self.ctx
+        if not ctx.true_labels_known:
             return
         if self._noisy_rows is None:
-            self._noisy_rows = (tr.given_labels != tr.clean_labels).to(tr.device)
-        wrong = self._noisy_rows[index_r.to(tr.device)]
+            self._noisy_rows = (ctx.given_labels != ctx.clean_labels).to(ctx.device)
+        wrong = self._noisy_rows[index_r.to(ctx.device)]
         clean = ~wrong.any(1) if keep.ndim == 1 else ~wrong
         self._seen += float(clean.numel())
         self._seen_clean += float(clean.sum())
@@ -250,19 +261,10 @@ class CoTeachingMethod(MixupMethod):
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return dict(
-            super().state_dict(),
-            model2=self.model2.state_dict(),
-            optimizer2=self.optimizer2.state_dict(),
-            scheduler2=self.scheduler2.state_dict() if self.scheduler2 is not None else None,
-        )
+        return dict(super().state_dict(), model2=self.model2.state_dict())
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        for key in ("model2", "optimizer2"):
-            if key not in state_dict:
-                raise ValueError(f"co-teaching state has no {key!r} (checkpoint of another method?)")
+        if "model2" not in state_dict:
+            raise ValueError("co-teaching state has no 'model2' (checkpoint of another method?)")
         self.model2.load_state_dict(state_dict["model2"])
-        self.optimizer2.load_state_dict(state_dict["optimizer2"])
-        if self.scheduler2 is not None and state_dict.get("scheduler2") is not None:
-            self.scheduler2.load_state_dict(state_dict["scheduler2"])

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
 from ..losses_mlml import hill_elementwise
 from ._options import float_option
 from .base import MixupMethod
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..train import Trainer
+from .context import MethodContext
 
 __all__ = ["HillMethod"]
 
@@ -40,8 +38,8 @@ class HillMethod(MixupMethod):
     name = "hill"
     option_names = ("lamb", "margin", "gamma")
 
-    def __init__(self, trainer: "Trainer") -> None:
-        super().__init__(trainer)
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
         self.lamb = float_option(self.options, "lamb", 1.5, low=1.0)
         self.margin = float_option(self.options, "margin", 1.0, low=0.0)
         self.gamma = float_option(self.options, "gamma", 2.0, low=0.0)

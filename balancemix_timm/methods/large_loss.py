@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,9 +13,7 @@ from .._checks import check_finite, check_ndim, check_same_shape, check_tensor, 
 from ..loss import bce_elementwise
 from ._options import choice_option, float_option
 from .base import MixupMethod
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..train import Trainer
+from .context import MethodContext
 
 __all__ = [
     "LargeLossMethod",
@@ -160,8 +158,8 @@ class LargeLossMethod(MixupMethod):
     scheme = "reject"
     option_names = ("delta_rel", "negatives", "count", "reduction")
 
-    def __init__(self, trainer: "Trainer") -> None:
-        super().__init__(trainer)
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
         self.delta_rel = float_option(self.options, "delta_rel", 0.2, low=0.0, high=100.0)
         self.negatives = choice_option(self.options, "negatives", "both", _NEGATIVES)
         self.count = choice_option(self.options, "count", "entries", _COUNTS)
@@ -206,19 +204,19 @@ class LargeLossMethod(MixupMethod):
     def _count(self, selected: Tensor, batch: Any) -> None:
         n = float(selected.sum())
         self._selected += n
-        tr = self.trainer
-        if n == 0 or not tr.true_labels_known:
+        ctx = self.ctx
+        if n == 0 or not ctx.true_labels_known:
             return
         if self._clean_cache is None:
-            self._clean_cache = tr.clean_labels.to(tr.device).bool()
-        truth = self._clean_cache[batch.index_r.to(tr.device)]
+            self._clean_cache = ctx.clean_labels.to(ctx.device).bool()
+        truth = self._clean_cache[batch.index_r.to(ctx.device)]
         if self.negatives == "both":
-            truth = truth | self._clean_cache[batch.index_m.to(tr.device)]
+            truth = truth | self._clean_cache[batch.index_m.to(ctx.device)]
         self._true_pos += float((truth & selected).sum())
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         out: dict[str, Any] = {"ll_rate": self.current_rate, "ll_selected": int(self._selected)}
-        if self.trainer.true_labels_known and self._selected:
+        if self.ctx.true_labels_known and self._selected:
             out["ll_selected_precision"] = self._true_pos / self._selected
         return out
 

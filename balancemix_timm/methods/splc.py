@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from torch import Tensor
 
 from ..losses_mlml import splc_corrected, splc_elementwise
 from ._options import bool_option, float_option, int_option
 from .base import MixupMethod
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..train import Trainer
+from .context import MethodContext
 
 __all__ = ["SPLCMethod"]
 
@@ -48,8 +46,8 @@ class SPLCMethod(MixupMethod):
     name = "splc"
     option_names = ("tau", "change_epoch", "margin", "gamma", "corrected_margin")
 
-    def __init__(self, trainer: "Trainer") -> None:
-        super().__init__(trainer)
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
         self.tau = float_option(self.options, "tau", 0.6, low=0.0, high=1.0)
         self.change_epoch = int_option(self.options, "change_epoch", 1, low=0)
         self.margin = float_option(self.options, "margin", 1.0, low=0.0)
@@ -83,17 +81,17 @@ class SPLCMethod(MixupMethod):
     def _count(self, corrected: Tensor, batch: Any) -> None:
         n = float(corrected.sum())
         self._corrected += n
-        tr = self.trainer
-        if n == 0 or not tr.true_labels_known or batch is None:
+        ctx = self.ctx
+        if n == 0 or not ctx.true_labels_known or batch is None:
             return
         if self._truth_cache is None:
-            self._truth_cache = tr.clean_labels.to(tr.device).bool()
-        truth = self._truth_cache[batch.index_r.to(tr.device)] | self._truth_cache[batch.index_m.to(tr.device)]
+            self._truth_cache = ctx.clean_labels.to(ctx.device).bool()
+        truth = self._truth_cache[batch.index_r.to(ctx.device)] | self._truth_cache[batch.index_m.to(ctx.device)]
         self._true_pos += float((truth & corrected).sum())
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         out: dict[str, Any] = {"splc_active": int(self.correcting), "splc_corrected": int(self._corrected)}
-        if self.trainer.true_labels_known and self._corrected:
+        if self.ctx.true_labels_known and self._corrected:
             out["splc_corrected_precision"] = self._true_pos / self._corrected
         return out
 

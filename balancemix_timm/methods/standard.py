@@ -6,21 +6,20 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..engine import BalanceMix
+from ..label_issues import write_label_issues
 from ..loss import bce_elementwise
 from ..metrics import label_precision_recall, relabel_statistics
 from ..refine import LabelState
 from ..sampling import PairedSampler, ShardedRandomSampler
 from .base import MixupMethod, TrainingMethod
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..train import Trainer
+from .context import MethodContext
 
 __all__ = ["BCEMethod", "MixupBCEMethod", "BalanceMixMethod"]
 
@@ -37,11 +36,9 @@ class BCEMethod(TrainingMethod):
     paired = False
 
     def training_step(self, batch: Any) -> Tensor:
-        x, y = batch[0], batch[1].to(self.trainer.device).float()
+        x, y = batch[0], batch[1].to(self.ctx.device).float()
         logits = self.forward(x)
-        loss = bce_elementwise(logits, y).sum(1).mean()
-        self.trainer.optimizer_step(loss)
-        return loss.detach()
+        return bce_elementwise(logits, y).sum(1).mean()
 
 
 class MixupBCEMethod(MixupMethod):
@@ -81,11 +78,11 @@ class BalanceMixMethod(TrainingMethod):
     name = "balancemix"
     paired = True
 
-    def __init__(self, trainer: "Trainer") -> None:
-        super().__init__(trainer)
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
         cfg = self.cfg
         self.engine = BalanceMix(
-            trainer.given_labels,
+            ctx.given_labels,
             alpha=cfg.alpha,
             eps=cfg.eps,
             warmup_epochs=cfg.warmup_epochs,
@@ -103,13 +100,15 @@ class BalanceMixMethod(TrainingMethod):
             record_momentum=cfg.record_momentum,
             managed_labels=cfg.managed_labels,
             seed=cfg.seed,
-            num_replicas=trainer.world_size,
-            rank=trainer.dist_rank,
-            device=trainer.device,
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            device=ctx.device,
         )
         self.image_view = cfg.confidence_input == "image"
+        if cfg.label_source == "epoch_pass" and ctx.build_view_set is None:
+            raise ValueError("label_source='epoch_pass' needs a MethodContext with build_view_set")
         self.view_set = (
-            trainer.build_view_set(cfg.num_views, image_view=self.image_view) if cfg.label_source == "epoch_pass" else None
+            ctx.build_view_set(cfg.num_views, image_view=self.image_view) if cfg.label_source == "epoch_pass" else None
         )
         self.view_time = 0.0
 
@@ -145,23 +144,25 @@ class BalanceMixMethod(TrainingMethod):
         return batch_size if f >= 1.0 else min(batch_size, max(1, math.ceil(f * batch_size - 1e-9)))
 
     def training_step(self, batch: Any) -> Tensor:
-        tr, eng = self.trainer, self.engine
+        tr, eng = self.ctx, self.engine
         y = eng.mixed_targets(batch.index_r, batch.index_m, batch.lam, device=tr.device)
         logits = self.forward(batch.input)
-        loss = eng.loss(logits, y, batch.index_r)
-        tr.optimizer_step(loss)
+        return eng.loss(logits, y, batch.index_r)
+
+    def after_step(self, batch: Any) -> None:
+        """Record the random batch's views with the weights of this step's update."""
+        tr = self.ctx
         if batch.view_r is not None and self.cfg.label_source == "views":
             t0 = time.perf_counter()
             m = self.num_viewed(len(batch.index_r))
             self._record(batch.index_r[:m], tr.view_probs(batch.view_r[: self.num_extra_views], count=m))
             self.view_time += time.perf_counter() - t0
-        return loss.detach()
 
     @torch.no_grad()
     def _epoch_pass(self, epoch: int) -> None:
-        tr = self.trainer
+        tr = self.ctx
         assert self.view_set is not None
-        sampler = ShardedRandomSampler(len(self.view_set), seed=self.cfg.seed + 7, num_replicas=tr.world_size, rank=tr.dist_rank)
+        sampler = ShardedRandomSampler(len(self.view_set), seed=self.cfg.seed + 7, num_replicas=tr.world_size, rank=tr.rank)
         sampler.set_epoch(epoch)
         loader = DataLoader(
             self.view_set, batch_size=self.cfg.eval_batch_size, sampler=sampler, num_workers=self.cfg.workers,
@@ -185,7 +186,7 @@ class BalanceMixMethod(TrainingMethod):
         out.update({f"lm_{k}": v for k, v in report.as_dict().items() if k != "epoch"})
         out.update(self.label_figures())
         stages = self.diagnostics_stages(epoch)
-        if stages and self.cfg.label_diagnostics and self.trainer.is_main:
+        if stages and self.cfg.label_diagnostics and self.ctx.is_main:
             self.save_label_diagnostics(epoch, stages)
         return out
 
@@ -218,7 +219,7 @@ class BalanceMixMethod(TrainingMethod):
         """
         import numpy as np
 
-        tr, eng = self.trainer, self.engine
+        tr, eng = self.ctx, self.engine
         k = eng.num_classes
 
         def host(t: Tensor) -> "np.ndarray":
@@ -258,7 +259,7 @@ class BalanceMixMethod(TrainingMethod):
 
     def label_figures(self) -> dict[str, float]:
         """Eq. 12-13 figures of the current label management (needs the true labels)."""
-        tr, eng = self.trainer, self.engine
+        tr, eng = self.ctx, self.engine
         if not tr.true_labels_known:
             return {}
         state, given, refined = eng.state.cpu(), eng.given_labels.cpu(), eng.refined_labels.cpu()
@@ -267,10 +268,8 @@ class BalanceMixMethod(TrainingMethod):
         return dict(clean_precision=precision, clean_recall=recall, relabel_proportion=proportion, relabel_accuracy=accuracy)
 
     def finish(self, run_dir: Path) -> dict[str, Any]:
-        from ..train import write_label_issues
-
         engine = self.engine.cpu_view()  # the table walk reads single entries: keep it on the host
-        return {"label_issues": write_label_issues(engine, self.trainer.train_set, run_dir / "label_issues.csv")}
+        return {"label_issues": write_label_issues(engine, self.ctx.train_set, run_dir / "label_issues.csv")}
 
     def state_dict(self) -> dict[str, Any]:
         return dict(super().state_dict(), engine=self.engine.state_dict())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -22,9 +22,7 @@ from ..gmm import clean_probability
 from ..loss import bce_elementwise
 from ._options import bool_option, float_option, int_option
 from .base import MixupMethod
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..train import Trainer
+from .context import MethodContext
 
 __all__ = [
     "TEstimatorMethod",
@@ -224,7 +222,7 @@ class TEstimatorMethod(MixupMethod):
 
     1. Warm-up: ``warmup_epochs`` epochs of Mixup with BCE (summed over labels, batch mean).
     2. At the end of the last warm-up epoch (of the first epoch if ``warmup_epochs`` is 0),
-       one no-grad pass over the training set with the evaluation transform (the trainer's
+       one no-grad pass over the training set with the evaluation transform (the context's
        ``predict``; rows gathered under DDP) gives ``p(x)``; per-class, per-polarity GMMs on
        the BCE losses select the clean labels (:func:`select_clean`), and the per-class flip
        rates ``rho_+(k), rho_-(k)`` follow in closed form from the noisy label
@@ -256,8 +254,8 @@ class TEstimatorMethod(MixupMethod):
     name = "testimator"
     option_names = ("warmup_epochs", "clean_threshold", "min_clean", "max_flip_rate", "min_z", "reestimate")
 
-    def __init__(self, trainer: "Trainer") -> None:
-        super().__init__(trainer)
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
         cfg = self.cfg
         self.warmup_epochs = int_option(self.options, "warmup_epochs", int(cfg.warmup_epochs), low=0)
         self.clean_threshold = float_option(self.options, "clean_threshold", 0.5, low=0.0, high=1.0)
@@ -265,7 +263,7 @@ class TEstimatorMethod(MixupMethod):
         self.max_flip_rate = float_option(self.options, "max_flip_rate", 0.49, low=0.0, high=1.0, high_open=True)
         self.min_z = float_option(self.options, "min_z", 0.0, low=0.0)
         self.reestimate = bool_option(self.options, "reestimate", False)
-        k = trainer.num_classes
+        k = ctx.num_classes
         self.rho_pos = torch.zeros(k, dtype=torch.float64)
         self.rho_neg = torch.zeros(k, dtype=torch.float64)
         self.valid = torch.zeros(k, dtype=torch.bool)
@@ -293,17 +291,19 @@ class TEstimatorMethod(MixupMethod):
     @torch.no_grad()
     def training_probs(self) -> Tensor:
         """``(N, K)`` probabilities of the training set (evaluation transform, network in eval)."""
-        tr = self.trainer
-        dataset = copy.copy(tr.train_set)
-        dataset.transform = tr.val_set.transform
-        probs, _ = tr.predict(tr.model, dataset)
-        tr.model.train()
+        ctx = self.ctx
+        if ctx.predict is None or ctx.train_set is None:
+            raise ValueError("testimator needs a MethodContext with train_set and predict")
+        dataset = copy.copy(ctx.train_set)
+        dataset.transform = ctx.eval_transform
+        probs, _ = ctx.predict(ctx.model, dataset)
+        ctx.model.train()
         return probs
 
     def estimate(self, probs: Tensor) -> None:
         """Select clean labels from ``probs`` and estimate the flip rates (step 2)."""
         cfg = self.cfg
-        given = self.trainer.given_labels
+        given = self.ctx.given_labels
         clean = select_clean(
             probs, given, threshold=self.clean_threshold, normalize=cfg.gmm_normalize,
             max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar,
@@ -326,9 +326,9 @@ class TEstimatorMethod(MixupMethod):
                 te_rho_pos_mean=float(self.rho_pos.mean()), te_rho_neg_mean=float(self.rho_neg.mean()),
                 te_valid=int(self.valid.sum()),
             )
-            tr = self.trainer
-            if tr.true_labels_known:
-                true_pos, true_neg = true_flip_rates(tr.given_labels, tr.clean_labels)
+            ctx = self.ctx
+            if ctx.true_labels_known:
+                true_pos, true_neg = true_flip_rates(ctx.given_labels, ctx.clean_labels)
                 out["te_rho_pos_mae"] = float((self.rho_pos - true_pos).abs().nanmean())
                 out["te_rho_neg_mae"] = float((self.rho_neg - true_neg).abs().nanmean())
         return out

@@ -1,0 +1,100 @@
+"""Checkpoints of a run: what ``last.pth`` holds and how a run resumes from it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import TrainConfig, config_diff
+from ..methods import TrainingMethod
+from ..sampling import ShardedRandomSampler
+from ..utils import ModelEma, rng_state
+
+__all__ = ["FORMAT", "CheckpointMixin"]
+
+#: The ``format`` entry of a training checkpoint.
+FORMAT = "balancemix-timm/1"
+
+#: The run's log channel (one name for the whole trainer: log filters use it).
+_logger = logging.getLogger("balancemix_timm.train")
+
+
+class CheckpointMixin:
+    """Checkpoint state of the :class:`~balancemix_timm.trainer.core.Trainer`.
+
+    Reads and restores the trainer's ``cfg``, ``model``, ``optimizer``, ``scheduler``,
+    ``scaler``, ``ema``, ``method``, ``train_sampler``, ``given_labels``, ``best``, ``metrics``
+    and ``start_epoch``. The optimiser state covers every trained network (the model and the
+    method's extra networks); the method saves their weights in its own state.
+    """
+
+    cfg: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler
+    ema: ModelEma | None
+    method: TrainingMethod
+    train_sampler: ShardedRandomSampler | None
+    given_labels: Tensor
+    best: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    start_epoch: int
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        """The checkpoint after ``epoch`` (0-based): everything :meth:`load_checkpoint` restores."""
+        return dict(
+            format=FORMAT,
+            epoch=epoch,
+            config=self.cfg.to_dict(),
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            scaler=self.scaler.state_dict(),
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            method=self.method.state_dict(),
+            train_sampler=self.train_sampler.state_dict() if self.train_sampler is not None else None,
+            given_labels=self.given_labels,
+            best=self.best,
+            metrics=self.metrics,
+            rng=rng_state(),
+        )
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Resume from ``path``.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: not a training checkpoint, or one of another configuration or of
+                other labels.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a balancemix-timm training checkpoint")
+        diff = config_diff(ckpt["config"], self.cfg.to_dict())
+        if diff:
+            pretty = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"checkpoint {path} was written with another configuration: {pretty}")
+        if not torch.equal(ckpt["given_labels"], self.given_labels):
+            raise ValueError(f"checkpoint {path} was trained on different labels (data set or noise seed changed)")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt["ema"] is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.method.load_state_dict(ckpt["method"])
+        if self.train_sampler is not None and ckpt["train_sampler"] is not None:
+            self.train_sampler.load_state_dict(ckpt["train_sampler"])
+        self.best = dict(ckpt["best"])
+        self.metrics = list(ckpt["metrics"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        _logger.info("resumed from %s at epoch %d", path, self.start_epoch)
