@@ -26,14 +26,6 @@ APPLICATION = (
 )
 
 
-#: Edges exempt from the cycle check: type-only imports in code this test's owner may not
-#: edit, to be replaced by its owner (e.g. with a Protocol). Each entry must still be an edge
-#: of the graph, so a removed import fails the test until its entry is removed too.
-EXEMPT_EDGES = {
-    (f"{PACKAGE}.integrations.ml_decoder_loader", f"{PACKAGE}.integrations.ml_decoder_plugin"),
-}
-
-
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -138,10 +130,6 @@ def test_find_cycle_finds_one():
 
 def test_no_import_cycle():
     graph = _graph()
-    stale = sorted(f"{a} -> {b}" for a, b in EXEMPT_EDGES if b not in graph.get(a, ()))
-    assert not stale, "EXEMPT_EDGES lists edges that are gone (remove them): " + ", ".join(stale)
-    for a, b in EXEMPT_EDGES:
-        graph[a] = graph[a] - {b}
     cycle = _find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 

@@ -64,19 +64,18 @@ def test_view_fraction_records_the_first_share_of_each_random_batch(data_root, t
 
 
 def test_num_viewed_rounds_up_and_keeps_one():
-    class _Cfg:
-        view_fraction = 0.3
+    from balancemix_timm.options import BalanceMixOptions
+    from balancemix_timm.recipe import BalanceMixRecipe
 
-    from balancemix_timm.methods.standard import BalanceMixMethod
+    labels = torch.zeros(4, 2, dtype=torch.uint8)
 
-    method = BalanceMixMethod.__new__(BalanceMixMethod)
-    method.cfg = _Cfg()  # type: ignore[assignment]
-    assert method.num_viewed(10) == 3  # 0.3 * 10 = 3.0000000000000004 in floating point
-    assert method.num_viewed(11) == math.ceil(3.3)
-    _Cfg.view_fraction = 0.01
-    assert method.num_viewed(32) == 1
-    _Cfg.view_fraction = 1.0
-    assert method.num_viewed(7) == 7
+    def viewed(fraction: float, batch_size: int) -> int:
+        return BalanceMixRecipe(labels, BalanceMixOptions(view_fraction=fraction)).num_viewed(batch_size)
+
+    assert viewed(0.3, 10) == 3  # 0.3 * 10 = 3.0000000000000004 in floating point
+    assert viewed(0.3, 11) == math.ceil(3.3)
+    assert viewed(0.01, 32) == 1
+    assert viewed(1.0, 7) == 7
 
 
 @pytest.mark.parametrize("value", [0.0, 1.5, -0.1, True, "half"])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -12,12 +10,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from ..engine import BalanceMix
 from ..label_issues import write_label_issues
 from ..loss import bce_elementwise
 from ..metrics import label_precision_recall, relabel_statistics
+from ..recipe import BalanceMixRecipe
 from ..refine import LabelState
-from ..sampling import PairedSampler, ShardedRandomSampler
+from ..sampling import PairedSampler
 from .base import MixupMethod, TrainingMethod
 from .context import MethodContext
 
@@ -81,108 +79,66 @@ class BalanceMixMethod(TrainingMethod):
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
         cfg = self.cfg
-        self.engine = BalanceMix(
-            ctx.given_labels,
-            alpha=cfg.alpha,
-            eps=cfg.eps,
-            warmup_epochs=cfg.warmup_epochs,
-            minority_sampler=cfg.minority_sampler,
-            label_management=cfg.label_management,
-            sampler_score=cfg.sampler_score,
-            sampler_temperature=cfg.sampler_temperature,
-            sampler_labels=cfg.sampler_labels,
-            base_loss=cfg.base_loss,
-            gmm_options=dict(
-                normalize=cfg.gmm_normalize, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar,
-                dtype=cfg.gmm_dtype,
-            ),
-            clean_if_agrees=cfg.clean_if_agrees,
-            record_momentum=cfg.record_momentum,
-            managed_labels=cfg.managed_labels,
-            seed=cfg.seed,
-            num_replicas=ctx.world_size,
-            rank=ctx.rank,
-            device=ctx.device,
-        )
-        self.image_view = cfg.confidence_input == "image"
+        self.recipe = BalanceMixRecipe(ctx.given_labels, cfg.balancemix_options(), seed=cfg.seed,
+                                       num_replicas=ctx.world_size, rank=ctx.rank, device=ctx.device)
+        self.engine = self.recipe.engine
+        self.image_view = self.recipe.image_view
         if cfg.label_source == "epoch_pass" and ctx.build_view_set is None:
             raise ValueError("label_source='epoch_pass' needs a MethodContext with build_view_set")
         self.view_set = (
             ctx.build_view_set(cfg.num_views, image_view=self.image_view) if cfg.label_source == "epoch_pass" else None
         )
-        self.view_time = 0.0
+
+    @property
+    def view_time(self) -> float:
+        """Seconds spent recording predictions this epoch."""
+        return self.recipe.view_time
 
     @property
     def num_extra_views(self) -> int:
-        if self.cfg.label_source != "views":
-            return 0
-        return self.cfg.num_views + int(self.image_view)
+        return self.recipe.num_extra_views
 
     def extra_view_transforms(self, train_transform: Any, eval_transform: Any) -> list[Any]:
         """``num_views`` RandAugment views, then the un-augmented image with ``confidence_input="image"``."""
-        return [train_transform] * self.cfg.num_views + ([eval_transform] if self.image_view else [])
-
-    def _record(self, index: Tensor, probs: Tensor) -> None:
-        """Record (V, B, K) probabilities: the RandAug views, then the image when ``image_view``."""
-        if self.image_view:
-            self.engine.record(index, probs[:-1], image_probs=probs[-1])
-        else:
-            self.engine.record(index, probs)
+        return self.recipe.view_transforms(train_transform, eval_transform)
 
     @property
     def paired_sampler(self) -> PairedSampler:
-        return self.engine.paired_sampler
+        return self.recipe.paired_sampler
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
-        self.engine.set_epoch(epoch)
-        self.view_time = 0.0
+        self.recipe.set_epoch(epoch)
 
     def num_viewed(self, batch_size: int) -> int:
         """How many instances of a random batch of ``batch_size`` get views (``view_fraction``)."""
-        f = float(self.cfg.view_fraction)
-        return batch_size if f >= 1.0 else min(batch_size, max(1, math.ceil(f * batch_size - 1e-9)))
+        return self.recipe.num_viewed(batch_size)
 
     def training_step(self, batch: Any) -> Tensor:
-        tr, eng = self.ctx, self.engine
-        y = eng.mixed_targets(batch.index_r, batch.index_m, batch.lam, device=tr.device)
+        eng = self.engine
+        y = eng.mixed_targets(batch.index_r, batch.index_m, batch.lam, device=self.ctx.device)
         logits = self.forward(batch.input)
         return eng.loss(logits, y, batch.index_r)
 
     def after_step(self, batch: Any) -> None:
         """Record the random batch's views with the weights of this step's update."""
-        tr = self.ctx
-        if batch.view_r is not None and self.cfg.label_source == "views":
-            t0 = time.perf_counter()
-            m = self.num_viewed(len(batch.index_r))
-            self._record(batch.index_r[:m], tr.view_probs(batch.view_r[: self.num_extra_views], count=m))
-            self.view_time += time.perf_counter() - t0
+        self.recipe.record_batch(batch, lambda views, count: self.ctx.view_probs(views, count=count))
 
-    @torch.no_grad()
     def _epoch_pass(self, epoch: int) -> None:
-        tr = self.ctx
+        ctx = self.ctx
         assert self.view_set is not None
-        sampler = ShardedRandomSampler(len(self.view_set), seed=self.cfg.seed + 7, num_replicas=tr.world_size, rank=tr.rank)
-        sampler.set_epoch(epoch)
         loader = DataLoader(
-            self.view_set, batch_size=self.cfg.eval_batch_size, sampler=sampler, num_workers=self.cfg.workers,
-            worker_init_fn=tr.worker_init_fn, generator=tr.loader_generator(epoch, 2),
+            self.view_set, batch_size=self.cfg.eval_batch_size, sampler=self.recipe.epoch_pass_sampler(len(self.view_set), epoch),
+            num_workers=self.cfg.workers, worker_init_fn=ctx.worker_init_fn, generator=ctx.loader_generator(epoch, 2),
         )
-        for views, _, index in loader:
-            stacked = torch.stack(list(views)) if isinstance(views, (list, tuple)) else views[None]
-            self._record(index, tr.view_probs(stacked))
+        self.recipe.record_epoch_pass(((views, index) for views, _, index in loader),
+                                      lambda views, count: ctx.view_probs(views, count=count))
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
         if self.cfg.label_source == "epoch_pass":
-            t0 = time.perf_counter()
             self._epoch_pass(epoch)
-            self.view_time += time.perf_counter() - t0
-        out["view_time"] = self.view_time
-        t0 = time.perf_counter()
-        self.engine.sync_records()
-        report = self.engine.refresh(epoch=epoch)
-        out["refresh_time"] = time.perf_counter() - t0
+        out: dict[str, Any] = {"view_time": self.view_time}
+        report, out["refresh_time"] = self.recipe.end_epoch(epoch)
         out.update({f"lm_{k}": v for k, v in report.as_dict().items() if k != "epoch"})
         out.update(self.label_figures())
         stages = self.diagnostics_stages(epoch)

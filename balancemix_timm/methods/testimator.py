@@ -20,6 +20,7 @@ from .._checks import (
 )
 from ..gmm import clean_probability
 from ..loss import bce_elementwise
+from ..options import gmm_options
 from ._options import bool_option, float_option, int_option
 from .base import MixupMethod
 from .context import MethodContext
@@ -304,11 +305,8 @@ class TEstimatorMethod(MixupMethod):
         """Select clean labels from ``probs`` and estimate the flip rates (step 2)."""
         cfg = self.cfg
         given = self.ctx.given_labels
-        clean = select_clean(
-            probs, given, threshold=self.clean_threshold, normalize=cfg.gmm_normalize,
-            max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar,
-            dtype=cfg.gmm_dtype,
-        )
+        clean = select_clean(probs, given, threshold=self.clean_threshold,
+                             **gmm_options(cfg.balancemix_options().to_dict()))
         self.rho_pos, self.rho_neg, self.valid = estimate_flip_rates(
             given, clean, min_clean=self.min_clean, max_rate=self.max_flip_rate, min_z=self.min_z
         )
