@@ -119,7 +119,7 @@ def test_the_walk_sees_the_package():
     assert f"{PACKAGE}.engine" in graph and f"{PACKAGE}.methods.standard" in graph
     # Relative imports are resolved (the methods import the engine), function-local ones too
     # (the demo runs the trainer from inside a function).
-    assert f"{PACKAGE}.engine" in graph[f"{PACKAGE}.methods.standard"]
+    assert f"{PACKAGE}.recipe" in graph[f"{PACKAGE}.methods.standard"]
     assert any(_is_application(t) for t in graph[f"{PACKAGE}.demo"])
 
 
