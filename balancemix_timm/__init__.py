@@ -7,14 +7,16 @@ engine that a training loop drives, and the noise protocols and metrics of its e
   :func:`sample_lambda` and :func:`mix` (Eq. 5), :class:`MinorityMixup`, :class:`MixupCollate`.
 - Label-wise management: :func:`clean_probability` (Eq. 6-8), :func:`refine_labels` (Eq. 9),
   :func:`balancemix_loss` (Eq. 10).
-- :class:`BalanceMix`: the per-sample state and the epoch-end refresh hook.
+- :class:`BalanceMixEngine`: the per-sample state and the epoch-end refresh hook;
+  :class:`BalanceMixOptions` declares every option once and :class:`BalanceMixRecipe` is the
+  glue a training loop calls (engine, recorded views, epoch end).
 - Label issues (which given labels are wrong, cleanlab-shaped): :func:`find_label_issues`,
   :func:`label_quality_scores`, :func:`describe_label_issues`, :func:`load_label_state`.
 - :mod:`balancemix_timm.noise` (Eq. 11) and :mod:`balancemix_timm.metrics` (mAP, Eq. 12-13).
 """
 
 from . import metrics, noise
-from .engine import ABLATIONS, BalanceMix, RefreshReport
+from .engine import ABLATIONS, BalanceMixEngine, RefreshReport
 from .gmm import LabelGMM, clean_probability
 from .label_issues import (
     LabelIssueState,
@@ -27,7 +29,9 @@ from .loss import BalanceMixLoss, asl_elementwise, balancemix_loss, bce_elementw
 from .metrics import average_precision, mean_average_precision
 from .mixing import MinorityMixup, MixedBatch, MixupCollate, PairedDataset, mix, mix_targets, sample_lambda
 from .noise import mislabel, random_flip, single_positive
+from .options import BalanceMixOptions
 from .presets import PRESETS, engine_preset
+from .recipe import BalanceMixRecipe
 from .refine import LabelState, clean_if_agrees, refine_labels, view_average
 from .sampling import (
     MinoritySampler,
@@ -40,12 +44,23 @@ from .sampling import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """Deprecated public names (``BalanceMix``: :class:`BalanceMixEngine`), with a warning."""
+    if name == "BalanceMix":
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "PRESETS",
     "engine_preset",
     "clean_if_agrees",
     "ABLATIONS",
-    "BalanceMix",
+    "BalanceMixEngine",
+    "BalanceMixOptions",
+    "BalanceMixRecipe",
     "BalanceMixLoss",
     "LabelGMM",
     "LabelIssueState",

@@ -1,10 +1,10 @@
 """The BalanceMix engine: per-sample state, samplers, mixing, loss and the epoch-end refresh.
 
-A training loop drives one :class:`BalanceMix` object:
+A training loop drives one :class:`BalanceMixEngine` object:
 
 .. code-block:: python
 
-    engine = BalanceMix(train_labels, alpha=4.0, eps=0.975, warmup_epochs=10)
+    engine = BalanceMixEngine(train_labels, alpha=4.0, eps=0.975, warmup_epochs=10)
     for epoch in range(start_epoch, epochs):
         engine.set_epoch(epoch)                       # samplers + mixer for this epoch
         for batch in loader:                          # built on engine.paired_sampler
@@ -22,10 +22,10 @@ states. Its switches make every row of the paper's Table 5 a configuration (see
 
 Performance: the tables live on ``device`` (give the training device: ~98 MB at MS-COCO scale,
 see ``docs/performance.md``), the epoch-end refresh computes there, and the per-step calls
-(:meth:`BalanceMix.mixed_targets`, :meth:`BalanceMix.loss`, :meth:`BalanceMix.record`) copy no
+(:meth:`BalanceMixEngine.mixed_targets`, :meth:`BalanceMixEngine.loss`, :meth:`BalanceMixEngine.record`) copy no
 per-sample state between host and device and never synchronise an accelerator: value checks
 that would need a device read are made only on CPU tensors, and non-finite recorded
-predictions on an accelerator are reported by the next :meth:`BalanceMix.refresh`.
+predictions on an accelerator are reported by the next :meth:`BalanceMixEngine.refresh`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from .sampling import (
     weight_spread,
 )
 
-__all__ = ["BalanceMix", "ABLATIONS", "LABEL_MANAGEMENT_LEVELS", "RefreshReport"]
+__all__ = ["BalanceMixEngine", "ABLATIONS", "LABEL_MANAGEMENT_LEVELS", "RefreshReport"]
 
 _logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 _EPS = 1e-7
 _D = OPTION_DEFAULTS  # keyword defaults: declared once in balancemix_timm.options
 
-class BalanceMix(EngineState):
+class BalanceMixEngine(EngineState):
     """BalanceMix's training-time state machine (Alg. 1 of the paper).
 
     Args:
@@ -259,7 +259,7 @@ class BalanceMix(EngineState):
         "given_labels", "refined_labels", "state", "clean_prob", "probs", "view_mean", "losses", "seen", "_epoch_seen",
     )
 
-    def to(self, device: str | torch.device) -> "BalanceMix":
+    def to(self, device: str | torch.device) -> "BalanceMixEngine":
         """Move every per-sample table to ``device`` (in place, like ``nn.Module.to``); returns self."""
         self.device = torch.device(device)
         for name in self._TABLES:
@@ -267,7 +267,7 @@ class BalanceMix(EngineState):
         self._device_cache = {}
         return self
 
-    def cpu_view(self) -> "BalanceMix":
+    def cpu_view(self) -> "BalanceMixEngine":
         """A shallow copy whose tables are on the CPU (for reports); ``self`` is unchanged."""
         return self if self.device.type == "cpu" else copy.copy(self).to("cpu")
 
@@ -448,17 +448,17 @@ class BalanceMix(EngineState):
 
         seen = self.seen
         all_seen = n_unseen == 0  # the usual case: no masked copies of the (N, K) tables
-        # LabelGMM(...).fit_predict_clean_proba is what gmm.clean_probability computes; the
+        # LabelGMM(...).fit_predict_clean_probability is what gmm.clean_probability computes; the
         # fitted mixtures are kept (last_gmm) for diagnostics, e.g. their decision thresholds.
         self.last_gmm = None
         if self.label_management != "none" and all_seen:
             self.last_gmm = LabelGMM(**self.gmm_options)
-            clean_prob = self.last_gmm.fit_predict_clean_proba(self.losses, labels).to(self.device, torch.float32)
+            clean_prob = self.last_gmm.fit_predict_clean_probability(self.losses, labels).to(self.device, torch.float32)
         else:
             clean_prob = torch.ones_like(self.clean_prob)
             if self.label_management != "none" and n_unseen < self.num_samples_total:
                 self.last_gmm = LabelGMM(**self.gmm_options)
-                cp = self.last_gmm.fit_predict_clean_proba(self.losses[seen], labels[seen])
+                cp = self.last_gmm.fit_predict_clean_probability(self.losses[seen], labels[seen])
                 clean_prob[seen] = cp.to(self.device, torch.float32)
         if self.clean_if_agrees and self.label_management != "none":
             clean_prob = clean_if_agrees(clean_prob, self.probs, labels)
@@ -527,3 +527,18 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
         current = torch.cuda.current_device()
         return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
     return False
+
+
+#: Public names renamed: former name -> current name.
+_DEPRECATED = {"BalanceMix": "BalanceMixEngine"}
+
+
+def __getattr__(name: str) -> Any:
+    """``BalanceMix``, the engine's former name: the same class, with a ``DeprecationWarning``."""
+    if name in _DEPRECATED:
+        import warnings
+
+        new = _DEPRECATED[name]
+        warnings.warn(f"balancemix_timm.engine.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

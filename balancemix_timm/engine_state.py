@@ -1,6 +1,6 @@
 """The engine's refresh report, checkpoints and the distributed merge of its records.
 
-:class:`EngineState` holds the methods of :class:`~balancemix_timm.engine.BalanceMix` that read
+:class:`EngineState` holds the methods of :class:`~balancemix_timm.engine.BalanceMixEngine` that read
 or write its per-sample tables as a whole: the all-reduce of each epoch's records across ranks
 and the bit-for-bit checkpoint (``config`` / ``state_dict`` / ``load_state_dict``).
 """

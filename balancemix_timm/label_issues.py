@@ -132,7 +132,7 @@ def load_label_state(source: Any, *, weights_only: bool = True) -> LabelIssueSta
     Args:
         source: One of
 
-            * a live :class:`~balancemix_timm.engine.BalanceMix` engine, or an object holding one
+            * a live :class:`~balancemix_timm.engine.BalanceMixEngine` engine, or an object holding one
               as ``.engine`` (the ML-Decoder ``BalanceMixPlugin``, the trainer's
               ``BalanceMixMethod``), after at least one :meth:`refresh`;
             * a ``balancemix-train`` run folder (its ``last.pth``) or the ML-Decoder plugin's
@@ -154,10 +154,10 @@ def load_label_state(source: Any, *, weights_only: bool = True) -> LabelIssueSta
     """
     if isinstance(source, LabelIssueState):
         return source
-    from .engine import BalanceMix
+    from .engine import BalanceMixEngine
 
-    engine = source if isinstance(source, BalanceMix) else getattr(source, "engine", None)
-    if isinstance(engine, BalanceMix):
+    engine = source if isinstance(source, BalanceMixEngine) else getattr(source, "engine", None)
+    if isinstance(engine, BalanceMixEngine):
         return _from_engine_state(engine.state_dict(), f"engine {type(source).__name__}")
     if isinstance(source, (str, os.PathLike)):
         path = _checkpoint_path(Path(source))
@@ -487,9 +487,9 @@ def write_label_issues(engine: Any, dataset: Any, path: str | Path) -> int:
     Raises:
         ValueError: ``engine`` is nothing :func:`load_label_state` reads.
     """
-    from .engine import BalanceMix
+    from .engine import BalanceMixEngine
 
-    if isinstance(engine, BalanceMix) and not engine.history:
+    if isinstance(engine, BalanceMixEngine) and not engine.history:
         _logger.warning("the engine was never refreshed: %s lists no labels", path)
         Path(path).write_text(",".join(_ISSUE_COLUMNS) + "\n")
         return 0

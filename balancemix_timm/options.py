@@ -49,7 +49,7 @@ class BalanceMixOptions:
     """The options of BalanceMix (Alg. 1); defaults are the project's default preset.
 
     Groups (``OptionSpec.group``): ``"engine"`` options are keywords of
-    :class:`~balancemix_timm.engine.BalanceMix`; ``"gmm"`` options (``gmm_<name>``) are
+    :class:`~balancemix_timm.engine.BalanceMixEngine`; ``"gmm"`` options (``gmm_<name>``) are
     :class:`~balancemix_timm.gmm.LabelGMM`'s ``<name>``; ``"views"`` options say which
     predictions are recorded (the front ends' no-grad forwards); ``"mixing"`` options drive the
     in-loader Mixup.
@@ -145,7 +145,7 @@ class BalanceMixOptions:
         return {spec.name: getattr(self, spec.name) for spec in option_specs()}
 
     def engine_kwargs(self) -> dict[str, Any]:
-        """The :class:`~balancemix_timm.engine.BalanceMix` keywords (``gmm_options`` included)."""
+        """The :class:`~balancemix_timm.engine.BalanceMixEngine` keywords (``gmm_options`` included)."""
         out = {name: getattr(self, name) for name in ENGINE_OPTIONS}
         out["gmm_options"] = gmm_options(self.to_dict())
         return out

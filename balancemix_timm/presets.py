@@ -33,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {key: OPTION_DEFAULTS[key] for key in PRESET_KEYS},
 }
 
-#: The preset keys that are :class:`~balancemix_timm.engine.BalanceMix` keywords.
+#: The preset keys that are :class:`~balancemix_timm.engine.BalanceMixEngine` keywords.
 ENGINE_KEYS = tuple(key for key in PRESET_KEYS if option_spec(key).group == "engine")
 
 
@@ -49,5 +49,5 @@ def preset_options(name: str) -> dict[str, Any]:
 
 
 def engine_preset(name: str) -> dict[str, Any]:
-    """The engine keywords of preset ``name`` (e.g. ``BalanceMix(labels, **engine_preset("paper"))``)."""
+    """The engine keywords of preset ``name`` (e.g. ``BalanceMixEngine(labels, **engine_preset("paper"))``)."""
     return {k: v for k, v in preset_options(name).items() if k in ENGINE_KEYS}

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .engine import BalanceMix, RefreshReport
+from .engine import BalanceMixEngine, RefreshReport
 from .options import BalanceMixOptions
 from .sampling import PairedSampler, ShardedRandomSampler
 
@@ -74,7 +74,7 @@ class BalanceMixRecipe:
         gmm_device: Where the GMM fits compute (default: where the tables live).
 
     Attributes:
-        engine: The :class:`~balancemix_timm.engine.BalanceMix` engine.
+        engine: The :class:`~balancemix_timm.engine.BalanceMixEngine` engine.
         options: The options.
         view_time: Seconds spent recording predictions this epoch (reset by :meth:`set_epoch`).
     """
@@ -101,7 +101,7 @@ class BalanceMixRecipe:
             kwargs["gmm_options"]["device"] = gmm_device
         self.seed = int(seed)
         self.num_replicas, self.rank = int(num_replicas), int(rank)
-        self.engine = BalanceMix(labels, **kwargs, seed=self.seed, num_replicas=num_replicas, rank=rank,
+        self.engine = BalanceMixEngine(labels, **kwargs, seed=self.seed, num_replicas=num_replicas, rank=rank,
                                  device=device)
         self.view_time = 0.0
 

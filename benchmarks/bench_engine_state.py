@@ -1,6 +1,6 @@
 """The engine's per-sample state and its epoch-end refresh at MS-COCO scale (issue 6, targets 1 and 3).
 
-Builds a :class:`~balancemix_timm.engine.BalanceMix` for N = 82,081 images x K = 80 classes
+Builds a :class:`~balancemix_timm.engine.BalanceMixEngine` for N = 82,081 images x K = 80 classes
 (long-tailed labels with 40% mislabeling and realistic predictions, as in ``bench_gmm.py``),
 records every sample and prints:
 
@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from balancemix_timm.engine import BalanceMix  # noqa: E402
+from balancemix_timm.engine import BalanceMixEngine  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gmm import make_data  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> None:
     q = torch.exp(-losses)
     probs = torch.where(given.bool(), q, 1 - q)
     labels = given.to(torch.uint8)
-    eng = BalanceMix(labels, warmup_epochs=0, device=dev)
+    eng = BalanceMixEngine(labels, warmup_epochs=0, device=dev)
     eng.set_epoch(0)
     eng.record(torch.arange(args.n), probs.to(dev))
     _sync(dev)
@@ -73,7 +73,7 @@ def main() -> None:
           f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     total = 0
     print("per-sample tables:")
-    for name in BalanceMix._TABLES:
+    for name in BalanceMixEngine._TABLES:
         t = getattr(eng, name)
         size = t.numel() * t.element_size()
         total += size

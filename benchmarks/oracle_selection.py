@@ -36,7 +36,7 @@ def _run(values: dict[str, Any], oracle: str, resume: str | None) -> float:  # p
     import torch
 
     from balancemix_timm.config import load_config
-    from balancemix_timm.engine import BalanceMix
+    from balancemix_timm.engine import BalanceMixEngine
     from balancemix_timm.refine import LabelState
     from balancemix_timm.train import Trainer
 
@@ -46,9 +46,9 @@ def _run(values: dict[str, Any], oracle: str, resume: str | None) -> float:  # p
     trainer = Trainer(cfg)
     engine = trainer.method.engine
     clean = trainer.clean_labels.to(engine.device)
-    real_refresh = BalanceMix.refresh
+    real_refresh = BalanceMixEngine.refresh
 
-    def refresh(self: BalanceMix, *, epoch: int | None = None):
+    def refresh(self: BalanceMixEngine, *, epoch: int | None = None):
         report = real_refresh(self, epoch=epoch)
         wrong = self.given_labels != clean
         if oracle == "oracle_drop":
@@ -62,7 +62,7 @@ def _run(values: dict[str, Any], oracle: str, resume: str | None) -> float:  # p
         self._device_cache.clear()
         return report
 
-    engine.refresh = refresh.__get__(engine, BalanceMix)  # type: ignore[method-assign]
+    engine.refresh = refresh.__get__(engine, BalanceMixEngine)  # type: ignore[method-assign]
     t0 = time.perf_counter()
     trainer.fit(resume=resume)
     return time.perf_counter() - t0

@@ -15,7 +15,7 @@ from tests._tiny import tiny
 
 from balancemix_timm import diagnostics
 from balancemix_timm.config import load_config
-from balancemix_timm.engine import BalanceMix
+from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.gmm import LabelGMM
 from balancemix_timm.refine import LabelState
 from balancemix_timm.train import Trainer
@@ -32,7 +32,7 @@ def _has_matplotlib() -> bool:
 needs_mpl = pytest.mark.skipif(not _has_matplotlib(), reason="matplotlib not installed")
 
 
-def _engine_snapshot(engine: BalanceMix) -> dict:
+def _engine_snapshot(engine: BalanceMixEngine) -> dict:
     """Copies of what the npz should hold, taken right after the refresh."""
     gmm = engine.last_gmm
     return dict(
@@ -81,11 +81,11 @@ def test_trainer_npz_holds_the_engine_tables(tmp_path):
             expected = -math.log(p if given[n, k] else 1 - p)
             assert data["losses"][n, k] == pytest.approx(expected, rel=1e-5)
         np.testing.assert_array_equal(
-            data["losses"], BalanceMix.bce_from_probs(torch.from_numpy(data["probs"]), trainer.given_labels).numpy())
+            data["losses"], BalanceMixEngine.bce_from_probs(torch.from_numpy(data["probs"]), trainer.given_labels).numpy())
         # Refitting the GMMs on the saved losses gives the saved p_G (deterministic EM), after the
         # engine's clean-if-agrees rule when it is on.
         gmm = LabelGMM(**method.engine.gmm_options)
-        refit = gmm.fit_predict_clean_proba(torch.from_numpy(data["losses"]), trainer.given_labels)
+        refit = gmm.fit_predict_clean_probability(torch.from_numpy(data["losses"]), trainer.given_labels)
         if method.engine.clean_if_agrees:
             from balancemix_timm.refine import clean_if_agrees
 
@@ -103,7 +103,7 @@ def test_trainer_npz_holds_the_engine_tables(tmp_path):
             x = torch.zeros(2, z.shape[1], dtype=torch.float64)
             x[:, k] = torch.tensor([shift[pol, k] + scale[pol, k] * (z[pol, k] - 1e-3),
                                     shift[pol, k] + scale[pol, k] * (z[pol, k] + 1e-3)])
-            p = gmm.predict_clean_proba(x, torch.full_like(x, float(pol)))[:, k]
+            p = gmm.predict_clean_probability(x, torch.full_like(x, float(pol)))[:, k]
             assert abs(float(p.mean()) - 0.5) < 0.05 and (p[0] - 0.5) * (p[1] - 0.5) <= 0, (pol, k, p)
         # The correct / wrong split is given vs clean labels, per polarity, in the GMM's space.
         split = diagnostics.loss_split(data)
@@ -143,7 +143,7 @@ def _fake_snapshot(epoch: int, stages: list[str], seed: int = 0) -> dict:
     given = torch.where(flip, 1 - clean, clean)
     losses = torch.where(flip, 1.5 + 0.4 * torch.randn(n, k, generator=g), 0.3 * torch.rand(n, k, generator=g)).abs()
     gmm = LabelGMM()
-    p = gmm.fit_predict_clean_proba(losses, given)
+    p = gmm.fit_predict_clean_probability(losses, given)
     z = gmm.decision_thresholds().numpy()
     return dict(
         losses=losses.numpy(), clean_prob=p.numpy(), given_labels=given.numpy(), clean_labels=clean.numpy(),

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from balancemix_timm.engine import ABLATIONS, BalanceMix
+from balancemix_timm.engine import ABLATIONS, BalanceMixEngine
 from balancemix_timm.refine import LabelState
 from balancemix_timm.sampling import MinoritySampler, ShardedRandomSampler
 
@@ -29,7 +29,7 @@ def _bimodal_probs(labels: torch.Tensor, noisy_mask: torch.Tensor, seed: int = 1
 
 def test_warmup_loss_is_plain_bce_with_mixed_targets():
     labels = _labels()
-    eng = BalanceMix(labels, warmup_epochs=2)
+    eng = BalanceMixEngine(labels, warmup_epochs=2)
     eng.set_epoch(0)
     idx_r = torch.tensor([0, 5, 9])
     idx_m = torch.tensor([3, 3, 7])
@@ -47,7 +47,7 @@ def test_refresh_finds_flipped_labels_and_weights_them():
     labels = _labels(n=600)
     g = torch.Generator().manual_seed(3)
     noisy_mask = torch.rand(labels.shape, generator=g) < 0.1
-    eng = BalanceMix(labels, warmup_epochs=1, eps=0.95)
+    eng = BalanceMixEngine(labels, warmup_epochs=1, eps=0.95)
     eng.set_epoch(0)
     probs = _bimodal_probs(labels, noisy_mask)
     eng.record(torch.arange(len(labels)), torch.stack([probs, probs]))
@@ -72,7 +72,7 @@ def test_refresh_finds_flipped_labels_and_weights_them():
 
 def test_refresh_during_warmup_is_not_applied_but_updates_sampler():
     labels = _labels()
-    eng = BalanceMix(labels, warmup_epochs=3)
+    eng = BalanceMixEngine(labels, warmup_epochs=3)
     eng.set_epoch(0)
     probs = torch.rand(labels.shape, generator=torch.Generator().manual_seed(0))
     eng.record(torch.arange(len(labels)), probs)
@@ -88,7 +88,7 @@ def test_ablation_rows_configure_components():
     labels = _labels()
     probs = torch.rand(labels.shape, generator=torch.Generator().manual_seed(0))
     for name, kwargs in ABLATIONS.items():
-        eng = BalanceMix(labels, warmup_epochs=0, **kwargs)
+        eng = BalanceMixEngine(labels, warmup_epochs=0, **kwargs)
         eng.set_epoch(0)
         eng.record(torch.arange(len(labels)), probs)
         eng.refresh()
@@ -106,13 +106,13 @@ def test_ablation_rows_configure_components():
 
 def test_state_dict_round_trip_and_config_guard():
     labels = _labels()
-    eng = BalanceMix(labels, warmup_epochs=0, seed=4)
+    eng = BalanceMixEngine(labels, warmup_epochs=0, seed=4)
     eng.set_epoch(2)
     probs = torch.rand(labels.shape, generator=torch.Generator().manual_seed(2))
     eng.record(torch.arange(len(labels)), probs)
     eng.refresh()
     sd = eng.state_dict()
-    other = BalanceMix(labels, warmup_epochs=0, seed=4)
+    other = BalanceMixEngine(labels, warmup_epochs=0, seed=4)
     other.load_state_dict(sd)
     for name in ("refined_labels", "state", "clean_prob", "probs", "losses", "seen"):
         assert torch.equal(getattr(eng, name), getattr(other, name)), name
@@ -120,11 +120,11 @@ def test_state_dict_round_trip_and_config_guard():
     other.set_epoch(3)
     assert list(eng.paired_sampler) == list(other.paired_sampler)
     with pytest.raises(ValueError, match="another configuration"):
-        BalanceMix(labels, warmup_epochs=5, seed=4).load_state_dict(sd)
+        BalanceMixEngine(labels, warmup_epochs=5, seed=4).load_state_dict(sd)
     flipped = labels.clone()
     flipped[0, 0] ^= 1
     with pytest.raises(ValueError, match="different given labels"):
-        BalanceMix(flipped, warmup_epochs=0, seed=4).load_state_dict(sd)
+        BalanceMixEngine(flipped, warmup_epochs=0, seed=4).load_state_dict(sd)
 
 
 @pytest.mark.parametrize(
@@ -138,15 +138,15 @@ def test_state_dict_round_trip_and_config_guard():
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        BalanceMix(_labels(), **kwargs)
+        BalanceMixEngine(_labels(), **kwargs)
 
 
 def test_bad_labels_and_records():
     with pytest.raises(ValueError, match="labels"):
-        BalanceMix(torch.full((4, 3), 2))
+        BalanceMixEngine(torch.full((4, 3), 2))
     with pytest.raises(ValueError, match="labels"):
-        BalanceMix(torch.zeros(0, 3))
-    eng = BalanceMix(_labels())
+        BalanceMixEngine(torch.zeros(0, 3))
+    eng = BalanceMixEngine(_labels())
     with pytest.raises(ValueError, match="view_probs"):
         eng.record(torch.arange(3), torch.rand(3, 7))
     with pytest.raises(ValueError, match="view_probs"):
@@ -155,7 +155,7 @@ def test_bad_labels_and_records():
 
 def test_unseen_samples_stay_clean(caplog):
     labels = _labels()
-    eng = BalanceMix(labels, warmup_epochs=0)
+    eng = BalanceMixEngine(labels, warmup_epochs=0)
     eng.set_epoch(0)
     seen = torch.arange(0, len(labels), 2)
     eng.record(seen, torch.rand(len(seen), labels.shape[1], generator=torch.Generator().manual_seed(0)))

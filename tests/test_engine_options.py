@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from balancemix_timm.engine import BalanceMix
+from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.presets import PRESETS, engine_preset
 from balancemix_timm.refine import LabelState, clean_if_agrees
 
@@ -51,8 +51,8 @@ def test_engine_clean_if_agrees_keeps_agreeing_labels_of_a_noise_free_group():
     g = torch.Generator().manual_seed(2)
     conf = 0.55 + 0.44 * torch.rand(labels.shape, generator=g)  # all on the label's side
     probs = torch.where(labels.bool(), conf, 1 - conf)
-    plain = BalanceMix(labels, warmup_epochs=0, **engine_preset("paper"))
-    ruled = BalanceMix(labels, warmup_epochs=0, clean_if_agrees=True)
+    plain = BalanceMixEngine(labels, warmup_epochs=0, **engine_preset("paper"))
+    ruled = BalanceMixEngine(labels, warmup_epochs=0, clean_if_agrees=True)
     for eng in (plain, ruled):
         eng.set_epoch(0)
         eng.record(torch.arange(len(labels)), probs[None])
@@ -68,8 +68,8 @@ def test_engine_clean_if_agrees_leaves_disagreeing_labels_to_the_gmm():
     noisy = torch.rand(labels.shape, generator=g) < 0.15
     conf = 0.9 + 0.09 * torch.rand(labels.shape, generator=g)
     probs = torch.where(labels.bool() ^ noisy, conf, 1 - conf)  # disagree exactly on the noise
-    plain = BalanceMix(labels, warmup_epochs=0, eps=1.0, clean_if_agrees=False)
-    ruled = BalanceMix(labels, warmup_epochs=0, eps=1.0, clean_if_agrees=True)
+    plain = BalanceMixEngine(labels, warmup_epochs=0, eps=1.0, clean_if_agrees=False)
+    ruled = BalanceMixEngine(labels, warmup_epochs=0, eps=1.0, clean_if_agrees=True)
     for eng in (plain, ruled):
         eng.set_epoch(0)
         eng.record(torch.arange(len(labels)), probs[None])
@@ -85,7 +85,7 @@ def test_image_probs_feed_the_gmm_and_sampler_views_feed_eq9():
     g = torch.Generator().manual_seed(4)
     image = torch.rand(n, k, generator=g)
     views = torch.rand(2, n, k, generator=g)
-    eng = BalanceMix(labels, warmup_epochs=0, eps=0.6, clean_if_agrees=False)
+    eng = BalanceMixEngine(labels, warmup_epochs=0, eps=0.6, clean_if_agrees=False)
     eng.set_epoch(0)
     eng.record(torch.arange(n), views, image_probs=image)
     torch.testing.assert_close(eng.probs, image)
@@ -104,7 +104,7 @@ def test_image_probs_feed_the_gmm_and_sampler_views_feed_eq9():
 
 
 def test_image_probs_shape_is_checked():
-    eng = BalanceMix(_labels(n=10), warmup_epochs=0)
+    eng = BalanceMixEngine(_labels(n=10), warmup_epochs=0)
     with pytest.raises(ValueError, match="image_probs"):
         eng.record(torch.arange(4), torch.rand(2, 4, 3), image_probs=torch.rand(2, 4, 3))
     with pytest.raises(ValueError, match="image_probs"):
@@ -114,7 +114,7 @@ def test_image_probs_shape_is_checked():
 # ------------------------------------------------------------------ record momentum
 def test_record_momentum_is_an_ema_over_records():
     labels = _labels(n=6)
-    eng = BalanceMix(labels, warmup_epochs=0, record_momentum=0.75)
+    eng = BalanceMixEngine(labels, warmup_epochs=0, record_momentum=0.75)
     idx = torch.tensor([1, 4])
     a, b = torch.rand(2, 3), torch.rand(2, 3)
     ia, ib = torch.rand(2, 3), torch.rand(2, 3)
@@ -131,38 +131,38 @@ def test_record_momentum_is_an_ema_over_records():
 @pytest.mark.parametrize("m", [-0.1, 1.0, True, "0.5"])
 def test_record_momentum_must_be_in_unit_interval(m):
     with pytest.raises(ValueError, match="record_momentum"):
-        BalanceMix(_labels(n=5), record_momentum=m)
+        BalanceMixEngine(_labels(n=5), record_momentum=m)
 
 
 # ------------------------------------------------------------------ checkpoints
 def test_new_options_round_trip_and_old_checkpoints_load():
     labels = _labels(n=20)
-    eng = BalanceMix(labels, warmup_epochs=0, clean_if_agrees=True, record_momentum=0.5)
+    eng = BalanceMixEngine(labels, warmup_epochs=0, clean_if_agrees=True, record_momentum=0.5)
     eng.set_epoch(0)
     eng.record(torch.arange(20), torch.rand(2, 20, 3), image_probs=torch.rand(20, 3))
     eng.refresh()
     sd = eng.state_dict()
-    other = BalanceMix(labels, warmup_epochs=0, clean_if_agrees=True, record_momentum=0.5)
+    other = BalanceMixEngine(labels, warmup_epochs=0, clean_if_agrees=True, record_momentum=0.5)
     other.load_state_dict(sd)
     torch.testing.assert_close(other.view_mean, eng.view_mean)
     torch.testing.assert_close(other.probs, eng.probs)
     with pytest.raises(ValueError, match="clean_if_agrees"):
-        BalanceMix(labels, warmup_epochs=0, clean_if_agrees=False, record_momentum=0.5).load_state_dict(sd)
+        BalanceMixEngine(labels, warmup_epochs=0, clean_if_agrees=False, record_momentum=0.5).load_state_dict(sd)
     # A checkpoint written before these options existed: no keys, one probability table.
-    plain = BalanceMix(labels, warmup_epochs=0, **engine_preset("paper"))
+    plain = BalanceMixEngine(labels, warmup_epochs=0, **engine_preset("paper"))
     plain.set_epoch(0)
     plain.record(torch.arange(20), torch.rand(2, 20, 3))
     old = plain.state_dict()
     for key in ("clean_if_agrees", "record_momentum"):
         del old["config"][key]
     del old["view_mean"]
-    fresh = BalanceMix(labels, warmup_epochs=0, **engine_preset("paper"))
+    fresh = BalanceMixEngine(labels, warmup_epochs=0, **engine_preset("paper"))
     fresh.load_state_dict(old)
     torch.testing.assert_close(fresh.view_mean, plain.probs)
     # Such a run used the paper's rules: an engine with the default preset refuses to resume it.
     if PRESETS["default"] != PRESETS["paper"]:
         with pytest.raises(ValueError, match="another configuration"):
-            BalanceMix(labels, warmup_epochs=0).load_state_dict(old)
+            BalanceMixEngine(labels, warmup_epochs=0).load_state_dict(old)
 
 
 # ------------------------------------------------------------------ managed labels
@@ -172,8 +172,8 @@ def test_managed_labels_negative_never_touches_given_positives():
     noisy = torch.rand(labels.shape, generator=g) < 0.2
     conf = 0.9 + 0.09 * torch.rand(labels.shape, generator=g)
     probs = torch.where(labels.bool() ^ noisy, conf, 1 - conf)
-    both = BalanceMix(labels, warmup_epochs=0, eps=0.55, managed_labels="all")
-    neg = BalanceMix(labels, warmup_epochs=0, eps=0.55, managed_labels="negative")
+    both = BalanceMixEngine(labels, warmup_epochs=0, eps=0.55, managed_labels="all")
+    neg = BalanceMixEngine(labels, warmup_epochs=0, eps=0.55, managed_labels="negative")
     for eng in (both, neg):
         eng.set_epoch(0)
         eng.record(torch.arange(len(labels)), probs[None])
@@ -186,7 +186,7 @@ def test_managed_labels_negative_never_touches_given_positives():
     torch.testing.assert_close(neg.clean_prob[~pos], both.clean_prob[~pos])
     assert torch.equal(neg.state[~pos], both.state[~pos])
     with pytest.raises(ValueError, match="managed_labels"):
-        BalanceMix(labels, managed_labels="positive")
+        BalanceMixEngine(labels, managed_labels="positive")
 
 
 def test_presets_are_the_defaults_of_every_front_end():
@@ -199,7 +199,7 @@ def test_presets_are_the_defaults_of_every_front_end():
     from balancemix_timm.integrations import ml_decoder
 
     default = PRESETS["default"]
-    sig = inspect.signature(BalanceMix)
+    sig = inspect.signature(BalanceMixEngine)
     for key, value in engine_preset("default").items():
         assert sig.parameters[key].default == value, key
     cfg = TrainConfig()

@@ -1,6 +1,6 @@
 """The trainer's BalanceMix method and the ML-Decoder plugin train the same thing.
 
-Both front ends drive the same engine (:class:`~balancemix_timm.engine.BalanceMix`) but build
+Both front ends drive the same engine (:class:`~balancemix_timm.engine.BalanceMixEngine`) but build
 their own loaders, view sets, loss scaling and record calls. This runs both on the same tiny
 demo set, from the same initial weights, with the same seeds and the same non-default options
 (``clean_if_agrees``, ``record_momentum``, ``managed_labels``, ``confidence_input="image"``),

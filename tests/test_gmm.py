@@ -212,7 +212,7 @@ def test_normalize_none_matches_sklearn_on_raw_losses(dtype):
     losses, labels = make_data(800, POS_RATES, seed=2)
     losses = losses * 3.0 + 5.0  # far from 0: the fit must not depend on the offset
     model = LabelGMM(normalize="none", dtype=dtype)
-    p = model.fit_predict_clean_proba(losses, labels)
+    p = model.fit_predict_clean_probability(losses, labels)
     for k in range(len(POS_RATES)):
         for l in (0, 1):
             sel, x = group_values(losses, labels, k, l, minmax=False)
@@ -249,7 +249,7 @@ def test_clean_component_is_the_small_mean_one():
     labels = torch.zeros(n, 2)
     labels[: n // 2, 1] = 1
     model = LabelGMM()
-    p = model.fit_predict_clean_proba(losses, labels)
+    p = model.fit_predict_clean_probability(losses, labels)
     fitted = ~model.fallback_
     assert (model.means_[..., 0] < model.means_[..., 1])[fitted].all()
     col0 = p[:, 0].numpy()
@@ -267,7 +267,7 @@ def test_fallback_for_tiny_and_constant_groups(caplog):
     losses[200:, 2] = 0.7  # class 2: constant negative losses
     with caplog.at_level(logging.WARNING, logger="balancemix_timm.gmm"):
         model = LabelGMM(fallback=0.25)
-        p = model.fit_predict_clean_proba(losses, labels)
+        p = model.fit_predict_clean_probability(losses, labels)
     assert torch.isfinite(p).all()
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(messages) == 1
@@ -290,7 +290,7 @@ def test_empty_groups_and_empty_input(caplog):
     labels[:, 0] = 1  # class 0 has no negative label: an empty group, no warning
     with caplog.at_level(logging.WARNING, logger="balancemix_timm.gmm"):
         model = LabelGMM()
-        p = model.fit_predict_clean_proba(losses, labels)
+        p = model.fit_predict_clean_probability(losses, labels)
     assert not caplog.records
     assert torch.isfinite(p).all() and model.n_samples_[0, 0] == 0 and model.fallback_[0, 0]
     empty = clean_probability(torch.zeros(0, 3), torch.zeros(0, 3))
@@ -339,15 +339,15 @@ def test_inputs_are_not_modified():
 def test_predict_matches_fit_and_state_dict_round_trip():
     losses, labels = make_data(700, POS_RATES, seed=10)
     model = LabelGMM(max_iter=20, min_group_size=10)
-    p = model.fit_predict_clean_proba(losses, labels)
-    torch.testing.assert_close(model.predict_clean_proba(losses, labels), p, atol=1e-6, rtol=0)
+    p = model.fit_predict_clean_probability(losses, labels)
+    torch.testing.assert_close(model.predict_clean_probability(losses, labels), p, atol=1e-6, rtol=0)
     state = model.state_dict()
     other = LabelGMM()
     other.load_state_dict(state)
     assert other.max_iter == 20 and other.min_group_size == 10
     for name in LabelGMM._FITTED:
         assert torch.equal(getattr(other, name), getattr(model, name))
-    torch.testing.assert_close(other.predict_clean_proba(losses, labels), p, atol=1e-6, rtol=0)
+    torch.testing.assert_close(other.predict_clean_probability(losses, labels), p, atol=1e-6, rtol=0)
     # new losses are normalised with the fitted shift / scale, not refitted
     new = losses * 1.5
     z = ((new[:, 0] - model.shift_[0, 0]) / model.scale_[0, 0]).double()
@@ -355,10 +355,10 @@ def test_predict_matches_fit_and_state_dict_round_trip():
     dens = w * torch.exp(-0.5 * (z[:, None] - mu) ** 2 / var) / torch.sqrt(2 * torch.pi * var)
     expected = (dens[:, 0] / dens.sum(1)).float()
     neg = labels[:, 0] == 0
-    torch.testing.assert_close(other.predict_clean_proba(new, labels)[neg, 0], expected[neg],
+    torch.testing.assert_close(other.predict_clean_probability(new, labels)[neg, 0], expected[neg],
                                atol=1e-6, rtol=0)
     with pytest.raises(RuntimeError):
-        LabelGMM().predict_clean_proba(losses, labels)
+        LabelGMM().predict_clean_probability(losses, labels)
     with pytest.raises(ValueError, match="missing"):
         LabelGMM().load_state_dict({"means_": state["means_"]})
 
@@ -404,7 +404,7 @@ def test_bad_input():
             clean_probability(losses, labels, **{option: value})
     model = LabelGMM().fit(losses, labels)
     with pytest.raises(ValueError, match="columns"):
-        model.predict_clean_proba(torch.cat([losses, losses], 1), torch.cat([labels, labels], 1))
+        model.predict_clean_probability(torch.cat([losses, losses], 1), torch.cat([labels, labels], 1))
 
 
 @pytest.mark.gpu
@@ -470,7 +470,7 @@ def test_losses_requiring_grad_are_detached():
     p = clean_probability(leaf, labels)
     assert not p.requires_grad
     assert torch.equal(p, clean_probability(losses, labels))
-    assert not LabelGMM().fit(leaf, labels).predict_clean_proba(leaf, labels).requires_grad
+    assert not LabelGMM().fit(leaf, labels).predict_clean_probability(leaf, labels).requires_grad
 
 
 @DTYPES
@@ -479,11 +479,11 @@ def test_result_does_not_depend_on_the_slab_size(monkeypatch, dtype):
     changes how the passes are cut, not the per-chunk sums."""
     losses, labels = make_data(3000, POS_RATES, seed=17)
     model = LabelGMM(dtype=dtype)
-    p = model.fit_predict_clean_proba(losses, labels)
+    p = model.fit_predict_clean_probability(losses, labels)
     for entries in (1, 1 << 62):
         monkeypatch.setattr(gmm_chunks, "_SLAB_ENTRIES", {"cpu": entries, "other": entries})
         other = LabelGMM(dtype=dtype)
-        torch.testing.assert_close(other.fit_predict_clean_proba(losses, labels), p, rtol=0,
+        torch.testing.assert_close(other.fit_predict_clean_probability(losses, labels), p, rtol=0,
                                    atol=1e-6)
         assert torch.equal(other.n_iter_, model.n_iter_)
 
@@ -528,7 +528,7 @@ def test_matches_the_plain_reference(case, init, normalize, dtype):
         losses, labels = losses.double(), labels.bool()
     options = {"init": init, "normalize": normalize, "fallback": 0.25, "max_iter": 20, "tol": 1e-3}
     model = LabelGMM(dtype=dtype, **options)
-    p = model.fit_predict_clean_proba(losses, labels)
+    p = model.fit_predict_clean_probability(losses, labels)
     ref = reference_fit(losses, labels, **options)
 
     assert torch.equal(model.fallback_, ref.fallback)
@@ -540,7 +540,7 @@ def test_matches_the_plain_reference(case, init, normalize, dtype):
     # test_float32_small_ragged_groups_match_float64): here it is checked on the others.
     checked = ref.n_samples >= (0 if dtype == "float64" else 64)
     on_checked = checked[labels.long(), torch.arange(k)]
-    torch.testing.assert_close(p.double()[on_checked], ref.clean_proba[on_checked], atol=p_tol,
+    torch.testing.assert_close(p.double()[on_checked], ref.clean_prob[on_checked], atol=p_tol,
                                rtol=0)
     fitted = ~ref.fallback & checked
     assert torch.equal(model.n_iter_[checked], ref.n_iter[checked])
@@ -572,7 +572,7 @@ def test_float32_small_ragged_groups_match_float64():
     wrong = rng.random((n, k)) < 0.3
     q = np.where(wrong, rng.beta(1.2, 3.0, (n, k)), rng.beta(6.0, 1.0, (n, k)))
     losses = torch.from_numpy(-np.log(np.clip(q, 1e-7, 1.0))).float()
-    p32 = LabelGMM(dtype="float32").fit_predict_clean_proba(losses, labels)
-    p64 = LabelGMM(dtype="float64").fit_predict_clean_proba(losses, labels)
+    p32 = LabelGMM(dtype="float32").fit_predict_clean_probability(losses, labels)
+    p64 = LabelGMM(dtype="float64").fit_predict_clean_probability(losses, labels)
     positive = labels.bool()
     assert (p32 - p64)[positive].abs().max() < 2e-4

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import balancemix_timm as bmt
-from balancemix_timm.engine import BalanceMix
+from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.label_issues import (
     FILTER_BY,
     SCORE_METHODS,
@@ -33,14 +33,14 @@ CLEAN = (0, 0)
 UNSEEN = 4
 
 
-def _engine() -> BalanceMix:
+def _engine() -> BalanceMixEngine:
     """An engine refreshed once, whose tables are then overwritten by hand."""
     g = torch.Generator().manual_seed(0)
     labels = (torch.rand(8, 3, generator=g) < 0.5).to(torch.uint8)
     labels[:, 0] = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0])
     labels[WRONG] = 1
     labels[3, 2], labels[5, 0], labels[6, 2], labels[7, 1] = 1, 0, 1, 0
-    eng = BalanceMix(labels, eps=0.9, warmup_epochs=0, seed=0)
+    eng = BalanceMixEngine(labels, eps=0.9, warmup_epochs=0, seed=0)
     eng.set_epoch(0)
     probs = torch.where(labels == 1, 0.8, 0.1).float()
     eng.record(torch.arange(8), probs)
@@ -64,7 +64,7 @@ def _engine() -> BalanceMix:
 
 
 @pytest.fixture()
-def engine() -> BalanceMix:
+def engine() -> BalanceMixEngine:
     return _engine()
 
 
@@ -222,7 +222,7 @@ def test_bad_sources_name_the_argument(engine, tmp_path):
         label_quality_scores(tmp_path / "missing")
     with pytest.raises(ValueError, match="source.*no checkpoint"):
         find_label_issues(tmp_path)
-    fresh = BalanceMix(engine.given_labels)
+    fresh = BalanceMixEngine(engine.given_labels)
     with pytest.raises(ValueError, match="source.*never refreshed"):
         find_label_issues(fresh)
     with pytest.raises(ValueError, match="source.*never refreshed"):

@@ -377,7 +377,7 @@ def test_trainer_reads_minority_items_through_the_views(tmp_path) -> None:
 def _label_calls() -> dict:
     """Every public function taking labels/targets, as ``labels -> result`` on fixed inputs."""
     from balancemix_timm import (
-        BalanceMix,
+        BalanceMixEngine,
         BalanceMixLoss,
         LabelGMM,
         asl_elementwise,
@@ -425,7 +425,7 @@ def _label_calls() -> dict:
         "reweighted_bce_elementwise": lambda y: reweighted_bce_elementwise(
             logits, y, torch.full((k,), 0.1), torch.full((k,), 0.2)),
         "clean_probability": lambda y: clean_probability(losses, y, min_group_size=2),
-        "LabelGMM": lambda y: LabelGMM(min_group_size=2).fit_predict_clean_proba(losses, y),
+        "LabelGMM": lambda y: LabelGMM(min_group_size=2).fit_predict_clean_probability(losses, y),
         "select_clean": lambda y: select_clean(probs, y, min_group_size=2),
         "average_precision": lambda y: average_precision(probs, y),
         "mean_average_precision": lambda y: t(mean_average_precision(probs, y)),
@@ -436,8 +436,8 @@ def _label_calls() -> dict:
         "random_flip": lambda y: random_flip(y, 0.4, generator=_gen(1)),
         "single_positive": lambda y: single_positive(y, generator=_gen(1)),
         "noise_rate_report": lambda y: t(list(noise_rate_report(y, truth).values())),
-        "BalanceMix": lambda y: BalanceMix(y).mixed_targets(idx, idx.flip(0), 0.7),
-        "BalanceMix.loss": lambda y: BalanceMix(truth).loss(logits[:8], y[:8], idx),
+        "BalanceMix": lambda y: BalanceMixEngine(y).mixed_targets(idx, idx.flip(0), 0.7),
+        "BalanceMix.loss": lambda y: BalanceMixEngine(truth).loss(logits[:8], y[:8], idx),
     }, truth
 
 

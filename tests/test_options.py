@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from balancemix_timm.config import TrainConfig, load_config
-from balancemix_timm.engine import BalanceMix
+from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.gmm import LabelGMM
 from balancemix_timm.integrations import ml_decoder as bm
 from balancemix_timm.integrations.ml_decoder_flags import option_values_from_args
@@ -57,7 +57,7 @@ def test_every_option_is_an_ml_decoder_flag_with_its_default_and_choices():
 
 
 def test_engine_and_gmm_keyword_defaults_are_the_declared_ones():
-    engine = inspect.signature(BalanceMix.__init__).parameters
+    engine = inspect.signature(BalanceMixEngine.__init__).parameters
     for name in ENGINE_OPTIONS:
         assert engine[name].default == OPTION_DEFAULTS[name], name
     gmm = inspect.signature(LabelGMM.__init__).parameters

@@ -13,7 +13,7 @@ import torch
 from tests._tiny import tiny
 
 from balancemix_timm.config import load_config
-from balancemix_timm.engine import BalanceMix
+from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.refine import LabelState
 from balancemix_timm.sampling import ShardedRandomSampler
 from balancemix_timm.train import Trainer
@@ -93,14 +93,14 @@ def test_trainer_puts_engine_tables_on_the_training_device(data_root, tmp_path):
     trainer = Trainer(load_config(None, dict(TINY, data_root=data_root, output_dir=str(tmp_path), device="cpu")))
     eng = trainer.method.engine
     assert eng.device == trainer.device
-    for name in BalanceMix._TABLES:
+    for name in BalanceMixEngine._TABLES:
         assert getattr(eng, name).device == trainer.device, name
 
 
 # ---------------------------------------------------------------------------- engine device
 def test_engine_tables_are_used_in_place_on_their_device():
     labels = _labels()
-    eng = BalanceMix(labels, warmup_epochs=0, device="cpu")
+    eng = BalanceMixEngine(labels, warmup_epochs=0, device="cpu")
     cpu = torch.device("cpu")
     for name in ("given_labels", "state", "clean_prob"):
         assert eng._on(name, cpu) is getattr(eng, name), name  # no copy at all
@@ -110,7 +110,7 @@ def test_engine_tables_are_used_in_place_on_their_device():
 
 def test_state_dict_is_a_cpu_copy():
     labels = _labels()
-    eng = BalanceMix(labels, warmup_epochs=0)
+    eng = BalanceMixEngine(labels, warmup_epochs=0)
     eng.record(torch.arange(len(labels)), torch.full(labels.shape, 0.7))
     sd = eng.state_dict()
     sd["probs"].zero_()
@@ -121,12 +121,12 @@ def test_state_dict_is_a_cpu_copy():
 
 def test_bad_device():
     with pytest.raises(ValueError, match="device"):
-        BalanceMix(_labels(), device="not-a-device")
+        BalanceMixEngine(_labels(), device="not-a-device")
 
 
 def test_mixed_targets_still_checks_cpu_inputs():
     labels = _labels()
-    eng = BalanceMix(labels)
+    eng = BalanceMixEngine(labels)
     idx = torch.tensor([0, 1, 2])
     with pytest.raises(ValueError, match="lam"):
         eng.mixed_targets(idx, idx, 1.5)
@@ -141,7 +141,7 @@ def test_mixed_targets_still_checks_cpu_inputs():
 
 def test_loss_after_warmup_matches_a_hand_weighted_bce():
     labels = _labels()
-    eng = BalanceMix(labels, warmup_epochs=0, eps=0.9)
+    eng = BalanceMixEngine(labels, warmup_epochs=0, eps=0.9)
     g = torch.Generator().manual_seed(5)
     # Agreeing predictions near the label; disagreeing ones (15%) with confidence U(0.55, 1):
     # the confident ones get re-labeled, the others stay ambiguous and are weighted by p_G.
@@ -172,13 +172,13 @@ def test_cuda_tables_steps_do_not_synchronise_and_refresh_matches_cpu():
     labels = _labels(n=2000, k=5)
     g = torch.Generator().manual_seed(1)
     probs = torch.rand(labels.shape, generator=g)
-    cpu_eng = BalanceMix(labels, warmup_epochs=0)
-    gpu_eng = BalanceMix(labels, warmup_epochs=0, device=dev)
+    cpu_eng = BalanceMixEngine(labels, warmup_epochs=0)
+    gpu_eng = BalanceMixEngine(labels, warmup_epochs=0, device=dev)
     for eng in (cpu_eng, gpu_eng):
         eng.set_epoch(0)
         eng.record(torch.arange(len(labels)), probs.to(eng.device))
         eng.refresh(epoch=0)
-    for name in BalanceMix._TABLES:
+    for name in BalanceMixEngine._TABLES:
         assert getattr(gpu_eng, name).device.type == "cuda", name
     torch.testing.assert_close(gpu_eng.clean_prob.cpu(), cpu_eng.clean_prob, rtol=0, atol=1e-5)
     assert (gpu_eng.state.cpu() == cpu_eng.state).float().mean() > 0.999

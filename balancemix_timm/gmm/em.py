@@ -79,7 +79,7 @@ class _Fit:
     offset: Tensor
     scale: Tensor
     majority: Tensor
-    clean_proba: Tensor | None
+    clean_prob: Tensor | None
 
 
 
@@ -192,10 +192,10 @@ def _fit(
     out.lower_bound, out.n_iter, out.converged = lower_bound, n_iter, converged
     out.fallback, out.n, out.majority = fb, n, majority
     out.offset, out.scale = lay.offset, lay.scale
-    out.clean_proba = None
+    out.clean_prob = None
     if predict:
         a, b, c = _coefficients(weights, means, variances)
-        out.clean_proba = _predict(losses, lay, a, b, c, fb, fallback)
+        out.clean_prob = _predict(losses, lay, a, b, c, fb, fallback)
     _logger.debug(
         "clean_probability: %d groups fitted, %d converged, at most %d EM rounds",
         int(fitted.sum()), int(converged.sum()), int(n_iter.max()) if n_iter.numel() else 0,

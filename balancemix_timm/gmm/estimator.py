@@ -73,7 +73,7 @@ class LabelGMM:
     """The ``2K`` two-component Gaussian mixtures of Eq. 7 of BalanceMix, fitted at once.
 
     One univariate two-component GMM per class ``k`` and polarity ``l`` is fitted by EM to the
-    losses of the labels with ``labels[:, k] == l`` (Eq. 6); :meth:`predict_clean_proba` returns
+    losses of the labels with ``labels[:, k] == l`` (Eq. 6); :meth:`predict_clean_probability` returns
     the posterior of the small-mean ("clean") component (Eq. 8). The EM follows
     ``sklearn.mixture.GaussianMixture(n_components=2, covariance_type="full")`` (see the
     package docstring); the defaults are the small-loss practice of DivideMix
@@ -109,7 +109,7 @@ class LabelGMM:
 
     Groups that are not fitted (non-empty ones are named in a ``logging`` warning) keep
     finite placeholder parameters and ``fallback_ = True``; empty groups are flagged too,
-    silently. :meth:`predict_clean_proba` on new losses evaluates the fitted Gaussians as they
+    silently. :meth:`predict_clean_probability` on new losses evaluates the fitted Gaussians as they
     are, tails included (as scikit-learn's ``predict_proba`` does): a loss far above a group's
     range goes to whichever component has the wider tail.
 
@@ -202,9 +202,9 @@ class LabelGMM:
         self.n_iter_ = pub(res.n_iter)
         self.converged_ = pub(res.converged)
         self.fallback_ = fallback
-        if res.clean_proba is None:
+        if res.clean_prob is None:
             return None
-        return res.clean_proba.to(losses.device)
+        return res.clean_prob.to(losses.device)
 
     def fit(self, losses: Tensor, labels: Tensor) -> LabelGMM:
         """Fit the ``2K`` mixtures (Eq. 6-7 of BalanceMix).
@@ -219,8 +219,8 @@ class LabelGMM:
         self._run(losses, labels, predict=False)
         return self
 
-    def fit_predict_clean_proba(self, losses: Tensor, labels: Tensor) -> Tensor:
-        """:meth:`fit` then :meth:`predict_clean_proba` on the same data, in one pass.
+    def fit_predict_clean_probability(self, losses: Tensor, labels: Tensor) -> Tensor:
+        """:meth:`fit` then :meth:`predict_clean_probability` on the same data, in one pass.
 
         Returns:
             ``(N, K)`` float32 clean probabilities on ``losses``' device.
@@ -233,7 +233,7 @@ class LabelGMM:
         if not hasattr(self, "means_"):
             raise RuntimeError("this LabelGMM is not fitted yet; call fit() first")
 
-    def predict_clean_proba(self, losses: Tensor, labels: Tensor) -> Tensor:
+    def predict_clean_probability(self, losses: Tensor, labels: Tensor) -> Tensor:
         """Posterior of the clean (small-mean) component, Eq. 8 of BalanceMix.
 
         Each loss is normalised with its group's fitted ``shift_`` / ``scale_`` and evaluated
@@ -270,6 +270,16 @@ class LabelGMM:
         p = torch.sigmoid(pick(a) + z * (pick(b) + z * pick(c)))
         p = torch.where(pick(self.fallback_.to(device)), torch.full_like(p, self.fallback), p)
         return p.to(dtype=torch.float32, device=losses.device)
+
+    def fit_predict_clean_proba(self, losses: Tensor, labels: Tensor) -> Tensor:
+        """Deprecated name of :meth:`fit_predict_clean_probability` (warns)."""
+        _deprecated("fit_predict_clean_proba", "fit_predict_clean_probability")
+        return self.fit_predict_clean_probability(losses, labels)
+
+    def predict_clean_proba(self, losses: Tensor, labels: Tensor) -> Tensor:
+        """Deprecated name of :meth:`predict_clean_probability` (warns)."""
+        _deprecated("predict_clean_proba", "predict_clean_probability")
+        return self.predict_clean_probability(losses, labels)
 
     def decision_thresholds(self) -> Tensor:
         """Where each group's clean probability crosses 0.5, in normalised-loss units.
@@ -371,4 +381,10 @@ def clean_probability(
         init_max_iter=init_max_iter, min_group_size=min_group_size, fallback=fallback,
         dtype=dtype, device=device,
     )
-    return gmm.fit_predict_clean_proba(losses, labels)
+    return gmm.fit_predict_clean_probability(losses, labels)
+
+
+def _deprecated(old: str, new: str) -> None:
+    import warnings
+
+    warnings.warn(f"LabelGMM.{old} is deprecated; use LabelGMM.{new}", DeprecationWarning, stacklevel=3)

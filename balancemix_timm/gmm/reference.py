@@ -48,7 +48,7 @@ class ReferenceFit:
     ``"minmax"``, raw for ``"none"``); NaN for groups that are not fitted.
 
     Attributes:
-        clean_proba: ``(N, K)`` float64 clean probability of every label.
+        clean_prob: ``(N, K)`` float64 clean probability of every label.
         means, variances, weights: ``(2, K, 2)`` float64.
         shift, scale: ``(2, K)`` float64 normalisation (``z = (loss - shift) / scale``).
         n_samples: ``(2, K)`` int64 group sizes.
@@ -57,7 +57,7 @@ class ReferenceFit:
         converged, fallback: ``(2, K)`` bool.
     """
 
-    clean_proba: Tensor
+    clean_prob: Tensor
     means: Tensor
     variances: Tensor
     weights: Tensor
@@ -93,7 +93,7 @@ def reference_fit(
     n, k = x_all.shape
     f64 = {"dtype": torch.float64}
     out = ReferenceFit(
-        clean_proba=torch.full((n, k), math.nan, **f64),
+        clean_prob=torch.full((n, k), math.nan, **f64),
         means=torch.full((2, k, 2), math.nan, **f64),
         variances=torch.full((2, k, 2), math.nan, **f64),
         weights=torch.full((2, k, 2), math.nan, **f64),
@@ -120,7 +120,7 @@ def reference_fit(
                 out.scale[pol, cls] = 1.0 if constant else hi - lo
             if x.numel() < min_group_size or constant:
                 out.fallback[pol, cls] = True
-                out.clean_proba[rows, cls] = fallback
+                out.clean_prob[rows, cls] = fallback
                 continue
             z = (x - out.shift[pol, cls]) / out.scale[pol, cls]
             high = _two_means(z, init_max_iter) if init == "kmeans" else _median_split(z)
@@ -138,7 +138,7 @@ def reference_fit(
             weights, means, variances = params
             order = [1, 0] if means[1] < means[0] else [0, 1]
             weights, means, variances = weights[order], means[order], variances[order]
-            out.clean_proba[rows, cls] = _e_step(z, weights, means, variances)[1][:, 0]
+            out.clean_prob[rows, cls] = _e_step(z, weights, means, variances)[1][:, 0]
             out.weights[pol, cls], out.means[pol, cls] = weights, means
             out.variances[pol, cls] = variances
             out.lower_bound[pol, cls], out.n_iter[pol, cls] = lower_bound, n_iter

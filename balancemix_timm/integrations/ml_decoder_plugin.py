@@ -46,7 +46,7 @@ _ASL_DEFAULTS = ASL_DEFAULTS
 class BalanceMixPlugin(ScriptCheckpoint):
     """BalanceMix for a training loop shaped like ML-Decoder's (Alg. 1 of BalanceMix).
 
-    Owns a :class:`~balancemix_timm.engine.BalanceMix` engine (labels, samplers, GMM state),
+    Owns a :class:`~balancemix_timm.engine.BalanceMixEngine` engine (labels, samplers, GMM state),
     the in-worker Mixup collate and the current batch; the patched loop calls
     :meth:`train_loader`, :meth:`attach`, :meth:`set_epoch`, :meth:`mix`, :meth:`criterion`,
     :meth:`record`, :meth:`end_epoch` and :meth:`save_checkpoint`.

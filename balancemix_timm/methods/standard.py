@@ -51,7 +51,7 @@ class MixupBCEMethod(MixupMethod):
 class BalanceMixMethod(TrainingMethod):
     """BalanceMix (Alg. 1): minority-augmented mixing + label-wise management.
 
-    The engine (:class:`~balancemix_timm.engine.BalanceMix`) holds the per-sample state. The
+    The engine (:class:`~balancemix_timm.engine.BalanceMixEngine`) holds the per-sample state. The
     predictions it needs (f(x) of Eq. 2 and 6, and the two views of Eq. 9) come from
     ``cfg.label_source``:
 
