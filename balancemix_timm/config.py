@@ -160,8 +160,8 @@ class TrainConfig:
             )
 
 
-#: Keys added to :class:`TrainConfig` after configs were first saved, with what a saved config
-#: that lacks one meant (the behaviour before the key existed, not today's default).
+#: For each key a saved config may lack: the value that reproduces how such a config ran (which
+#: can differ from the current default).
 LEGACY_VALUES: dict[str, Any] = {
     "preset": None, "confidence_input": "views", "clean_if_agrees": False, "record_momentum": 0.0,
     "managed_labels": "all", "voc_difficult_eval": "negative",

@@ -203,7 +203,7 @@ def class_groups(
     "Evaluation Metric" of BalanceMix: many-shot classes have more than 10,000 positive labels,
     medium-shot classes from 1,000 to 10,000 and few-shot classes less than 1,000.
 
-    The counts are whatever the caller passes (open point 8). The trainer passes the CLEAN
+    The counts are whatever the caller passes (docs/design.md, decision 8). The trainer passes the CLEAN
     training positives, so that the groups are the dataset's natural (e.g. MS-COCO's) groups
     and do not change with the injected noise; pass noisy counts to group by the labels the
     model was trained on.

@@ -124,7 +124,7 @@ def mislabel(
     the mislabeled positives, as in a long-tailed noisy-label setup.
 
     The paper states Eq. 11 for one label per instance; its multi-label form is our choice
-    (open point 7):
+    (docs/design.md, decision 7):
 
     * **Which positives move.** By default (``exact=False``) every positive ``(n, i)`` moves
       independently with probability ``tau`` (Bernoulli). With ``exact=True`` exactly

@@ -1,4 +1,4 @@
-"""The engine's per-sample state and its epoch-end refresh at MS-COCO scale (issue 6, targets 1 and 3).
+"""The engine's per-sample state and its epoch-end refresh at MS-COCO scale (docs/performance.md §1 and §3).
 
 Builds a :class:`~balancemix_timm.engine.BalanceMixEngine` for N = 82,081 images x K = 80 classes
 (long-tailed labels with 40% mislabeling and realistic predictions, as in ``bench_gmm.py``),

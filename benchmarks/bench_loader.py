@@ -1,4 +1,4 @@
-"""Throughput of the paired (random + minority) loader against a single plain loader (issue 6, target 4).
+"""Throughput of the paired (random + minority) loader against a single plain loader (docs/performance.md §4).
 
 The trainer feeds BalanceMix from ONE DataLoader: a :class:`~balancemix_timm.sampling.PairedBatchSampler`
 yields ``(random_idx, minority_idx)`` pairs, :class:`~balancemix_timm.mixing.PairedDataset` loads

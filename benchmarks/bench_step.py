@@ -1,4 +1,4 @@
-"""Cost of a BalanceMix training step against a plain Mixup + ASL step (issue 6, target 2).
+"""Cost of a BalanceMix training step against a plain Mixup + ASL step (docs/performance.md §2).
 
 Everything runs through the real trainer code on one :class:`~balancemix_timm.train.Trainer`
 (one model, one optimiser, one schedule): the ASL baseline's ``training_step`` (two random

@@ -1,4 +1,4 @@
-"""Effect of the cheaper view options on the demo benchmark's mAP (issue 6, target 2).
+"""Effect of the cheaper view options on the demo benchmark's mAP (docs/performance.md §2).
 
 Trains BalanceMix on the demo set (40% mislabeling, the demo's budget unless overridden) once
 per view option, with the same seed, and prints the final mAP (all / many / medium / few),

@@ -61,7 +61,7 @@ def test_refresh_finds_flipped_labels_and_weights_them():
     relabeled = eng.state == LabelState.RELABELED
     assert relabeled[noisy_mask].float().mean() > 0.9
     assert torch.equal(eng.refined_labels[relabeled], (probs[relabeled] > 0.5).to(torch.uint8))
-    # Targets now use refined labels.
+    # After the warm-up refresh, targets use refined labels.
     eng.set_epoch(1)
     idx = torch.nonzero(relabeled.any(1)).flatten()[:4]
     torch.testing.assert_close(eng.targets(idx), eng.refined_labels[idx].float())

@@ -368,7 +368,7 @@ def test_trainer_reads_minority_items_through_the_views(tmp_path) -> None:
     (img_r, _, _), (img_m, _, _) = pairs[(0, 1)]
     # training view + Eq. 9's two views + the un-augmented image (f(x) of Eq. 2 / 6)
     assert isinstance(img_r, tuple) and len(img_r) == 4
-    assert isinstance(img_m, tuple) and len(img_m) == 4  # see docs/performance.md, target 4
+    assert isinstance(img_m, tuple) and len(img_m) == 4  # see docs/performance.md §4
 
 
 # --------------------------------------------------------------------------------------------

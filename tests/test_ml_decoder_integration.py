@@ -881,7 +881,7 @@ def test_checkout_decoder_head_and_asl_match_ours(monkeypatch, train_set, fresh_
     feats = torch.randn(3, 64, 4, 4)
     if bm._torch_at_least(2, 1):
         with pytest.raises(Exception):
-            head(feats)  # ML-Decoder issue #82
+            head(feats)  # fails on torch >= 2.1: https://github.com/Alibaba-MIIL/ML_Decoder/issues/82
     # The published arithmetic, with its own modules, bypassing nn.TransformerDecoder.
     dec = head.decoder
     with torch.no_grad():

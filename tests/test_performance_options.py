@@ -1,4 +1,4 @@
-"""The cost options of issue 6: ``view_fraction``, the engine's ``device`` and its sync-free steps.
+"""The cost options (docs/performance.md): ``view_fraction``, the engine's ``device`` and its sync-free steps.
 
 Timings are not tested here (they live in ``benchmarks/``); these tests check behaviour.
 """

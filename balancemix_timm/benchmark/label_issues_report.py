@@ -24,7 +24,7 @@ __all__ = ["END", "START", "TARGET_COMPUTE_RATIO", "TARGET_SETTINGS", "compariso
 
 _logger = logging.getLogger(__name__)
 
-#: Settings of the issue's target (F1 at least cleanlab's there).
+#: Settings where the verdict compares F1 (at least cleanlab's there).
 TARGET_SETTINGS = ("mislabel40", "flip40")
 #: Most training compute BalanceMix may need, as a fraction of cleanlab's (its K trainings).
 TARGET_COMPUTE_RATIO = 1 / 3
@@ -75,6 +75,16 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return dict(settings=settings, target=_target(settings))
 
 
+def _display_path(out: str) -> str:
+    """``out`` relative to the working folder when it lies inside it (the report is committed
+    with the repository), else as given; symbolic links are not resolved."""
+    path = Path(out)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _target(settings: Mapping[str, Any]) -> dict[str, Any]:
     missing = [s for s in TARGET_SETTINGS if s not in settings]
     if missing:
@@ -87,7 +97,7 @@ def _target(settings: Mapping[str, Any]) -> dict[str, Any]:
     f1_ok = all(b >= c for b, c in f1.values())
     compute_ok = ratio <= TARGET_COMPUTE_RATIO
     parts = [f"{SETTING_TITLES.get(s, s)}: F1 {b:.3f} vs cleanlab's {c:.3f} ({b - c:+.3f})" for s, (b, c) in f1.items()]
-    parts.append(f"training compute {ratio:.2f} of cleanlab's in run CPU seconds (target at most "
+    parts.append(f"training compute {ratio:.2f} of cleanlab's in run CPU seconds (threshold: at most "
                  f"{TARGET_COMPUTE_RATIO:.2f})")
     verdict = "met" if f1_ok and compute_ok else "not met"
     why = [] if f1_ok else ["F1 below cleanlab's"]
@@ -118,7 +128,7 @@ def comparison_markdown(results: Mapping[str, Any], *, command: str, figure: str
     train = results.get("train", {})
     lines = [
         START, "",
-        f"Measured on {results['date']} from the runs in `{results['out']}`: label settings "
+        f"Measured on {results['date']} from the runs in `{_display_path(results['out'])}`: label settings "
         f"{', '.join(results['settings'])}; seeds {', '.join(map(str, results['seeds']))}; "
         f"{results['folds']}-fold cross-validation for cleanlab. Data: the demo set "
         f"({first.get('images', 'n/a')} training images, {first.get('classes', 'n/a')} classes, "
@@ -150,7 +160,7 @@ def comparison_markdown(results: Mapping[str, Any], *, command: str, figure: str
         "seconds summed over epochs (and folds), with BalanceMix's view forwards and label refresh, without "
         "validation; *run CPU s*: the whole runs' CPU seconds with their per-epoch validation; *image-epochs*: "
         "epochs x images trained on; *fold models' val. mAP*: the cleanlab folds' last-epoch validation mAP (a "
-        "sanity check of the models behind its probabilities). The ratio and the target use run CPU seconds: "
+        "sanity check of the models behind its probabilities). The ratio and the verdict use run CPU seconds: "
         "wall seconds grow when other jobs share the machine, CPU seconds hardly do. They include each run's "
         "per-epoch validation (five runs' worth for cleanlab's folds, one for BalanceMix).", "",
         "| Setting | Method | Training s | Run wall s | Run CPU s | Image-epochs | Fold models' val. mAP | "
@@ -165,7 +175,7 @@ def comparison_markdown(results: Mapping[str, Any], *, command: str, figure: str
             lines.append(f"| {SETTING_TITLES.get(s, s)} | {title} | {_fmt(c['train_seconds'], 1)} | "
                          f"{_fmt(c['wall_seconds'], 1)} | {_fmt(c['cpu_seconds'], 1)} | {_fmt(c['image_epochs'], 0)} | "
                          f"{_fmt(c.get('fold_val_mAP'), 2) if m == 'cleanlab' else ''} | {ratio} |")
-    lines += ["", f"**Target** (F1 at least cleanlab's at mislabel 40% and flip 40%, with at most 1/3 of its "
+    lines += ["", f"**Verdict** (F1 at least cleanlab's at mislabel 40% and flip 40%, with at most 1/3 of its "
                   f"training compute): {summary['target']['text']}", ""]
     if figure:
         lines += [f"![Precision/recall of the label-quality rankings]({figure})", "",

@@ -1,5 +1,5 @@
 """The label-issue comparison stage: BalanceMix's labels found in one training vs cleanlab's on
-K-fold cross-validated BCE predictions (issue 15, part 2).
+K-fold cross-validated BCE predictions, scored against the known injected noise.
 
 For every label setting of :data:`STAGE_SETTINGS` (mislabel / random flip 20% and 40%) and seed,
 on the pre-trained regime's benchmark data (:data:`~.grid.PRETRAINED_TRAIN`):

@@ -4,7 +4,7 @@
 because inplace-abn is absent, the timm TResNet with the same layout) with
 :func:`balancemix_timm.models.create_model`, whose ML-Decoder head runs on torch >= 2.1; a
 model from ML-Decoder's own factory gets its decoder heads replaced by ours with the same
-weights on torch >= 2.1, where the published head crashes (ML-Decoder issue #82 upstream).
+weights on torch >= 2.1, where the published head crashes (https://github.com/Alibaba-MIIL/ML_Decoder/issues/82).
 ResNets are fed ImageNet-normalised inputs (ML-Decoder's transforms stop at ``ToTensor``).
 """
 
@@ -86,7 +86,7 @@ def replace_ml_decoder_heads(model: nn.Module) -> int:
     """Swap every published ``MLDecoder`` head in ``model`` for our equivalent, same weights.
 
     The published head hands its layer to ``nn.TransformerDecoder``, which on torch >= 2.1
-    reads ``layer.self_attn`` and passes ``tgt_is_causal`` (ML-Decoder issue #82):
+    reads ``layer.self_attn`` and passes ``tgt_is_causal`` (https://github.com/Alibaba-MIIL/ML_Decoder/issues/82):
     :class:`~balancemix_timm.models.MLDecoderHead` computes the same function with the same
     parameter names and calls its layers directly. Zero-shot heads (``zsl``) are left alone.
 
@@ -197,7 +197,7 @@ def create_model(args: argparse.Namespace, factory: Callable[..., nn.Module] | N
                 n = replace_ml_decoder_heads(model)
                 if n:
                     _logger.warning("replaced %d ML-Decoder head(s) by balancemix_timm's (same weights): "
-                                    "the published one fails on torch >= 2.1 (ML-Decoder issue #82)", n)
+                                    "the published one fails on torch >= 2.1 (nn.TransformerDecoder reads layer.self_attn)", n)
             return model
         if model_name not in ML_DECODER_TRESNETS:
             if factory is None:

@@ -29,7 +29,7 @@ class PairedDataset(Dataset):
             length and sample order. With views (for Eq. 9), the same data set with the plain
             training transform saves building the minority items' views, which
             :class:`MixupCollate` drops (a third of the augmentation work with two views), with
-            no measured effect on accuracy (docs/performance.md, target 4). The ML-Decoder
+            no measured effect on accuracy (docs/performance.md §4). The ML-Decoder
             plugin uses it; the trainer keeps its published setting (minority items read
             through the views).
     """

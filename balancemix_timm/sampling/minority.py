@@ -24,7 +24,7 @@ MULTINOMIAL_MAX_CATEGORIES = 2**24
 class MinoritySampler(_EpochShardedSampler):
     """Weighted sampler for the minority instances of BalanceMix (Eq. 4), DDP-aware.
 
-    Weights are uniform until :meth:`update` is called (spec item 4: epoch 1 samples uniformly).
+    Weights are uniform until :meth:`update` is called (docs/design.md, decision 4: uniform until the first refresh).
     Each epoch draws ``num_samples`` indices from the weights with :func:`torch.multinomial`
     and a generator seeded from ``(seed, epoch)`` -- identical on every rank -- pads the stream by
     wrapping to a multiple of ``num_replicas`` and yields positions ``rank::num_replicas``.
