@@ -27,7 +27,7 @@ from .gmm import LabelGMM
 
 __all__ = [
     "BalanceMixOptions", "OptionSpec", "option_specs", "option_spec", "OPTION_DEFAULTS", "ENGINE_OPTIONS",
-    "GMM_OPTIONS", "check_option", "gmm_options",
+    "GMM_OPTIONS", "check_option", "gmm_options", "options_markdown",
 ]
 
 _GMM_DEFAULTS = {
@@ -250,3 +250,13 @@ GMM_OPTIONS: tuple[str, ...] = tuple(spec.name for spec in option_specs() if spe
 def gmm_options(values: Mapping[str, Any]) -> dict[str, Any]:
     """The :class:`~balancemix_timm.gmm.LabelGMM` keywords of a mapping holding ``gmm_*`` options."""
     return {name[len("gmm_"):]: values[name] for name in GMM_OPTIONS if name in values}
+
+
+def options_markdown() -> str:
+    """A Markdown table of every option (name, default, allowed values, help), as
+    ``docs/training.md`` lists them (a test keeps that page equal to it)."""
+    rows = ["| option (`--bm-` flag) | default | allowed | what it does |", "| --- | --- | --- | --- |"]
+    for spec in option_specs():
+        allowed = spec.describe().replace("|", "\\|")
+        rows.append(f"| `{spec.name}` | `{spec.default}` | {allowed} | {spec.help.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"

@@ -144,3 +144,13 @@ def test_recipe_records_views_then_image_and_the_first_ceil_f_b_instances():
     assert eng.seen.tolist() == [True, True] + [False] * 8
     assert torch.allclose(eng.probs[:2], torch.full((2, 3), 0.9))  # f(x): the image
     assert torch.allclose(eng.view_mean[:2], torch.full((2, 3), 0.2))  # Eq. 9: the views' mean
+
+
+def test_training_docs_list_every_option_as_declared():
+    from pathlib import Path
+
+    from balancemix_timm.options import options_markdown
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
+    block = text.split("<!-- options-table:start -->\n", 1)[1].split("<!-- options-table:end -->", 1)[0]
+    assert block == options_markdown(), "docs/training.md's table differs from options_markdown(): paste it again"
