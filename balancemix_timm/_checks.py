@@ -13,7 +13,7 @@ dtype if they have one, else the default float dtype); only complex tensors are 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

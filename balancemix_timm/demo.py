@@ -17,8 +17,9 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .benchmark.grid import PRETRAINED_TRAIN
 from .config import load_config

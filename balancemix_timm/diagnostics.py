@@ -34,28 +34,32 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
-from .diagnostics_plots import (
+# Names outside ``__all__`` keep importing from this path too.
+from .diagnostics_plots import (  # noqa: F401
+    _POLARITY_TEXT,
+    _applied_from,
+    _pyplot,
     _series,
     plot_label_management,
     plot_loss_distributions,
     plot_sampler_spread,
 )
-from .diagnostics_readers import (
+from .diagnostics_readers import (  # noqa: F401
+    _STAGE_TEXT,
+    Source,
+    _scalar,
     _setting_text,
+    _snapshot_title,
     load_label_diagnostics,
     loss_split,
     read_metrics,
     selection_summary,
 )
-
-# Names outside ``__all__`` keep importing from this path too.
-from .diagnostics_plots import _POLARITY_TEXT, _applied_from, _pyplot  # noqa: F401
-from .diagnostics_readers import _STAGE_TEXT, Source, _scalar, _snapshot_title  # noqa: F401
 
 __all__ = [
     "load_label_diagnostics",

@@ -4,8 +4,9 @@ and sampler spread. matplotlib is imported only when a figure is drawn.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -6,8 +6,9 @@ split of GMM input losses into correct and wrong given labels, the selection sum
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 import numpy as np
 

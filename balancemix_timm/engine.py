@@ -33,7 +33,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Any, Callable, Literal, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -259,7 +260,7 @@ class BalanceMixEngine(EngineState):
         "given_labels", "refined_labels", "state", "clean_prob", "probs", "view_mean", "losses", "seen", "_epoch_seen",
     )
 
-    def to(self, device: str | torch.device) -> "BalanceMixEngine":
+    def to(self, device: str | torch.device) -> BalanceMixEngine:
         """Move every per-sample table to ``device`` (in place, like ``nn.Module.to``); returns self."""
         self.device = torch.device(device)
         for name in self._TABLES:
@@ -267,7 +268,7 @@ class BalanceMixEngine(EngineState):
         self._device_cache = {}
         return self
 
-    def cpu_view(self) -> "BalanceMixEngine":
+    def cpu_view(self) -> BalanceMixEngine:
         """A shallow copy whose tables are on the CPU (for reports); ``self`` is unchanged."""
         return self if self.device.type == "cpu" else copy.copy(self).to("cpu")
 

@@ -7,8 +7,9 @@ and the bit-for-bit checkpoint (``config`` / ``state_dict`` / ``load_state_dict`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

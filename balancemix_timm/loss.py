@@ -19,7 +19,8 @@ asymmetric loss of Ben-Baruch et al. (2021) can be used instead (``base_loss="as
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, Union
+from collections.abc import Callable, Mapping
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn

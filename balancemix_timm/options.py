@@ -20,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from .gmm import LabelGMM
 
@@ -121,7 +122,7 @@ class BalanceMixOptions:
             check_option(spec.name, getattr(self, spec.name))
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], *, where: str = "") -> "BalanceMixOptions":
+    def from_mapping(cls, values: Mapping[str, Any], *, where: str = "") -> BalanceMixOptions:
         """Options from a mapping of option names (unknown names are a ``ValueError``).
 
         Args:
@@ -136,7 +137,7 @@ class BalanceMixOptions:
             check_option(name, value, where=where)
         return cls(**dict(values))
 
-    def replace(self, **changes: Any) -> "BalanceMixOptions":
+    def replace(self, **changes: Any) -> BalanceMixOptions:
         """A copy with ``changes`` applied (checked)."""
         return dataclasses.replace(self, **changes)
 

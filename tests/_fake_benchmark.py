@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 #: Seeds of the golden grid (two, so cells carry a standard deviation).
 GOLDEN_SEEDS = (0, 1)

@@ -10,8 +10,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests._tiny import tiny
-
 from balancemix_timm.config import TrainConfig, load_config
 from balancemix_timm.methods import METHODS, MethodContext
 from balancemix_timm.methods.asl import ASLMethod
@@ -37,6 +35,7 @@ from balancemix_timm.methods.testimator import (
     true_flip_rates,
 )
 from balancemix_timm.train import Trainer, train
+from tests._tiny import tiny
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -14,11 +14,10 @@ import math
 import pytest
 import torch
 
-from tests._tiny import tiny
-
 from balancemix_timm.config import load_config
 from balancemix_timm.methods import METHODS
 from balancemix_timm.train import Trainer
+from tests._tiny import tiny
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests._tiny import tiny
-
 from balancemix_timm import diagnostics
 from balancemix_timm.config import load_config
 from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.gmm import LabelGMM
 from balancemix_timm.refine import LabelState
 from balancemix_timm.train import Trainer
+from tests._tiny import tiny
 
 
 def _has_matplotlib() -> bool:

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests._tiny import tiny
-
 from balancemix_timm.config import load_config
+from tests._tiny import tiny
 
 # The shared tiny trainer config, smaller and with the trainer's default optimiser settings
 # (plain SGD at lr 0.01), one epoch without warm-up, on the CPU.

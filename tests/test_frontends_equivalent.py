@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
-
-from tests._tiny import tiny
 
 from balancemix_timm.config import load_config
 from balancemix_timm.data import transforms as bm_transforms
@@ -27,6 +26,7 @@ from balancemix_timm.data.datasets import CocoMultiLabel
 from balancemix_timm.integrations import ml_decoder as bm
 from balancemix_timm.train import Trainer
 from balancemix_timm.utils import epoch_seed, seed_everything
+from tests._tiny import tiny
 
 #: The options both front ends are given (trainer config field -> plugin flag).
 OPTIONS: dict[str, Any] = dict(

@@ -23,10 +23,9 @@ from typing import Any
 import pytest
 import torch
 
-from tests._tiny import tiny
-
 from balancemix_timm.config import load_config
 from balancemix_timm.train import train
+from tests._tiny import tiny
 
 GOLDEN = Path(__file__).parent / "data" / "golden_run.json"
 #: Row keys that measure time (they differ on every run).

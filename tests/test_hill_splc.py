@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests._tiny import tiny
-
 from balancemix_timm.config import TrainConfig, load_config
 from balancemix_timm.losses_mlml import (
     focal_margin_positive,
@@ -26,6 +24,7 @@ from balancemix_timm.methods import METHODS, MethodContext
 from balancemix_timm.methods.hill import HillMethod
 from balancemix_timm.methods.splc import SPLCMethod
 from balancemix_timm.train import train
+from tests._tiny import tiny
 
 # Logits with edge cases: 0 (p = 1/2), the margin (p_m = 1/2), large |x| both ways.
 X = np.array([-40.0, -8.0, -1.0, 0.0, 0.3, 1.0, 2.5, 8.0, 40.0])

@@ -264,10 +264,9 @@ def test_exported_from_the_package():
 
 # ---------------------------------------------------------------------------- a real run
 def test_tiny_run_folder_engine_and_csv_agree(tmp_path, caplog):
-    from tests._tiny import tiny
-
     from balancemix_timm.config import load_config
     from balancemix_timm.train import Trainer
+    from tests._tiny import tiny
 
     cfg = load_config(None, dict(tiny(eps=0.6), data_root=str(tmp_path / "demo"), output_dir=str(tmp_path), run_name="bm"))
     trainer = Trainer(cfg)

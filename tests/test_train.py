@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from tests._tiny import tiny
-
 from balancemix_timm.config import load_config
 from balancemix_timm.train import Trainer, main, train
+from tests._tiny import tiny
 
 TINY = tiny(eps=0.6)
 

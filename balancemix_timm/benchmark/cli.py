@@ -6,8 +6,8 @@ import argparse
 import logging
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .collect import collect_results, diagnostics_runs, label_management_curves
 from .grid import BUDGETS, Budget, plan_runs

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..config import load_config
 from .grid import ABLATION_ROWS, BUDGETS, RUN_ORDER, SETTING_TITLES, TABLE5_SETTINGS, Budget, RunSpec, plan_runs

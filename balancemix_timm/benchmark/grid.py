@@ -20,8 +20,9 @@ To extend the benchmark, edit data here only:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 #: Label settings: name -> config fields, in the tables' order.
 SETTINGS: dict[str, dict[str, Any]] = {

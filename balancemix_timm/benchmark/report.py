@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import platform
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .collect import GROUP_TITLES, GROUPS, nan_to_none
 from .grid import DISPLAY_ORDER, METHOD_TITLES, SETTING_TITLES

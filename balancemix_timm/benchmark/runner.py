@@ -7,9 +7,10 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..config import config_diff, load_config
 from ..train import train

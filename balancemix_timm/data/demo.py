@@ -51,15 +51,20 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..metrics import COCO_NUM_TRAIN
-from .demo_labels import (
+
+# Private names keep importing from this path too.
+from .demo_labels import (  # noqa: F401
+    _COCO_MISSING_IDS,
+    _MAX_LABELS,
     COLOURS,
     _assign_labels,
     _category_ids,
@@ -69,21 +74,13 @@ from .demo_labels import (
     demo_positive_counts,
     split_sources,
 )
-from .demo_render import (
-    _DISTRACTOR_RATE,
-    _REPEAT_PROB,
-    _instance_colour,
-    _render,
-)
-
-# Private names keep importing from this path too.
-from .demo_labels import _COCO_MISSING_IDS, _MAX_LABELS  # noqa: F401
 from .demo_render import (  # noqa: F401
     _BG_SATURATION,
     _BG_TEXTURE,
     _BG_VALUE,
     _BG_VARIATION,
     _BOLD_PROB,
+    _DISTRACTOR_RATE,
     _HUE_JITTER,
     _MAX_ROTATION,
     _NOISE_SIGMA,
@@ -92,12 +89,15 @@ from .demo_render import (  # noqa: F401
     _OBJECT_SCALE,
     _OPACITY,
     _PLACEMENT_TRIES,
+    _REPEAT_PROB,
     _STROKE_RANGE,
     _background,
     _composite,
     _digit_mask,
     _hsv,
+    _instance_colour,
     _place,
+    _render,
     _strokes,
 )
 

@@ -33,7 +33,15 @@ import numpy as np
 from PIL import Image
 
 from .demo import (
-    _NOISE_SIGMA, _STROKE_RANGE, _background, _composite, _digit_mask, _hsv, _place, _strokes, split_sources,
+    _NOISE_SIGMA,
+    _STROKE_RANGE,
+    _background,
+    _composite,
+    _digit_mask,
+    _hsv,
+    _place,
+    _strokes,
+    split_sources,
 )
 
 __all__ = [

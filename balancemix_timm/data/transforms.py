@@ -26,7 +26,8 @@ whose averaged predictions re-label noisy labels (Eq. 9 of BalanceMix).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image

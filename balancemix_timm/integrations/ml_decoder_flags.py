@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..options import (
     OPTION_DEFAULTS,

@@ -12,8 +12,9 @@ import argparse
 import functools
 import logging
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -195,7 +196,7 @@ class BalanceMixPlugin(ScriptCheckpoint):
         *,
         labels: Tensor | None = None,
         image_transform: Callable[[Any], Any] | None = None,
-    ) -> "BalanceMixPlugin":
+    ) -> BalanceMixPlugin:
         """Build from the flags of :func:`add_args` (``args.num_classes`` gives ``K``).
 
         Args:

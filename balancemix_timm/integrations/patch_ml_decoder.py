@@ -23,10 +23,10 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 __all__ = [
     "ML_DECODER_COMMIT",

@@ -15,8 +15,9 @@ schedule, EMA, evaluation and checkpoints. One step is::
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -8,9 +8,10 @@ the methods never see the trainer, so the library does not depend on it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +62,7 @@ class MethodContext:
         worker_init_fn: DataLoader ``worker_init_fn`` of the run's loaders.
     """
 
-    cfg: "TrainConfig"
+    cfg: TrainConfig
     model: nn.Module
     ddp_model: nn.Module
     device: torch.device

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -178,7 +179,7 @@ class BalanceMixMethod(TrainingMethod):
         tr, eng = self.ctx, self.engine
         k = eng.num_classes
 
-        def host(t: Tensor) -> "np.ndarray":
+        def host(t: Tensor) -> np.ndarray:
             return t.detach().cpu().numpy()
 
         gmm = eng.last_gmm

@@ -24,18 +24,20 @@ One concern per module: :mod:`~balancemix_timm.mixing.lambdas` (drawing ``lambda
 importable from ``balancemix_timm.mixing``.
 """
 
-from balancemix_timm.mixing.collate import MixedBatch, MixupCollate, PairedDataset
-from balancemix_timm.mixing.interpolate import mix, mix_targets
-from balancemix_timm.mixing.lambdas import sample_beta, sample_lambda, sample_lambdas
-from balancemix_timm.mixing.minority_mixup import MinorityMixup
-
 # Private names keep importing from this path too.
-from balancemix_timm.mixing.collate import _split_views  # noqa: F401
+from balancemix_timm.mixing.collate import (
+    MixedBatch,
+    MixupCollate,
+    PairedDataset,
+    _split_views,  # noqa: F401
+)
 from balancemix_timm.mixing.interpolate import (  # noqa: F401
     _check_lam,
     _check_pair,
     _float_dtype,
     _interpolate,
+    mix,
+    mix_targets,
 )
 from balancemix_timm.mixing.lambdas import (  # noqa: F401
     _MODES,
@@ -44,7 +46,11 @@ from balancemix_timm.mixing.lambdas import (  # noqa: F401
     _device_of,
     _draw_lam,
     _log_standard_gamma,
+    sample_beta,
+    sample_lambda,
+    sample_lambdas,
 )
+from balancemix_timm.mixing.minority_mixup import MinorityMixup
 
 __all__ = [
     "sample_beta",

@@ -12,34 +12,36 @@ One concern per module:
 Every name is importable from ``balancemix_timm.models``. Nothing here downloads.
 """
 
-from balancemix_timm.models.checkpoints import (
-    LoadReport,
-    checkpoint_safe_globals,
-    load_ml_decoder_state_dict,
-    load_pretrained_backbone,
-    read_state_dict,
-)
-from balancemix_timm.models.factory import (
-    MODEL_ALIASES,
-    create_model,
-    model_default_normalization,
-    resolve_model_name,
-)
-from balancemix_timm.models.head import MLDecoderClassifier, MLDecoderHead, MLDecoderLayer
-
 # Private names keep importing from this path too.
 from balancemix_timm.models.checkpoints import (  # noqa: F401
     _ML_DECODER_PREFIXES,
     _WRAPPER_KEYS,
+    LoadReport,
     _classifier_prefixes,
     _is_ml_decoder_key,
     _load_checked,
     _timm_filter_fn,
     _torch_load,
     _unwrap_state_dict,
+    checkpoint_safe_globals,
+    load_ml_decoder_state_dict,
+    load_pretrained_backbone,
+    read_state_dict,
 )
-from balancemix_timm.models.factory import _HEADS  # noqa: F401
-from balancemix_timm.models.head import _check_positive_int, _MLDecoderModules  # noqa: F401
+from balancemix_timm.models.factory import (
+    _HEADS,  # noqa: F401
+    MODEL_ALIASES,
+    create_model,
+    model_default_normalization,
+    resolve_model_name,
+)
+from balancemix_timm.models.head import (  # noqa: F401
+    MLDecoderClassifier,
+    MLDecoderHead,
+    MLDecoderLayer,
+    _check_positive_int,
+    _MLDecoderModules,
+)
 
 __all__ = [
     "MODEL_ALIASES",

@@ -17,7 +17,8 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import timm
 from torch import nn

@@ -19,30 +19,30 @@ One concern per module: :mod:`~balancemix_timm.sampling.scores` (Eq. 2-4 probabi
 from ``balancemix_timm.sampling``.
 """
 
-from balancemix_timm.sampling.batch import (
+# Names outside ``__all__`` keep importing from this path too.
+from balancemix_timm.sampling.batch import (  # noqa: F401
+    _T,
     PairedBatchSampler,
     PairedSampler,
     TailMergingBatchSampler,
+    _batched,
     num_batches,
 )
-from balancemix_timm.sampling.minority import MinoritySampler
-from balancemix_timm.sampling.scores import (
+from balancemix_timm.sampling.minority import (
+    MULTINOMIAL_MAX_CATEGORIES,  # noqa: F401
+    MinoritySampler,
+)
+from balancemix_timm.sampling.scores import (  # noqa: F401
+    _SCORES,
+    _check_probs_labels,
+    _check_weights,
     class_confidences,
     instance_scores,
     minority_sampling_probs,
     weight_spread,
 )
-from balancemix_timm.sampling.sharded import ShardedRandomSampler
-
-# Names outside ``__all__`` keep importing from this path too.
-from balancemix_timm.sampling.batch import _T, _batched  # noqa: F401
-from balancemix_timm.sampling.minority import MULTINOMIAL_MAX_CATEGORIES  # noqa: F401
-from balancemix_timm.sampling.scores import (  # noqa: F401
-    _SCORES,
-    _check_probs_labels,
-    _check_weights,
-)
 from balancemix_timm.sampling.sharded import (  # noqa: F401
+    ShardedRandomSampler,
     _check_int,
     _derive_seed,
     _EpochShardedSampler,

@@ -4,7 +4,8 @@ single-item tail batch into the previous batch.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 from torch import Tensor
 from torch.utils.data import Sampler

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -24,12 +24,6 @@ storage, image reading), :mod:`~balancemix_timm.data.datasets.coco`,
 from ``balancemix_timm.data.datasets``.
 """
 
-from balancemix_timm.data.datasets.checks import check_same_classes
-from balancemix_timm.data.datasets.coco import CocoMultiLabel
-from balancemix_timm.data.datasets.factory import build_dataset
-from balancemix_timm.data.datasets.indexed import IndexedDataset
-from balancemix_timm.data.datasets.voc import VOC_CLASSES, VocMultiLabel, parse_difficult
-
 # Private names keep importing from this path too.
 from balancemix_timm.data.datasets.base import (  # noqa: F401
     _MAX_LISTED_MISSING,
@@ -39,8 +33,19 @@ from balancemix_timm.data.datasets.base import (  # noqa: F401
     _MultiLabelImageDataset,
     _to_rgb,
 )
-from balancemix_timm.data.datasets.coco import _require_keys  # noqa: F401
-from balancemix_timm.data.datasets.voc import _DIFFICULT_TEXTS  # noqa: F401
+from balancemix_timm.data.datasets.checks import check_same_classes
+from balancemix_timm.data.datasets.coco import (
+    CocoMultiLabel,
+    _require_keys,  # noqa: F401
+)
+from balancemix_timm.data.datasets.factory import build_dataset
+from balancemix_timm.data.datasets.indexed import IndexedDataset
+from balancemix_timm.data.datasets.voc import (
+    _DIFFICULT_TEXTS,  # noqa: F401
+    VOC_CLASSES,
+    VocMultiLabel,
+    parse_difficult,
+)
 
 __all__ = [
     "VOC_CLASSES",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,7 +181,7 @@ class _MultiLabelImageDataset(Dataset):
         source = self._annotation_labels if annotation else self._labels
         return source.sum(dim=0, dtype=torch.int64)
 
-    def subset(self, indices: Sequence[int] | np.ndarray | Tensor) -> "_MultiLabelImageDataset":
+    def subset(self, indices: Sequence[int] | np.ndarray | Tensor) -> _MultiLabelImageDataset:
         """A shallow copy holding only the images ``indices``, renumbered ``0..M-1``.
 
         The copy shares the transform and class list; its annotation and training labels are
