@@ -7,9 +7,13 @@ filler; ragged groups K..2K-1: the minority polarity, packed, padded with filler
 entries hold ``x = 0``. Values are shifted (and scaled) so that each group starts at 0
 (:func:`~balancemix_timm.gmm.layout._layout` builds it).
 
-The filler adds nothing to the sums of ``x`` and ``x**2``; its share of the sums of
-responsibilities and log-likelihoods is one known value per group, subtracted analytically.
-The lower bound needs ``sum softplus(d)`` of the log-odds ``d``; it is taken as
+The filler adds nothing to the sums of ``x`` and ``x**2``. In the EM sums (responsibilities
+and log-likelihoods) a filler entry has ``d = a``: in float32, the filler that closes a ragged
+group's last chunk (its "tail", up to ``CH - 1`` entries, possibly for a handful of labels) is
+masked out of those sums, so that it contributes exactly zero; the other filler (inside the
+dense groups' rows, at most as many entries as the group has labels, plus less than one chunk
+of padding) and, in float64, all filler contribute a known value per group, subtracted
+analytically. The lower bound needs ``sum softplus(d)`` of the log-odds ``d``; it is taken as
 ``sum relu(d) - sum log max(r, 1 - r)`` with ``r = sigmoid(d)``: two sums of non-negative
 terms, and no logarithm of a quantity that rounds to 0.
 """
@@ -60,9 +64,14 @@ class _Chunks:
         group: ``(M,)`` int64 group of each chunk, non-decreasing.
         n_fill: ``(G,)`` float64 number of filler entries of each group.
         n: ``(G,)`` float64 number of real entries of each group.
+        tail_chunk: ``(T,)`` int64 increasing indices of chunks whose entries from
+            ``tail_len`` on are filler and hold all of their group's filler (the last chunk of
+            each ragged group that has filler); at most one per group.
+        tail_len: ``(T,)`` int64 real entries of each of those chunks, in ``[1, CH)``.
     """
 
-    def __init__(self, x: Tensor, group: Tensor, n_fill: Tensor, n: Tensor) -> None:
+    def __init__(self, x: Tensor, group: Tensor, n_fill: Tensor, n: Tensor,
+                 tail_chunk: Tensor, tail_len: Tensor) -> None:
         self.x = x
         self.dtype = x.dtype
         self.group = group
@@ -71,6 +80,21 @@ class _Chunks:
         self.n = n
         chunks, size = x.shape
         self.chunk = size
+        # In float32, EM masks the tails' filler (see em_stats): their groups have no filler
+        # left in the EM sums. In float64 the filler's rounding is far below the labels' own,
+        # and its share is subtracted for every group.
+        self._em_fill = n_fill
+        self._tail_chunk = tail_chunk[:0]
+        self._tail_mask = torch.zeros((0, size), dtype=torch.bool, device=x.device)
+        if self.dtype != torch.float64 and tail_chunk.numel():
+            self._tail_chunk = tail_chunk
+            # (T, CH) bool, True on each tail chunk's filler (T * CH bytes, T <= K).
+            cols = torch.arange(size, device=x.device)
+            self._tail_mask = cols.unsqueeze(0) >= tail_len.unsqueeze(1)
+            self._em_fill = n_fill.index_fill(0, group.index_select(0, tail_chunk), 0.0)
+        # The tail chunks' positions among the chunks EM visits and their masks, for the chunk
+        # selection they were computed for (see _em_tails).
+        self._tails: tuple[Tensor | None, Tensor, Tensor] | None = None
         slab = _SLAB_ENTRIES["cpu" if x.device.type == "cpu" else "other"]
         self.slab = max(1, min(chunks, slab // size))  # chunks per slab
         rows = min(chunks, self.slab)
@@ -221,7 +245,10 @@ class _Chunks:
         """Per group: sums of ``r``, ``r x``, ``r x^2`` and ``softplus(d)`` over the real
         entries, where ``d = a + b x + c x^2`` and ``r = sigmoid(d)``; only ``active`` groups'
         values are meaningful. Once the others hold ``_COMPACT_SHARE`` of the chunks, only the
-        active groups' chunks are visited (gathered slab by slab into a reused buffer)."""
+        active groups' chunks are visited (gathered slab by slab into a reused buffer). The
+        tails' filler (float32) gets ``d = -inf``, hence ``r = 0`` and ``relu(d) = 0``; the other
+        filler's share, ``n_fill * sigmoid(a)`` and ``n_fill * softplus(a)``, is
+        subtracted in float64."""
         chunks = self.x.shape[0]
         if self._em_chunks is None:
             keep = active.index_select(0, self.group)
@@ -238,7 +265,12 @@ class _Chunks:
             self._gathered = torch.empty_like(self._work[0])
         # Per chunk: sums of r, relu(d), r x, r x^2, log max(r, 1 - r).
         out = torch.empty((n_chunks, 5), dtype=self.dtype, device=self.x.device)
-        for start, stop in self._slabs(n_chunks):
+        slabs = self._slabs(n_chunks)
+        tail_pos, tail_mask = self._em_tails(sel)
+        # The slabs' first tail chunk and one past the last one.
+        edges = torch.tensor([start for start, _ in slabs] + [n_chunks], device=tail_pos.device)
+        bounds = torch.searchsorted(tail_pos, edges).tolist()
+        for i, (start, stop) in enumerate(slabs):
             w = self._work[:, : stop - start]
             if sel is None:
                 x = self.x[start:stop]
@@ -247,6 +279,14 @@ class _Chunks:
                 x = self._gathered[: stop - start]
                 torch.index_select(self.x, 0, sel[start:stop], out=x)
             d = self._diff(a, b, c, x, group[start:stop], w[2], w[0])
+            if bounds[i] < bounds[i + 1]:
+                # The tails' filler gets d = -inf: r = 0 and relu(d) = 0, hence
+                # max(r, 1 - r) = 1 (its logarithm 0) and r x = 0, so it adds exactly nothing
+                # to any sum.
+                rows = tail_pos[bounds[i]: bounds[i + 1]] - start
+                tails = d.index_select(0, rows)
+                tails.masked_fill_(tail_mask[bounds[i]: bounds[i + 1]], -math.inf)
+                d.index_copy_(0, rows, tails)
             torch.clamp(d, min=0.0, out=w[1])  # relu(d)
             r = torch.sigmoid_(d)  # row 0 now holds the responsibilities r
             # log sigmoid(|d|) = log max(r, 1 - r), in [log 1/2, 0] (for r below float
@@ -258,11 +298,27 @@ class _Chunks:
             out[start:stop, 3] = w[2].mul_(x).sum(1)
         s = self._reduce(out, group)
         # softplus(d) = relu(d) - log sigmoid(|d|): two sums of non-negative terms (no
-        # cancellation in the working dtype). Filler entries have d = a.
-        fill = self.n_fill
+        # cancellation in the working dtype). Filler entries that are not masked have d = a.
+        fill = self._em_fill
         s0 = (s[:, 0] - fill * torch.sigmoid(a)).clamp_(min=0.0)
         ssp = s[:, 1] - s[:, 4] - fill * torch.nn.functional.softplus(a)
         return s0, s[:, 2], s[:, 3], ssp
+
+    def _em_tails(self, sel: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Positions of the tail chunks among the chunks EM visits (all chunks, or ``sel``,
+        increasing), increasing, and their ``(T', CH)`` filler masks; cached per ``sel``."""
+        cached = self._tails
+        if cached is not None and cached[0] is sel:
+            return cached[1], cached[2]
+        pos, mask = self._tail_chunk, self._tail_mask
+        if sel is not None and sel.numel() == 0:
+            pos, mask = pos[:0], mask[:0]
+        elif sel is not None and pos.numel():
+            at = torch.searchsorted(sel, pos).clamp_(max=sel.numel() - 1)
+            visited = sel.index_select(0, at) == pos
+            pos, mask = at[visited], mask[visited]
+        self._tails = (sel, pos, mask)
+        return pos, mask
 
     def posterior(self, a: Tensor, b: Tensor, c: Tensor, first: int = 0) -> Tensor:
         """``sigmoid(a + b x + c x^2)`` for every entry of the chunks from ``first`` on,

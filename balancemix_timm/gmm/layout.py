@@ -132,8 +132,12 @@ def _layout(
     n_minor64 = n_minor.to(torch.float64)
     n = torch.cat([n_samples - n_minor64, n_minor64])
     n_fill = torch.cat([width - (n_samples - n_minor64), r_chunks * size - n_minor64])
+    # Each ragged group's filler closes its last chunk.
+    last = r_first + r_chunks - 1
+    last_len = n_minor - (r_chunks - 1) * size
+    tail = (r_chunks > 0) & (last_len < size)
     out = _Layout()
-    out.chunks = _Chunks(x, group, n_fill, n)
+    out.chunks = _Chunks(x, group, n_fill, n, last[tail], last_len[tail])
     out.offset, out.scale, out.top = offset, scale, span / scale
     out.constant, out.majority, out.median = constant, majority, median
     out.output = _Output(n_samples, k, m_dense, width, where, seg, col)
