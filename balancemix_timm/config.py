@@ -52,7 +52,8 @@ class TrainConfig:
     voc_train_split: str = "trainval"
     voc_val_split: str = "test"
     voc_val_root: str | None = None
-    voc_difficult_eval: str = "ignore"  # "ignore" (VOC protocol) | "negative" (difficult-only labels count as negatives)
+    # "ignore" (VOC protocol) | "negative" (difficult-only labels count as negatives)
+    voc_difficult_eval: str = "ignore"
     include_empty: bool = False
     num_classes: int | None = None  # checked against the data when given
     image_size: int = 64
@@ -287,7 +288,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
     return _from_mapping(values)
 
 
-def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str] = RESUME_IGNORED_KEYS) -> dict[str, tuple[Any, Any]]:
+def config_diff(
+    a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str] = RESUME_IGNORED_KEYS
+) -> dict[str, tuple[Any, Any]]:
     """Keys whose values differ between two config dictionaries (JSON-normalised)."""
     ignore = set(ignore)
     keys = (set(a) | set(b)) - ignore

@@ -78,7 +78,8 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
     lines.append(
         f"Demo: {any_summary['noise']} {100 * any_summary['noise_rate']:.0f}% noise, "
         f"{any_summary['epochs']} epochs from a pre-trained backbone; class groups: many > {th['many']} positives "
-        f"({sizes.get('many', 0)} classes), medium ({sizes.get('medium', 0)}), few < {th['few']} ({sizes.get('few', 0)})"
+        f"({sizes.get('many', 0)} classes), medium ({sizes.get('medium', 0)}), "
+        f"few < {th['few']} ({sizes.get('few', 0)})"
     )
     lines.append(f"{'method':<12} {'mAP':>6} {'many':>6} {'medium':>6} {'few':>6} {'best':>6} {'time':>7}")
     for method, s in results.items():

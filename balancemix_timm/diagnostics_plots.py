@@ -144,13 +144,18 @@ def plot_label_management(metrics_rows: Sequence[Mapping[str, Any]], out_png: st
         if any(np.isfinite(ys)):
             ax.plot(ep, ys, style, label=name)
     ax.set_ylim(0, 102)
-    ax.set_xlabel("epoch"); ax.set_ylabel("%"); ax.set_title("clean-label selection (Eq. 12)", fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("%")
+    ax.set_title("clean-label selection (Eq. 12)", fontsize=10)
     ax = axes[1]
-    shares = [np.nan_to_num(np.array(_series(rows, f"lm_{s}_fraction")) * 100) for s in ("clean", "relabeled", "ambiguous")]
+    shares = [np.nan_to_num(np.array(_series(rows, f"lm_{s}_fraction")) * 100)
+              for s in ("clean", "relabeled", "ambiguous")]
     ax.stackplot(ep, *shares, labels=["clean", "re-labeled", "ambiguous"],
                  colors=["tab:green", "tab:orange", "tab:gray"], alpha=0.8)
     ax.set_ylim(0, 100)
-    ax.set_xlabel("epoch"); ax.set_ylabel("% of all labels"); ax.set_title("label states after each epoch's refresh", fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("% of all labels")
+    ax.set_title("label states after each epoch's refresh", fontsize=10)
     applied = _applied_from(rows)
     for a in axes:
         if applied is not None:
@@ -193,11 +198,13 @@ def plot_sampler_spread(metrics_rows: Sequence[Mapping[str, Any]], out_png: str 
     finite = [v for v in ratio if np.isfinite(v)]
     if finite and min(finite) > 0 and max(finite) > 10:  # a log axis only for a wide range
         axes[0].set_yscale("log")
-    axes[0].set_ylabel("largest / smallest weight"); axes[0].set_title("minority sampler: weight ratio", fontsize=10)
+    axes[0].set_ylabel("largest / smallest weight")
+    axes[0].set_title("minority sampler: weight ratio", fontsize=10)
     axes[1].plot(ep, ess, "o-", color="tab:purple", label=f"effective sample size / N (last: {last_ess})")
     axes[1].axhline(1.0, color="k", ls=":", lw=1, label="uniform sampling")
     axes[1].set_ylim(0, 1.05)
-    axes[1].set_ylabel("ESS / N = (sum p)^2 / (N sum p^2)"); axes[1].set_title("minority sampler: effective sample size", fontsize=10)
+    axes[1].set_ylabel("ESS / N = (sum p)^2 / (N sum p^2)")
+    axes[1].set_title("minority sampler: effective sample size", fontsize=10)
     for a in axes:
         a.set_xlabel("epoch (weights set by its refresh)")
         a.legend(fontsize=7)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +16,7 @@ __all__ = ["load_label_diagnostics", "loss_split", "selection_summary", "read_me
 
 
 #: What :func:`~balancemix_timm.diagnostics_plots.plot_loss_distributions` accepts: an ``.npz`` path or its arrays.
-Source = Union[str, Path, Mapping[str, Any]]
+Source = str | Path | Mapping[str, Any]
 
 _STAGE_TEXT = {"warmup_end": "end of warm-up", "last": "end of training"}
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +49,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 ElementwiseLoss = Callable[..., Tensor]
-BaseLoss = Union[str, ElementwiseLoss]
+BaseLoss = str | ElementwiseLoss
 
 AMBIGUOUS_MODES = ("weight", "drop", "keep")
 """How ambiguous labels are weighted: by ``p_G`` (Eq. 10), 0 (dropped) or 1 (kept as is)."""

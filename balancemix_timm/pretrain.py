@@ -43,7 +43,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["PretrainRecipe", "default_cache_dir", "pretrained_dir", "ensure_pretrained", "resolve_pretrained_path", "main"]
+__all__ = [
+    "PretrainRecipe", "default_cache_dir", "pretrained_dir", "ensure_pretrained", "resolve_pretrained_path", "main",
+]
 
 #: ``pretrained_path`` value that names the cached offline backbone of the run's model and size.
 OFFLINE = "offline"

@@ -216,7 +216,8 @@ def time_pieces(args: argparse.Namespace, trainer: Trainer, bm: Any, asl: Any, b
     probs = trainer.view_probs(views)
     idx_r = batch.index_r
     many = 20 * rep
-    out["bm_mixed_targets"] = _median_time(lambda: eng.mixed_targets(idx_r, batch.index_m, batch.lam, device=dev), dev, many)
+    out["bm_mixed_targets"] = _median_time(lambda: eng.mixed_targets(idx_r, batch.index_m, batch.lam, device=dev),
+                                           dev, many)
     out["asl_mixed_targets"] = _median_time(lambda: asl.mixed_targets(batch), dev, many)
     out["bm_loss"] = _median_time(lambda: eng.loss(logits, y, idx_r), dev, many)
     out["asl_loss"] = _median_time(lambda: asl.mixed_loss(logits, y, batch), dev, many)
@@ -280,7 +281,8 @@ def main() -> None:
     print(f"\nderived figures below use {'CPU time' if trainer.device.type == 'cpu' else 'wall clock'}")
     pieces = time_pieces(args, trainer, bm, asl, batches[0])
     book = pieces["bm_mixed_targets"] + pieces["bm_loss"] + pieces["bm_record"]
-    extra = (pieces["bm_mixed_targets"] - pieces["asl_mixed_targets"]) + (pieces["bm_loss"] - pieces["asl_loss"]) + pieces["bm_record"]
+    extra = ((pieces["bm_mixed_targets"] - pieces["asl_mixed_targets"]) + (pieces["bm_loss"] - pieces["asl_loss"])
+             + pieces["bm_record"])
     print("\npieces on one batch (median):")
     for name, t in pieces.items():
         unit = 1e3 if t > 1e-3 else 1e6

@@ -69,7 +69,8 @@ def write_fake_runs(out: Path, keys_and_methods: Sequence[tuple[str, str]], *, e
             noise_report=dict(changed_fraction=round(rng.uniform(0.0, 0.2), 4)),
         )
         (run_dir / "summary.json").write_text(json.dumps(summary))
-        bench = dict(wall_time=round(rng.uniform(30, 300), 2), finished_at=f"2026-01-0{1 + i % 9}T12:{i % 60:02d}:00+00:00")
+        bench = dict(wall_time=round(rng.uniform(30, 300), 2),
+                     finished_at=f"2026-01-0{1 + i % 9}T12:{i % 60:02d}:00+00:00")
         if i % 3:
             bench["cpu_time"] = round(rng.uniform(30, 300), 2)
         (run_dir / "bench.json").write_text(json.dumps(bench))

@@ -266,7 +266,8 @@ def test_testimator_reweighting_matches_hand_computation():
 def test_testimator_state_round_trip():
     labels = torch.tensor([[1, 0], [0, 1]], dtype=torch.uint8)
     a = TEstimatorMethod(_stub_context(labels, "testimator", warmup_epochs=0))
-    a.rho_pos, a.rho_neg, a.estimated_epoch = torch.tensor([0.1, 0.2], dtype=torch.float64), torch.tensor([0.0, 0.3], dtype=torch.float64), 0
+    a.rho_pos, a.rho_neg, a.estimated_epoch = (torch.tensor([0.1, 0.2], dtype=torch.float64),
+                                               torch.tensor([0.0, 0.3], dtype=torch.float64), 0)
     b = TEstimatorMethod(_stub_context(labels, "testimator", warmup_epochs=0))
     b.load_state_dict(a.state_dict())
     assert b.estimated and torch.equal(b.rho_pos, a.rho_pos) and torch.equal(b.rho_neg, a.rho_neg)

@@ -30,7 +30,9 @@ MICRO = Budget(
 def test_plan_runs_dedupes_and_orders():
     specs = plan_runs(MICRO)
     # bce + balancemix (main grid, shared by Table 5's first and last rows) + the minority row.
-    assert [s.key for s in specs] == ["bce-mislabel40-s0", "balancemix-mislabel40-s0", "balancemix-abl-minority-mislabel40-s0"]
+    assert [s.key for s in specs] == [
+        "bce-mislabel40-s0", "balancemix-mislabel40-s0", "balancemix-abl-minority-mislabel40-s0",
+    ]
     assert len(plan_runs(MICRO, seeds=[0, 1])) == 6
     full = plan_runs(BUDGETS["full"])
     assert len({s.key for s in full}) == len(full)
@@ -97,7 +99,9 @@ def test_micro_benchmark_writes_tables_and_resumes(tmp_path, monkeypatch, capsys
     assert data["finished"] == data["planned"] == 3 and data["missing"] == []
     assert set(data["ablation"]) == {
         "Default (BCE loss)", "+ Minority sampler (Eq. 4)", "+ Ambiguous labels (Eq. 10) = BalanceMix"}
-    assert data["group_thresholds"] == {"many": summary["group_thresholds"]["many"], "few": summary["group_thresholds"]["few"]}
+    assert data["group_thresholds"] == {
+        "many": summary["group_thresholds"]["many"], "few": summary["group_thresholds"]["few"],
+    }
     assert not (out / "runs" / "bce-mislabel40-s0" / "last.pth").exists()  # checkpoints dropped by default
 
     # Rerun: everything is finished, nothing is trained again.
@@ -120,7 +124,8 @@ def test_micro_benchmark_writes_tables_and_resumes(tmp_path, monkeypatch, capsys
 def test_report_marks_missing_runs(tmp_path, monkeypatch):
     monkeypatch.setitem(BUDGETS, "micro", MICRO)
     rep = tmp_path / "report"
-    assert benchmark.main(["--budget", "micro", "--out", str(tmp_path / "empty"), "--report-dir", str(rep), "--report-only"]) == 0
+    assert benchmark.main(["--budget", "micro", "--out", str(tmp_path / "empty"), "--report-dir", str(rep),
+                           "--report-only"]) == 0
     md = Path(rep / "results.md").read_text()
     assert "0 of 3 planned runs finished" in md and "n/a" in md
 
@@ -162,7 +167,8 @@ def test_budget_and_method_added_as_data_only(tmp_path, monkeypatch, capsys):
     write_fake_runs(tmp_path / "out", [(s.key, s.method) for s in specs], skip_every=0)
     monkeypatch.setattr(benchmark.report, "_plots", lambda *a: [])
     rep = tmp_path / "rep"
-    assert benchmark.main(["--budget", "ext", "--out", str(tmp_path / "out"), "--report-dir", str(rep), "--report-only"]) == 0
+    assert benchmark.main(["--budget", "ext", "--out", str(tmp_path / "out"), "--report-dir", str(rep),
+                           "--report-only"]) == 0
     md = (rep / "results.md").read_text()
     assert "18 of 18 planned runs finished" in md and "| seeds | 0, 1, 2 " in md
     assert "## Table 3: missing labels" in md and "| Hill | " in md
@@ -175,7 +181,8 @@ def test_package_layers_point_down():
     import ast
 
     allowed = {
-        "grid": set(), "runner": {"grid"}, "collect": {"grid"}, "report_cells": {"grid"}, "report": {"grid", "collect", "report_cells"},
+        "grid": set(), "runner": {"grid"}, "collect": {"grid"}, "report_cells": {"grid"},
+        "report": {"grid", "collect", "report_cells"},
         "cli": {"grid", "runner", "collect", "report"}, "__main__": {"cli"},
         "__init__": {"grid", "runner", "collect", "report", "cli"},
         "label_issues_report": {"grid"}, "label_issues_stage": {"grid", "runner", "label_issues_report"},

@@ -37,7 +37,8 @@ def test_paired_cells_recovery_and_table5_mean_match_a_hand_computation():
                    for k in ks]
             assert out["bm"][s]["recovery"]["values"] == pytest.approx(rec)
     mean = out["bm"]["table5_mean"]["mAP"]
-    expect = [np.mean([table[("bm", s, k)] for s in TABLE5_SETTINGS]) - np.mean([table[("bce", s, k)] for s in TABLE5_SETTINGS])
+    expect = [np.mean([table[("bm", s, k)] for s in TABLE5_SETTINGS])
+              - np.mean([table[("bce", s, k)] for s in TABLE5_SETTINGS])
               for k in (0, 1)]
     assert mean["n"] == 2 and mean["values"] == pytest.approx(expect)
 

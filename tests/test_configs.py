@@ -29,8 +29,10 @@ def test_demo_yaml_matches_demo_command(name, method):
 
 
 def test_overrides_are_typed_and_nested():
-    out = parse_overrides(["epochs=3", "amp=false", "pretrained_path=null", "method_options.forget_rate=0.2", "--lr=0.1"])
-    assert out == {"epochs": 3, "amp": False, "pretrained_path": None, "method_options": {"forget_rate": 0.2}, "lr": 0.1}
+    out = parse_overrides(["epochs=3", "amp=false", "pretrained_path=null", "method_options.forget_rate=0.2",
+                           "--lr=0.1"])
+    assert out == {"epochs": 3, "amp": False, "pretrained_path": None, "method_options": {"forget_rate": 0.2},
+                   "lr": 0.1}
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["epochs"])
 
@@ -108,7 +110,8 @@ def test_wheel_ships_every_recipe_and_script_and_resolves_them_without_a_checkou
         shutil.copytree(REPO / folder, src / folder, ignore=ignore)
     out = tmp_path / "wheel"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(src)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "-w", str(out), str(src)],
         capture_output=True, text=True, timeout=300,
     )
     assert build.returncode == 0, build.stdout + build.stderr
@@ -127,7 +130,8 @@ def test_wheel_ships_every_recipe_and_script_and_resolves_them_without_a_checkou
     empty.mkdir()
     code = (
         "import balancemix_timm, balancemix_timm.recipes as r; from balancemix_timm.config import load_config; "
-        "print(balancemix_timm.__file__); print(r.recipe_dir()); print(load_config('table6_tresnet_l_640').image_size); "
+        "print(balancemix_timm.__file__); print(r.recipe_dir()); "
+        "print(load_config('table6_tresnet_l_640').image_size); "
         "print(len(r.list_scripts()))"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -18,7 +18,8 @@ def test_demo_settings_are_the_benchmarks_pretrained_regime():
                 "warmup_epochs", "model", "batch_size"):
         assert DEMO_SETTINGS[key] == PRETRAINED_TRAIN[key], key
     assert DEMO_SETTINGS["pretrained_path"] == "offline"
-    assert (DEMO_SETTINGS["model"], DEMO_SETTINGS["image_size"]) == (PRETRAIN_RECIPE["model"], PRETRAIN_RECIPE["image_size"])
+    assert (DEMO_SETTINGS["model"], DEMO_SETTINGS["image_size"]) == (
+        PRETRAIN_RECIPE["model"], PRETRAIN_RECIPE["image_size"])
     assert (DEMO_SETTINGS["noise"], DEMO_SETTINGS["noise_rate"]) == ("mislabel", 0.4)
 
 

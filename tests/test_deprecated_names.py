@@ -28,7 +28,8 @@ def test_label_gmm_former_method_names_give_the_same_probabilities():
     with pytest.warns(DeprecationWarning, match="fit_predict_clean_probability"):
         torch.testing.assert_close(LabelGMM(min_group_size=2).fit_predict_clean_proba(losses, labels), expected)
     with pytest.warns(DeprecationWarning, match="use LabelGMM.predict_clean_probability"):
-        torch.testing.assert_close(gmm.predict_clean_proba(losses, labels), gmm.predict_clean_probability(losses, labels))
+        torch.testing.assert_close(gmm.predict_clean_proba(losses, labels),
+                                   gmm.predict_clean_probability(losses, labels))
 
 
 def test_former_trainer_module_still_exports_its_names():

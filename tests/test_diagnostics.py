@@ -80,7 +80,8 @@ def test_trainer_npz_holds_the_engine_tables(tmp_path):
             expected = -math.log(p if given[n, k] else 1 - p)
             assert data["losses"][n, k] == pytest.approx(expected, rel=1e-5)
         np.testing.assert_array_equal(
-            data["losses"], BalanceMixEngine.bce_from_probs(torch.from_numpy(data["probs"]), trainer.given_labels).numpy())
+            data["losses"],
+            BalanceMixEngine.bce_from_probs(torch.from_numpy(data["probs"]), trainer.given_labels).numpy())
         # Refitting the GMMs on the saved losses gives the saved p_G (deterministic EM), after the
         # engine's clean-if-agrees rule when it is on.
         gmm = LabelGMM(**method.engine.gmm_options)

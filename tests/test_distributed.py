@@ -36,9 +36,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, values: dict, out: str, frozen: bool, resume: str | None, stop_after: int | None) -> None:
+def _worker(rank: int, world: int, port: int, values: dict, out: str, frozen: bool, resume: str | None,
+            stop_after: int | None) -> None:
     try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK=str(rank))
         torch.set_num_threads(1)
         from balancemix_timm.train import Trainer, _init_distributed
 
@@ -70,11 +72,13 @@ def _worker(rank: int, world: int, port: int, values: dict, out: str, frozen: bo
         raise
 
 
-def _run(world: int, values: dict, out: Path, *, frozen: bool = False, resume: str | None = None, stop_after: int | None = None) -> list[dict]:
+def _run(world: int, values: dict, out: Path, *, frozen: bool = False, resume: str | None = None,
+         stop_after: int | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, values, str(out), frozen, resume, stop_after)) for r in range(world)]
+    procs = [ctx.Process(target=_worker, args=(r, world, port, values, str(out), frozen, resume, stop_after))
+             for r in range(world)]
     for p in procs:
         p.start()
     for p in procs:
@@ -90,7 +94,8 @@ def data_root(tmp_path_factory) -> str:
     from balancemix_timm.data.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("ddp-demo")
-    make_demo_dataset(root, num_train=TINY["demo_num_train"], num_val=TINY["demo_num_val"], num_classes=20, image_size=32, seed=0)
+    make_demo_dataset(root, num_train=TINY["demo_num_train"], num_val=TINY["demo_num_val"], num_classes=20,
+                      image_size=32, seed=0)
     return str(root)
 
 

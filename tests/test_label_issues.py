@@ -112,7 +112,8 @@ def test_each_filter(engine):
     # balancemix scores: WRONG 0.0298, (6,2) 0.44, (7,1) 0.5875, (5,0) 0.685; clean ones >= 0.9.
     assert flagged["threshold"] == {WRONG, (6, 2)}
     assert flagged["both"] == {WRONG, (6, 2)}
-    assert set(zip(*np.nonzero(find_label_issues(engine, filter_by="threshold", threshold=0.6)))) == {WRONG, (6, 2), (7, 1)}
+    assert set(zip(*np.nonzero(find_label_issues(engine, filter_by="threshold", threshold=0.6)))) == {
+        WRONG, (6, 2), (7, 1)}
     by_self = find_label_issues(engine, filter_by="threshold", score_method="self_confidence", threshold=0.5)
     assert set(zip(*np.nonzero(by_self))) == {WRONG, (6, 2), (7, 1)}  # sc 0.02, 0.3, 0.25
 
@@ -258,7 +259,8 @@ def test_bad_method_and_indices(engine):
 
 
 def test_exported_from_the_package():
-    for name in ("find_label_issues", "label_quality_scores", "describe_label_issues", "load_label_state", "LabelIssueState"):
+    for name in ("find_label_issues", "label_quality_scores", "describe_label_issues", "load_label_state",
+                 "LabelIssueState"):
         assert name in bmt.__all__ and getattr(bmt, name) is not None
 
 
@@ -268,7 +270,8 @@ def test_tiny_run_folder_engine_and_csv_agree(tmp_path, caplog):
     from balancemix_timm.train import Trainer
     from tests._tiny import tiny
 
-    cfg = load_config(None, dict(tiny(eps=0.6), data_root=str(tmp_path / "demo"), output_dir=str(tmp_path), run_name="bm"))
+    cfg = load_config(None, dict(tiny(eps=0.6), data_root=str(tmp_path / "demo"), output_dir=str(tmp_path),
+                                 run_name="bm"))
     trainer = Trainer(cfg)
     # other tests may quiet these loggers
     with caplog.at_level(logging.INFO, logger="balancemix_timm.train"), \

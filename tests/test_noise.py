@@ -287,7 +287,7 @@ def test_mislabel_any_matches_eq11_on_single_positive_images():
 
 def test_mislabel_any_merges_into_existing_positives():
     """Row {0,1}, K=3, tau=1, destination='any': outcome law by enumeration of both draws."""
-    n0, n1, n2 = 3000, 3000, 1000
+    n0, n2 = 3000, 1000  # n0 rows {0, 1}, n2 rows {2}
     rows = [[1, 1, 0]] * n0 + [[0, 0, 1]] * n2
     clean = torch.tensor(rows, dtype=torch.float32)
     counts = clean.sum(0).tolist()  # [3000, 3000, 1000]

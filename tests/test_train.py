@@ -35,7 +35,8 @@ def test_two_epochs_write_outputs(data_root, tmp_path):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("mAP", "mAP_many", "mAP_medium", "mAP_few", "clean_precision", "clean_recall", "lm_sampler_max_over_min"):
+    for key in ("mAP", "mAP_many", "mAP_medium", "mAP_few", "clean_precision", "clean_recall",
+                "lm_sampler_max_over_min"):
         assert key in rows[-1], key
     assert 0.0 <= rows[-1]["mAP"] <= 100.0
     # warm-up 1: the refresh after epoch 1 already hands refined labels to epoch 2.
@@ -137,7 +138,8 @@ def test_class_groups_scale_with_any_data_set_and_absent_groups_are_never_nan(da
 
 def test_cli_main(data_root, tmp_path, capsys):
     rc = main([f"data_root={data_root}", f"output_dir={tmp_path}", "run_name=cli", "epochs=1", "max_steps_per_epoch=1",
-               "demo_num_train=160", "demo_num_val=64", "demo_num_classes=20", "image_size=32", "progress=false", "plots=false"])
+               "demo_num_train=160", "demo_num_val=64", "demo_num_classes=20", "image_size=32", "progress=false",
+               "plots=false"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["epoch"] == 1

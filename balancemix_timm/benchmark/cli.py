@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="grid size (default quick)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the budget's, 0)")
     p.add_argument("--out", default=None, help="runs folder (default runs/benchmark-<budget>)")
-    p.add_argument("--report-dir", default=None, help="where results.md/json/png go (default: docs for full, else --out)")
+    p.add_argument("--report-dir", default=None,
+                   help="where results.md/json/png go (default: docs for full, else --out)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers per run (default 0)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-cache", default=None,
                    help="cache root of the pre-trained backbone (default: balancemix-pretrain's)")
     p.add_argument("--notes", default=None, help="Markdown file appended to the report (discussion)")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides for every run (changes the runs' keys' configs)")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value config overrides for every run (changes the runs' keys' configs)")
     return p
 
 
@@ -63,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_dir = Path(args.report_dir or ("docs" if args.budget == "full" else out))
     overrides = parse_overrides(args.overrides)
     command = "python -m balancemix_timm.benchmark " + " ".join(
-        [f"--budget {args.budget}"] + ([f"--seeds {args.seeds}"] if args.seeds else []) + [f"--out {shlex.quote(str(out))}"]
+        [f"--budget {args.budget}"] + ([f"--seeds {args.seeds}"] if args.seeds else [])
+        + [f"--out {shlex.quote(str(out))}"]
         + ([f"--report-dir {shlex.quote(str(report_dir))}"] if args.report_dir else [])
         + ([f"--workers {args.workers}"] if args.workers else []) + ([f"--jobs {args.jobs}"] if args.jobs > 1 else [])
         + ([f"--threads {args.threads}"] if args.threads != 1 else [])

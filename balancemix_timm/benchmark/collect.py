@@ -48,7 +48,8 @@ class _Cell:
         return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(mean=nan_to_none(self.mean), std=nan_to_none(self.std), n=self.n, values=[nan_to_none(x) for x in self.values])
+        return dict(mean=nan_to_none(self.mean), std=nan_to_none(self.std), n=self.n,
+                    values=[nan_to_none(x) for x in self.values])
 
 
 def nan_to_none(x: float) -> float | None:
@@ -192,11 +193,13 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
         metrics = _read_metrics(run_dir)
         runs[spec.key] = dict(
             method=spec.method, setting=spec.setting, seed=spec.seed, ablation=spec.ablation, variant=spec.variant,
-            last=summary.get("last", {}), metrics=metrics, wall_time=bench.get("wall_time"), cpu_time=bench.get("cpu_time"),
+            last=summary.get("last", {}), metrics=metrics, wall_time=bench.get("wall_time"),
+            cpu_time=bench.get("cpu_time"),
             noise_report=summary.get("noise_report"), epochs=summary.get("epochs"),
         )
 
-    def cell(method: str, setting: str, metric: str, *, ablation: str | None = None, variant: str | None = None) -> _Cell:
+    def cell(method: str, setting: str, metric: str, *, ablation: str | None = None,
+             variant: str | None = None) -> _Cell:
         c = _Cell()
         for r in runs.values():
             if (r["method"], r["setting"], r["ablation"], r["variant"]) == (method, setting, ablation, variant):
@@ -210,7 +213,8 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
         main_table[method] = {
             s: {("mAP" + g): cell(method, s, "mAP" + g).as_dict() for g in GROUPS} for s in settings_main
         }
-    best_table = {method: {s: cell(method, s, "best_mAP").as_dict() for s in settings_main} for method in budget.methods}
+    best_table = {method: {s: cell(method, s, "best_mAP").as_dict() for s in settings_main}
+                  for method in budget.methods}
     paired = paired_differences(runs, budget.methods, settings_main)
     ablation_table: dict[str, dict[str, Any]] = {}
     for title, method, abl in ABLATION_ROWS:
@@ -282,7 +286,8 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
                      val_positive_counts=meta.get("val_positive_counts"), class_names=meta.get("class_names"))
     return dict(
         data=data_info,
-        budget=dict(train=load_config(None, dict(budget.train)).to_dict(), methods=list(budget.methods), settings=list(budget.settings),
+        budget=dict(train=load_config(None, dict(budget.train)).to_dict(), methods=list(budget.methods),
+                    settings=list(budget.settings),
                     ablation_settings=list(budget.ablation_settings), ablation_rows=list(budget.ablation_rows),
                     sampler_variants=[[n, dict(o)] for n, o in budget.sampler_variants],
                     seeds=list(budget.seeds if seeds is None else seeds), description=budget.description,

@@ -238,7 +238,8 @@ def plan_runs(budget: Budget, seeds: Sequence[int] | None = None) -> list[RunSpe
                 specs += [RunSpec(m, setting, seed) for m in budget.methods]
             if setting in budget.ablation_settings:
                 specs.append(RunSpec("bce", setting, seed))
-                specs += [RunSpec("mixup", setting, seed) if a == "mixup" else RunSpec("balancemix", setting, seed, ablation=a)
+                specs += [RunSpec("mixup", setting, seed) if a == "mixup"
+                          else RunSpec("balancemix", setting, seed, ablation=a)
                           for a in budget.ablation_rows]
                 specs.append(RunSpec("balancemix", setting, seed))
         for name, overrides in budget.sampler_variants:

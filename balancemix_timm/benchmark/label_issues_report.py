@@ -180,7 +180,8 @@ def comparison_markdown(results: Mapping[str, Any], *, command: str, figure: str
                   f"training compute): {summary['target']['text']}", ""]
     if figure:
         lines += [f"![Precision/recall of the label-quality rankings]({figure})", "",
-                  "Precision against recall when the m lowest-scored labels are flagged, m = 1 .. N K (first seed).", ""]
+                  "Precision against recall when the m lowest-scored labels are flagged, "
+                  "m = 1 .. N K (first seed).", ""]
     lines.append(END)
     return "\n".join(lines) + "\n"
 
@@ -210,8 +211,11 @@ def plot_pr_curves(results: Mapping[str, Any], path: str | Path) -> bool:
             curve = first[s][m]["curve"]
             ax.plot(curve["recall"], curve["precision"], label=f"{title}, AP {curve['average_precision']:.2f}")
         ax.set_title(f"{SETTING_TITLES.get(s, s)} (seed {first[s]['seed']})")
-        ax.set_xlabel("recall of wrong labels"); ax.set_ylabel("precision")
-        ax.set_xlim(0, 1); ax.set_ylim(0, 1.02); ax.legend(fontsize=8)
+        ax.set_xlabel("recall of wrong labels")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(order):]:
         ax.axis("off")
     fig.tight_layout()
@@ -248,7 +252,8 @@ def write_comparison(results: Mapping[str, Any], out_dir: str | Path, *, command
     written = [fig_path] if have_fig else []
     md = out_dir / "comparison.md"
     rel = os.path.relpath(fig_path, out_dir) if have_fig else None
-    md.write_text(f"# Label issues: BalanceMix vs cleanlab\n\n{comparison_markdown(results, command=command, figure=rel)}")
+    md.write_text("# Label issues: BalanceMix vs cleanlab\n\n"
+                  f"{comparison_markdown(results, command=command, figure=rel)}")
     written.append(md)
     if docs:
         docs = Path(docs)

@@ -437,7 +437,8 @@ def _score_setting(setting: str, seed: int, budget: Budget, out: Path, folds: in
         setting=setting, seed=seed, images=int(given.shape[0]), classes=int(given.shape[1]),
         wrong_labels=int((given != clean).sum()), balancemix_run=str(run_dir),
         balancemix=dict(_method_scores(bm["mask"], bm["scores"], given, clean), compute=bm_compute,
-                        filters={k[5:]: score_flags(v, given, clean)["all"] for k, v in bm.items() if k.startswith("mask_")}),
+                        filters={k[5:]: score_flags(v, given, clean)["all"]
+                                 for k, v in bm.items() if k.startswith("mask_")}),
         cleanlab=dict(_method_scores(cl["mask"], cl["scores"], given, clean, cl["image_mask"]), compute=cl_compute),
     )
     _logger.info("%s s%d: F1 BalanceMix %.3f, cleanlab %.3f; training s %.0f vs %.0f", setting, seed,
@@ -458,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--jobs", type=int, default=1, help="BalanceMix runs trained at once (default 1)")
     p.add_argument("--pretrain-cache", default=None, help="cache root of the pre-trained backbone")
-    p.add_argument("--docs", default="docs/label-issues.md", help="page whose comparison section is rewritten ('' = none)")
+    p.add_argument("--docs", default="docs/label-issues.md",
+                   help="page whose comparison section is rewritten ('' = none)")
     p.add_argument("--figure", default="docs/label_issues_pr.png", help="precision/recall figure ('' = none)")
     p.add_argument("--report-only", action="store_true", help="rewrite the docs from comparison.json; train nothing")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every run")

@@ -52,7 +52,8 @@ def _main_table(results: Mapping[str, Any], settings: Sequence[str], rate_titles
     methods = [m for m in METHOD_TITLES if m in main]
     head = "| Method | " + " | ".join(f"{g} {r}".strip() for g in GROUP_TITLES for r in rate_titles) + " |"
     lines = [head, "|" + "---|" * (1 + len(GROUP_TITLES) * len(rate_titles))]
-    best = {(g, s): _bold_best({m: main[m].get(s, {}).get("mAP" + g) for m in methods}) for g in GROUPS for s in settings}
+    best = {(g, s): _bold_best({m: main[m].get(s, {}).get("mAP" + g) for m in methods})
+            for g in GROUPS for s in settings}
     for m in methods:
         row = [METHOD_TITLES[m]]
         for g in GROUPS:
@@ -116,38 +117,55 @@ def _plots(results: Mapping[str, Any], report_dir: Path, prefix: str) -> list[st
                 ax.bar(xs, [v if v is not None else 0 for v in means], width,
                        yerr=[v if v is not None else 0 for v in stds], label=METHOD_TITLES[m], capsize=2)
             ax.set_xticks(range(len(settings)), [SETTING_TITLES[s] for s in settings], rotation=15)
-            ax.set_ylabel("last-epoch validation mAP"); ax.set_title(title)
+            ax.set_ylabel("last-epoch validation mAP")
+            ax.set_title(title)
         axes[1].legend(fontsize=7, ncol=2)
         fig.tight_layout()
         name = f"{prefix}_main.png"
-        fig.savefig(report_dir / name, dpi=90); plt.close(fig); written.append(name)
+        fig.savefig(report_dir / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
     abl = results["ablation"]
     if abl:
         fig, ax = plt.subplots(figsize=(8, 4))
         titles = list(abl)
         for s in results["budget"]["ablation_settings"]:
             ys = [(abl[t].get(s) or {}).get("mean") for t in titles]
-            ax.plot(range(len(titles)), [y if y is not None else float("nan") for y in ys], marker="o", label=SETTING_TITLES[s])
-        ax.set_xticks(range(len(titles)), [t.split(" (")[0].split(" =")[0] for t in titles], rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("mAP (all)"); ax.set_title("Table 5: components added in turn"); ax.legend(fontsize=8)
+            ax.plot(range(len(titles)), [y if y is not None else float("nan") for y in ys], marker="o",
+                    label=SETTING_TITLES[s])
+        ax.set_xticks(range(len(titles)), [t.split(" (")[0].split(" =")[0] for t in titles], rotation=20, ha="right",
+                      fontsize=8)
+        ax.set_ylabel("mAP (all)")
+        ax.set_title("Table 5: components added in turn")
+        ax.legend(fontsize=8)
         fig.tight_layout()
         name = f"{prefix}_ablation.png"
-        fig.savefig(report_dir / name, dpi=90); plt.close(fig); written.append(name)
+        fig.savefig(report_dir / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
     # label management curves (seed-0 BalanceMix runs on mislabel / flip)
     lm_runs = {k: r for k, r in results.get("_runs_metrics", {}).items()}
     if lm_runs:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for key, rows in lm_runs.items():
             ep = [m["epoch"] for m in rows]
-            for ax, (a, b) in zip(axes, (("clean_precision", "clean_recall"), ("relabel_proportion", "relabel_accuracy"))):
-                ax.plot(ep, [100 * m[a] if m.get(a) is not None else float("nan") for m in rows], marker="o", label=f"{key}: {a}")
-                ax.plot(ep, [100 * m[b] if m.get(b) is not None else float("nan") for m in rows], marker="x", ls="--", label=f"{key}: {b}")
-        axes[0].set_title("clean-label selection (Eq. 12)"); axes[1].set_title("re-labeling (Eq. 13)")
+            for ax, (a, b) in zip(axes, (("clean_precision", "clean_recall"),
+                                         ("relabel_proportion", "relabel_accuracy"))):
+                ax.plot(ep, [100 * m[a] if m.get(a) is not None else float("nan") for m in rows], marker="o",
+                        label=f"{key}: {a}")
+                ax.plot(ep, [100 * m[b] if m.get(b) is not None else float("nan") for m in rows], marker="x", ls="--",
+                        label=f"{key}: {b}")
+        axes[0].set_title("clean-label selection (Eq. 12)")
+        axes[1].set_title("re-labeling (Eq. 13)")
         for ax in axes:
-            ax.set_xlabel("epoch"); ax.set_ylabel("%"); ax.legend(fontsize=6)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("%")
+            ax.legend(fontsize=6)
         fig.tight_layout()
         name = f"{prefix}_label_management.png"
-        fig.savefig(report_dir / name, dpi=90); plt.close(fig); written.append(name)
+        fig.savefig(report_dir / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
     spread = results["sampler_spread"]
     if spread and any(rows and "max_over_min" in rows[0] for rows in spread.values()):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -156,14 +174,19 @@ def _plots(results: Mapping[str, Any], report_dir: Path, prefix: str) -> list[st
             if not rows:
                 continue
             axes[0].plot([r["epoch"] for r in rows], [r["max_over_min"] for r in rows], marker="o", label=name_)
-            axes[1].plot([r["epoch"] for r in rows], [r.get("ess_fraction", float("nan")) for r in rows], marker="o", label=name_)
-        axes[0].set_yscale("log"); axes[0].set_title("minority sampler: max / min weight")
+            axes[1].plot([r["epoch"] for r in rows], [r.get("ess_fraction", float("nan")) for r in rows], marker="o",
+                         label=name_)
+        axes[0].set_yscale("log")
+        axes[0].set_title("minority sampler: max / min weight")
         axes[1].set_title("minority sampler: effective sample size / N")
         for ax in axes:
-            ax.set_xlabel("epoch"); ax.legend(fontsize=6)
+            ax.set_xlabel("epoch")
+            ax.legend(fontsize=6)
         fig.tight_layout()
         name = f"{prefix}_sampler.png"
-        fig.savefig(report_dir / name, dpi=90); plt.close(fig); written.append(name)
+        fig.savefig(report_dir / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
     return written
 
 
@@ -222,44 +245,53 @@ def write_report(
     L.append("")
     L.append("| item | value |")
     L.append("|---|---|")
-    L.append(f"| data | demo set (`balancemix_timm.data.demo`): {t['demo_num_train']} train / {t['demo_num_val']} val images, "
-             f"{t['demo_num_classes']} classes, imbalance ratio {t['demo_imbalance_ratio']:g}, {t['image_size']} px, data seed {t['demo_seed']} |")
+    L.append(f"| data | demo set (`balancemix_timm.data.demo`): {t['demo_num_train']} train / "
+             f"{t['demo_num_val']} val images, {t['demo_num_classes']} classes, imbalance ratio "
+             f"{t['demo_imbalance_ratio']:g}, {t['image_size']} px, data seed {t['demo_seed']} |")
     L.append(f"| model | `{t['model']}` {_init_text(t, results.get('pretrained'))} (timm), "
              f"{str(t.get('head') or 'linear').replace('_', '-')} head |")
-    L.append(f"| training | {t['epochs']} epochs, batch {t['batch_size']}, {t['optimizer']} lr {t['lr']:g} wd {t['weight_decay']:g}, "
-             f"{t['scheduler']} schedule, augmentation: {_aug_text(t)}; BalanceMix / T-estimator warm-up {t['warmup_epochs']} epochs |")
+    L.append(f"| training | {t['epochs']} epochs, batch {t['batch_size']}, {t['optimizer']} lr {t['lr']:g} "
+             f"wd {t['weight_decay']:g}, {t['scheduler']} schedule, augmentation: {_aug_text(t)}; "
+             f"BalanceMix / T-estimator warm-up {t['warmup_epochs']} epochs |")
     L.append(f"| methods | {', '.join(METHOD_TITLES[m] for m in b['methods'])} |")
     L.append(f"| label settings | {', '.join(SETTING_TITLES[s] for s in b['settings'])} |")
     L.append(f"| seeds | {', '.join(map(str, b['seeds']))} (training seed = noise seed) |")
     L.append("| metric | last-epoch validation mAP (%), as the paper; mean ± sample std over seeds when several |")
-    cpu_text = (f" ({results['total_cpu_time_s'] / 60:.1f} CPU-min over the {results['runs_with_cpu_time']} runs with a CPU-time record)"
-                if results.get("runs_with_cpu_time") else "")
-    L.append(f"| run time | {results['total_run_time_s'] / 60:.1f} min of training wall time summed over the finished runs{cpu_text}"
-             + (f"; this invocation: {run_stats['wall_time'] / 60:.1f} min wall-clock, {run_stats['trained']} runs trained, "
-                f"{run_stats['skipped']} skipped as finished" if run_stats else "") + " |")
+    cpu_text = (f" ({results['total_cpu_time_s'] / 60:.1f} CPU-min over the {results['runs_with_cpu_time']} runs "
+                "with a CPU-time record)" if results.get("runs_with_cpu_time") else "")
+    L.append(f"| run time | {results['total_run_time_s'] / 60:.1f} min of training wall time summed over the "
+             f"finished runs{cpu_text}"
+             + (f"; this invocation: {run_stats['wall_time'] / 60:.1f} min wall-clock, "
+                f"{run_stats['trained']} runs trained, {run_stats['skipped']} skipped as finished"
+                if run_stats else "") + " |")
     if results.get("finished_between"):
-        L.append(f"| runs finished | between {results['finished_between'][0]} and {results['finished_between'][1]} (UTC) |")
+        L.append(f"| runs finished | between {results['finished_between'][0]} and "
+                 f"{results['finished_between'][1]} (UTC) |")
     L.append(f"| machine | {platform.machine()} {platform.system()}, CPU only |")
     L.append("")
     counts = (results.get("data") or {}).get("train_positive_counts")
     if counts:
-        L.append(f"Training positives per class (clean labels, sorted): {', '.join(map(str, sorted(counts, reverse=True)))}; "
+        L.append("Training positives per class (clean labels, sorted): "
+                 f"{', '.join(map(str, sorted(counts, reverse=True)))}; "
                  f"generator options {json.dumps((results.get('data') or {}).get('options'), sort_keys=True)}.")
         L.append("")
     if th:
-        L.append(f"Class groups (COCO's 10,000 / 1,000 positive-label thresholds scaled by {t['demo_num_train']} / 82,081 "
+        L.append("Class groups (COCO's 10,000 / 1,000 positive-label thresholds scaled by "
+                 f"{t['demo_num_train']} / 82,081 "
                  f"training images, counted on the clean training labels): many-shot > {th.get('many')} positives "
-                 f"({sz.get('many', 0)} classes), medium-shot {th.get('few')}–{th.get('many')} ({sz.get('medium', 0)} classes), "
-                 f"few-shot < {th.get('few')} ({sz.get('few', 0)} classes).")
+                 f"({sz.get('many', 0)} classes), medium-shot {th.get('few')}–{th.get('many')} "
+                 f"({sz.get('medium', 0)} classes), few-shot < {th.get('few')} ({sz.get('few', 0)} classes).")
         L.append("")
     L.append("Protocol: every method except the Default (BCE) trains on Mixup batches of two random streams (alpha 4). "
              "BalanceMix: eps 0.975 (0.55 in the single-positive setting), the paper's minority sampler. "
              "LL-R / LL-Ct: `method_options.reduction=sum_mean` (sum over labels, mean over the batch) so all methods "
              "share one loss scale at one learning rate; their own code's mean over entries is 1/K of it. "
-             "Co-teaching trains two networks (about twice the cost). T-estimator estimates the flip rates after its warm-up."
-             + (" Hill / SPLC (Zhang et al. 2021, \"Simple and Robust Loss Design for Multi-Label Learning with Missing "
-                "Labels\"): their paper's defaults (Hill lambda 1.5; focal-margin positives, margin 1, gamma 2; SPLC "
-                "tau 0.6 from the second epoch), summed over labels like the others." if {"hill", "splc"} & set(b["methods"]) else ""))
+             "Co-teaching trains two networks (about twice the cost). "
+             "T-estimator estimates the flip rates after its warm-up."
+             + (" Hill / SPLC (Zhang et al. 2021, \"Simple and Robust Loss Design for Multi-Label Learning with "
+                "Missing Labels\"): their paper's defaults (Hill lambda 1.5; focal-margin positives, margin 1, "
+                "gamma 2; SPLC tau 0.6 from the second epoch), summed over labels like the others."
+                if {"hill", "splc"} & set(b["methods"]) else ""))
     L.append("")
     hl = results["headline"]
     main = results["main"]
@@ -280,7 +312,8 @@ def write_report(
         text = f"BalanceMix has the highest last mAP (all classes) in {len(wins)} of {len(hl)} settings"
         if losses:
             text += "; it is behind " + ", ".join(
-                f"{METHOD_TITLES[r['best_baseline']]} on {SETTING_TITLES[r['setting']]} by {-r['diff']:.1f}" for r in losses)
+                f"{METHOD_TITLES[r['best_baseline']]} on {SETTING_TITLES[r['setting']]} by {-r['diff']:.1f}"
+                for r in losses)
         text += "."
         stds = sorted(c["mAP"]["std"] for m in main for c in main[m].values()
                       if c.get("mAP", {}).get("std") is not None)
@@ -332,7 +365,8 @@ def write_report(
                 prev[s] = m
                 cells.append(text)
             overall = sum(means) / len(means) if means and all(m is not None for m in means) else None
-            ov = "n/a" if overall is None else f"{overall:.1f}" + (f" ({overall - prev_overall:+.1f})" if prev_overall is not None else "")
+            ov = "n/a" if overall is None else f"{overall:.1f}" + (
+                f" ({overall - prev_overall:+.1f})" if prev_overall is not None else "")
             prev_overall = overall
             L.append(f"| {title} | " + " | ".join(cells) + f" | {ov} |")
         L.append("")
@@ -341,8 +375,12 @@ def write_report(
         L.append("## Table 7: BalanceMix's clean-label selection and re-labeling (Eq. 12-13, %)")
         L.append("")
         sets = list(t7)
-        L.append("| Training progress | " + " | ".join(f"{SETTING_TITLES[s]} precision | {SETTING_TITLES[s]} recall" for s in sets)
-                 + " | " + " | ".join(f"{SETTING_TITLES[s]} re-label proportion | {SETTING_TITLES[s]} re-label accuracy" for s in sets) + " |")
+        L.append("| Training progress | "
+                 + " | ".join(f"{SETTING_TITLES[s]} precision | {SETTING_TITLES[s]} recall" for s in sets)
+                 + " | "
+                 + " | ".join(f"{SETTING_TITLES[s]} re-label proportion | {SETTING_TITLES[s]} re-label accuracy"
+                              for s in sets)
+                 + " |")
         L.append("|---|" + "---|" * (4 * len(sets)))
         for frac in ("25%", "50%", "100%"):
             ep = next((t7[s][frac].get("epoch") for s in sets if t7[s].get(frac, {}).get("epoch")), None)

@@ -54,7 +54,8 @@ def _paired_section(results: Mapping[str, Any]) -> list[str]:
         row = [_diff_text(paired[m][s].get("mAP"), planned=planned) for s in settings]
         row += [_diff_text(paired[m][s].get("mAP_few"), planned=planned) for s in settings if s != "clean"]
         L.append(f"| {METHOD_TITLES[m]} | " + " | ".join(row) + " |")
-    means = {m: paired[m]["table5_mean"]["mAP"] for m in paired if paired[m].get("table5_mean", {}).get("mAP", {}).get("n")}
+    means = {m: paired[m]["table5_mean"]["mAP"] for m in paired
+             if paired[m].get("table5_mean", {}).get("mAP", {}).get("n")}
     if means:
         main = results.get("main") or {}
 
@@ -78,7 +79,8 @@ def _paired_section(results: Mapping[str, Any]) -> list[str]:
               "| Method | " + " | ".join(SETTING_TITLES[s] for s in noisy) + " |", "|---|" + "---|" * len(noisy)]
         for m in METHOD_TITLES:
             if m in paired:
-                L.append(f"| {METHOD_TITLES[m]} | " + " | ".join(_diff_text(paired[m][s].get("recovery"), 2, planned) for s in noisy) + " |")
+                L.append(f"| {METHOD_TITLES[m]} | "
+                         + " | ".join(_diff_text(paired[m][s].get("recovery"), 2, planned) for s in noisy) + " |")
     return L + [""]
 
 
@@ -94,7 +96,8 @@ def _memorisation_section(results: Mapping[str, Any]) -> list[str]:
          "| setting | BCE best | BCE last | last - best | last - clean last |", "|---|---|---|---|---|"]
     for s in settings:
         c = mem[s]
-        L.append(f"| {SETTING_TITLES[s]} | {_fmt(c['best'])} | {_fmt(c['last'])} | {_diff_text(c['last_minus_best'])} | "
+        L.append(f"| {SETTING_TITLES[s]} | {_fmt(c['best'])} | {_fmt(c['last'])} | "
+                 f"{_diff_text(c['last_minus_best'])} | "
                  f"{'-' if s == 'clean' else _diff_text(c['last_minus_clean'])} |")
     best = results.get("best") or {}
     if best:

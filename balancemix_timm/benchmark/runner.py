@@ -139,8 +139,8 @@ def _prepare_run_dir(run_dir: Path, values: Mapping[str, Any]) -> str | None:
         return None
     saved = _saved_config(run_dir)
     expected = _expected_config(values)
-    if saved is not None and not config_diff(saved, expected, ignore=_ignored_keys(expected)) and (run_dir / "last.pth").is_file() \
-            and not (run_dir / "summary.json").is_file():
+    if (saved is not None and not config_diff(saved, expected, ignore=_ignored_keys(expected))
+            and (run_dir / "last.pth").is_file() and not (run_dir / "summary.json").is_file()):
         _logger.info("%s: continuing the interrupted run", run_dir.name)
         return "auto"
     shutil.rmtree(run_dir)
@@ -167,7 +167,8 @@ def _prepare_data(values: Mapping[str, Any]) -> None:
         )
     except ValueError as err:
         # A grid keeps the data its first runs used, even if the generator changed since.
-        if (root / "annotations" / "instances_train.json").is_file() and (root / "annotations" / "instances_val.json").is_file():
+        if ((root / "annotations" / "instances_train.json").is_file()
+                and (root / "annotations" / "instances_val.json").is_file()):
             _logger.warning("keeping the existing demo data in %s (%s)", root, err)
         else:
             raise
@@ -283,7 +284,8 @@ def run_benchmark(
                 _after_run(run_dir, wall, keep_checkpoints, time.process_time() - c0)
                 trained += 1
                 _logger.info("[%d/%d] %s: mAP %.2f in %.0f s (elapsed %.1f min)", i + 1, len(todo), spec.key,
-                             summary.get("last", {}).get("mAP", float("nan")), wall, (time.perf_counter() - t_start) / 60)
+                             summary.get("last", {}).get("mAP", float("nan")), wall,
+                             (time.perf_counter() - t_start) / 60)
         finally:
             torch.set_num_threads(old_threads)
     else:

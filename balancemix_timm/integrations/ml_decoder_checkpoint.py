@@ -67,7 +67,9 @@ class ScriptCheckpoint:
                 out[name] = obj.state_dict()
         return out
 
-    def save_checkpoint(self, epoch: int, highest_map: float | None = None, path: str | os.PathLike[str] | None = None) -> Path | None:
+    def save_checkpoint(
+        self, epoch: int, highest_map: float | None = None, path: str | os.PathLike[str] | None = None
+    ) -> Path | None:
         """Write :meth:`checkpoint` atomically to ``path`` or ``<checkpoint_dir>/balancemix-last.pth``.
 
         Returns:

@@ -198,7 +198,8 @@ def create_model(args: argparse.Namespace, factory: Callable[..., nn.Module] | N
                 n = replace_ml_decoder_heads(model)
                 if n:
                     _logger.warning("replaced %d ML-Decoder head(s) by balancemix_timm's (same weights): "
-                                    "the published one fails on torch >= 2.1 (nn.TransformerDecoder reads layer.self_attn)", n)
+                                    "the published one fails on torch >= 2.1 "
+                                    "(nn.TransformerDecoder reads layer.self_attn)", n)
             return model
         if model_name not in ML_DECODER_TRESNETS:
             if factory is None:

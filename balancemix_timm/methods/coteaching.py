@@ -178,7 +178,8 @@ class CoTeachingMethod(MixupMethod):
         super().__init__(ctx)
         cfg = self.cfg
         known = cfg.noise in ("mislabel", "random_flip") and cfg.noise_rate > 0
-        self.forget_rate = float_option(self.options, "forget_rate", cfg.noise_rate if known else 0.2, low=0.0, high=1.0)
+        self.forget_rate = float_option(self.options, "forget_rate", cfg.noise_rate if known else 0.2,
+                                        low=0.0, high=1.0)
         self.num_gradual = int_option(self.options, "num_gradual", 10, low=0)
         self.selection = choice_option(self.options, "selection", "instance", SELECTIONS)
         self.model2 = self._build_second_model()

@@ -129,7 +129,8 @@ class BalanceMixMethod(TrainingMethod):
         ctx = self.ctx
         assert self.view_set is not None
         loader = DataLoader(
-            self.view_set, batch_size=self.cfg.eval_batch_size, sampler=self.recipe.epoch_pass_sampler(len(self.view_set), epoch),
+            self.view_set, batch_size=self.cfg.eval_batch_size,
+            sampler=self.recipe.epoch_pass_sampler(len(self.view_set), epoch),
             num_workers=self.cfg.workers, worker_init_fn=ctx.worker_init_fn, generator=ctx.loader_generator(epoch, 2),
         )
         self.recipe.record_epoch_pass(((views, index) for views, _, index in loader),
@@ -222,7 +223,8 @@ class BalanceMixMethod(TrainingMethod):
         state, given, refined = eng.state.cpu(), eng.given_labels.cpu(), eng.refined_labels.cpu()
         precision, recall = label_precision_recall(state == LabelState.CLEAN, given, tr.clean_labels)
         proportion, accuracy = relabel_statistics(state == LabelState.RELABELED, refined, tr.clean_labels)
-        return dict(clean_precision=precision, clean_recall=recall, relabel_proportion=proportion, relabel_accuracy=accuracy)
+        return dict(clean_precision=precision, clean_recall=recall,
+                    relabel_proportion=proportion, relabel_accuracy=accuracy)
 
     def finish(self, run_dir: Path) -> dict[str, Any]:
         engine = self.engine.cpu_view()  # the table walk reads single entries: keep it on the host

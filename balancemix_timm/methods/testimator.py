@@ -194,7 +194,8 @@ def reweighting_weights(logits: Tensor, rho_pos: Tensor, rho_neg: Tensor) -> tup
     rp = rho_pos.to(device=x.device, dtype=x.dtype)
     rn = rho_neg.to(device=x.device, dtype=x.dtype)
     if rp.shape != (x.shape[1],) or rn.shape != (x.shape[1],):
-        raise ValueError(f"rho_pos and rho_neg must have shape ({x.shape[1]},), got {tuple(rp.shape)}, {tuple(rn.shape)}")
+        raise ValueError(f"rho_pos and rho_neg must have shape ({x.shape[1]},), "
+                         f"got {tuple(rp.shape)}, {tuple(rn.shape)}")
     if bool(((rp < 0) | (rp >= 1) | (rn < 0) | (rn >= 1)).any()):
         raise ValueError("rho_pos and rho_neg must lie in [0, 1)")
     w1 = 1.0 / ((1 - rp) + torch.exp(torch.log(rn) - x))

@@ -149,7 +149,9 @@ def minority_sampling_probs(
 
 
 def weight_spread(p: Tensor) -> dict[str, float]:
-    """Summary of how far sampling weights are from uniform, for logging (docs/design.md, decision 1: the literal sampler is near-uniform).
+    """Summary of how far sampling weights are from uniform, for logging.
+
+    See docs/design.md, decision 1: the literal sampler is near-uniform.
 
     Args:
         p: Sampling weights, shape (N,), finite, non-negative, positive sum (normalised here).

@@ -90,7 +90,8 @@ class Trainer(CheckpointMixin):
         normalize = cfg.normalize
         if normalize == "auto":
             normalize = "imagenet" if model_default_normalization(cfg.model) is not None else None
-        self._train_tf = build_train_transform(cfg.image_size, randaugment=cfg.randaugment, cutout=cfg.cutout, normalize=normalize)
+        self._train_tf = build_train_transform(cfg.image_size, randaugment=cfg.randaugment, cutout=cfg.cutout,
+                                               normalize=normalize)
         self._eval_tf = build_eval_transform(cfg.image_size, normalize=normalize)
         self.train_set, self.val_set = build_datasets(cfg, self._train_tf, self._eval_tf)
         self.num_classes = self.train_set.num_classes
@@ -138,7 +139,8 @@ class Trainer(CheckpointMixin):
         self.pretrained_path = resolve_pretrained_path(cfg.pretrained_path, cfg.model, cfg.image_size)
         seed_everything(cfg.seed)
         self.model = create_model(
-            cfg.model, num_classes=self.num_classes, head=cfg.head, pretrained_path=self.pretrained_path, drop_rate=cfg.drop_rate
+            cfg.model, num_classes=self.num_classes, head=cfg.head, pretrained_path=self.pretrained_path,
+            drop_rate=cfg.drop_rate,
         ).to(self.device)
         self.ddp_model: nn.Module = self.model
         if self.world_size > 1:
@@ -343,7 +345,8 @@ class Trainer(CheckpointMixin):
                 state = self.state_dict(epoch)
                 atomic_save(state, self.run_dir / "last.pth")
                 if is_best:
-                    atomic_save(dict(model=state["model"], epoch=epoch, mAP=score, config=state["config"]), self.run_dir / "best.pth")
+                    atomic_save(dict(model=state["model"], epoch=epoch, mAP=score, config=state["config"]),
+                                self.run_dir / "best.pth")
                 groups = ", ".join(
                     f"{name} {row[f'mAP_{name}']:.2f}" if f"mAP_{name}" in row else f"{name} absent"
                     for name in self.groups

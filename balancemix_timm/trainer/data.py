@@ -57,7 +57,8 @@ def build_datasets(cfg: TrainConfig, train_transform: Any = None, val_transform:
         )
     if cfg.data in ("demo", "coco"):
         p = _paths(cfg)
-        train = CocoMultiLabel(p["train_images"], p["train_ann"], transform=train_transform, include_empty=cfg.include_empty)
+        train = CocoMultiLabel(p["train_images"], p["train_ann"], transform=train_transform,
+                               include_empty=cfg.include_empty)
         val = CocoMultiLabel(p["val_images"], p["val_ann"], transform=val_transform, include_empty=cfg.include_empty)
     else:
         train = VocMultiLabel(cfg.data_root, split=cfg.voc_train_split, transform=train_transform)
@@ -126,7 +127,8 @@ def train_loader(
     if method.paired:
         collate = MixupCollate(alpha=cfg.alpha, mode=cfg.lam_mode, seed=cfg.seed)
         collate.set_epoch(epoch)
-        batch_sampler = PairedBatchSampler(method.paired_sampler, cfg.batch_size, drop_last=False, merge_single_tail=True)
+        batch_sampler = PairedBatchSampler(method.paired_sampler, cfg.batch_size, drop_last=False,
+                                           merge_single_tail=True)
         # Minority items are read through the views too (their extra views are dropped).
         # Reading them without views makes no measured difference on the demo
         # (docs/performance.md §4); reading them through the views keeps the published figures.

@@ -76,5 +76,6 @@ def build_optimizer(
             opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
         )
     elif cfg.scheduler == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.onecycle_pct_start)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
+                                                    pct_start=cfg.onecycle_pct_start)
     return opt, sched

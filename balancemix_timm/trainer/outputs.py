@@ -38,11 +38,15 @@ def plot_metrics(metrics: Sequence[dict[str, Any]], path: str | Path) -> bool:
     for key in ("mAP", "mAP_many", "mAP_medium", "mAP_few", "ema_mAP"):
         if key in metrics[0]:
             axes[0].plot(ep, [m.get(key, float("nan")) for m in metrics], label=key)
-    axes[0].set_xlabel("epoch"); axes[0].set_ylabel("validation mAP"); axes[0].legend()
-    for key in ("clean_precision", "clean_recall", "relabel_proportion", "relabel_accuracy", "lm_clean_fraction", "lm_ambiguous_fraction"):
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("validation mAP")
+    axes[0].legend()
+    for key in ("clean_precision", "clean_recall", "relabel_proportion", "relabel_accuracy", "lm_clean_fraction",
+                "lm_ambiguous_fraction"):
         if key in metrics[-1]:
             axes[1].plot(ep, [m.get(key, float("nan")) for m in metrics], label=key)
-    axes[1].set_xlabel("epoch"); axes[1].set_title("label management")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_title("label management")
     if axes[1].get_lines():  # a method without label management (BCE) has no curve here
         axes[1].legend(fontsize=7)
     fig.tight_layout()
