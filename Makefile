@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) -m balancemix_timm.demo --out runs/demo
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
