@@ -30,7 +30,6 @@ predictions on an accelerator are reported by the next :meth:`BalanceMixEngine.r
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -46,7 +45,7 @@ from ._checks import (
     check_tensor,
     check_unit_interval,
 )
-from .engine_state import EngineState, RefreshReport
+from .engine_state import EngineState, RefreshReport, _move
 from .gmm import LabelGMM
 from .loss import balancemix_loss
 from .mixing import _check_lam, _interpolate
@@ -256,34 +255,7 @@ class BalanceMixEngine(EngineState):
         self.paired_sampler.set_epoch(self.epoch)
         self._epoch_seen.zero_()
 
-    _TABLES = (
-        "given_labels", "refined_labels", "state", "clean_prob", "probs", "view_mean", "losses", "seen", "_epoch_seen",
-    )
-
-    def to(self, device: str | torch.device) -> BalanceMixEngine:
-        """Move every per-sample table to ``device`` (in place, like ``nn.Module.to``); returns self."""
-        self.device = torch.device(device)
-        for name in self._TABLES:
-            setattr(self, name, getattr(self, name).to(self.device))
-        self._device_cache = {}
-        return self
-
-    def cpu_view(self) -> BalanceMixEngine:
-        """A shallow copy whose tables are on the CPU (for reports); ``self`` is unchanged."""
-        return self if self.device.type == "cpu" else copy.copy(self).to("cpu")
-
     # ------------------------------------------------------------------ per-step API
-    def _on(self, name: str, device: torch.device) -> Tensor:
-        """A per-sample table on ``device``: the table itself on the engine's device, else a
-        copy made once per refresh (no per-step copies)."""
-        table = getattr(self, name)
-        if _same_device(table.device, device):
-            return table
-        cache = self._device_cache.setdefault(device, {})
-        if name not in cache:
-            cache[name] = _move(table, device)
-        return cache[name]
-
     def _train_labels_on(self, device: torch.device) -> Tensor:
         return self._on("refined_labels" if self.applied else "given_labels", device)
 
@@ -512,22 +484,6 @@ class BalanceMixEngine(EngineState):
         return report
 
 
-def _move(t: Tensor, device: torch.device) -> Tensor:
-    """``t`` on ``device``; asynchronous host-to-device copies, synchronous copies to the host
-    (a non-blocking device-to-host copy may be read before it lands)."""
-    return t.to(device, non_blocking=device.type != "cpu")
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    """True if ``b`` names ``a`` (``cuda`` without an index names the current CUDA device)."""
-    if a.type != b.type:
-        return False
-    if a.index == b.index or a.type == "cpu":
-        return True
-    if a.type == "cuda" and (a.index is None or b.index is None):
-        current = torch.cuda.current_device()
-        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
-    return False
 
 
 #: Public names renamed: former name -> current name.

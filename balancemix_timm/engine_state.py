@@ -1,4 +1,4 @@
-"""The engine's refresh report, checkpoints and the distributed merge of its records.
+"""The engine's refresh report and its tables as a whole: placement, distributed merge, checkpoints.
 
 :class:`EngineState` holds the methods of :class:`~balancemix_timm.engine.BalanceMixEngine` that read
 or write its per-sample tables as a whole: the all-reduce of each epoch's records across ranks
@@ -7,6 +7,7 @@ and the bit-for-bit checkpoint (``config`` / ``state_dict`` / ``load_state_dict`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,35 @@ class RefreshReport:
 
 
 class EngineState:
-    """Checkpoint and distributed-merge methods of the engine (tables set by its constructor)."""
+    """Placement, distributed-merge and checkpoint methods of the engine's per-sample tables
+    (set by :class:`~balancemix_timm.engine.BalanceMixEngine`'s constructor)."""
+
+    _TABLES = (
+        "given_labels", "refined_labels", "state", "clean_prob", "probs", "view_mean", "losses", "seen", "_epoch_seen",
+    )
+
+    def to(self, device: str | torch.device) -> EngineState:
+        """Move every per-sample table to ``device`` (in place, like ``nn.Module.to``); returns self."""
+        self.device = torch.device(device)
+        for name in self._TABLES:
+            setattr(self, name, getattr(self, name).to(self.device))
+        self._device_cache = {}
+        return self
+
+    def cpu_view(self) -> EngineState:
+        """A shallow copy whose tables are on the CPU (for reports); ``self`` is unchanged."""
+        return self if self.device.type == "cpu" else copy.copy(self).to("cpu")
+
+    def _on(self, name: str, device: torch.device) -> Tensor:
+        """A per-sample table on ``device``: the table itself on the engine's device, else a
+        copy made once per refresh (no per-step copies)."""
+        table = getattr(self, name)
+        if _same_device(table.device, device):
+            return table
+        cache = self._device_cache.setdefault(device, {})
+        if name not in cache:
+            cache[name] = _move(table, device)
+        return cache[name]
 
     # ------------------------------------------------------------------ distributed
     def sync_records(self) -> None:
@@ -159,3 +188,21 @@ class EngineState:
         self.random_sampler.load_state_dict(state_dict["random_sampler"])
         self.second_sampler.load_state_dict(state_dict["second_sampler"])
         self._device_cache.clear()
+
+
+def _move(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; asynchronous host-to-device copies, synchronous copies to the host
+    (a non-blocking device-to-host copy may be read before it lands)."""
+    return t.to(device, non_blocking=device.type != "cpu")
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """True if ``b`` names ``a`` (``cuda`` without an index names the current CUDA device)."""
+    if a.type != b.type:
+        return False
+    if a.index == b.index or a.type == "cpu":
+        return True
+    if a.type == "cuda" and (a.index is None or b.index is None):
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return False

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import TrainConfig, config_diff
+from ..config import LEGACY_VALUES, TrainConfig, config_diff
 from ..methods import TrainingMethod
 from ..sampling import ShardedRandomSampler
 from ..utils import ModelEma, rng_state
@@ -78,7 +78,10 @@ class CheckpointMixin:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
             raise ValueError(f"{path} is not a balancemix-timm training checkpoint")
-        diff = config_diff(ckpt["config"], self.cfg.to_dict())
+        ckpt = self.method.upgrade_checkpoint(ckpt)
+        # A key the saved config lacks holds the behaviour from before the key existed.
+        saved = {**LEGACY_VALUES, **ckpt["config"]}
+        diff = config_diff(saved, self.cfg.to_dict())
         if diff:
             pretty = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"checkpoint {path} was written with another configuration: {pretty}")
