@@ -58,6 +58,7 @@ from .sampling import (
     minority_sampling_probs,
     weight_spread,
 )
+from .utils import SECOND_SAMPLER_SEED_OFFSET
 
 __all__ = ["BalanceMixEngine", "ABLATIONS", "LABEL_MANAGEMENT_LEVELS", "RefreshReport"]
 
@@ -234,11 +235,11 @@ class BalanceMixEngine(EngineState):
         # The second stream: minority sampler, or a second (differently seeded) random one.
         if self.use_minority_sampler:
             self.second_sampler: MinoritySampler | ShardedRandomSampler = MinoritySampler(
-                n, num_samples, seed=self.seed + 1, num_replicas=num_replicas, rank=rank
+                n, num_samples, seed=self.seed + SECOND_SAMPLER_SEED_OFFSET, num_replicas=num_replicas, rank=rank
             )
         else:
             self.second_sampler = ShardedRandomSampler(
-                n, num_samples, seed=self.seed + 1, num_replicas=num_replicas, rank=rank
+                n, num_samples, seed=self.seed + SECOND_SAMPLER_SEED_OFFSET, num_replicas=num_replicas, rank=rank
             )
         self.paired_sampler = PairedSampler(self.random_sampler, self.second_sampler)
         self._device_cache: dict[torch.device, dict[str, Tensor]] = {}

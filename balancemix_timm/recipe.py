@@ -35,14 +35,12 @@ from torch import Tensor
 from .engine import BalanceMixEngine, RefreshReport
 from .options import BalanceMixOptions
 from .sampling import PairedSampler, ShardedRandomSampler
+from .utils import EPOCH_PASS_SEED_OFFSET
 
 __all__ = ["BalanceMixRecipe", "Predict", "stack_views"]
 
 #: ``predict(views, count)``: ``(V, B, C, H, W)`` -> ``(V, count or B, K)`` probabilities.
 Predict = Callable[[Tensor, "int | None"], Tensor]
-
-#: Offset of the epoch pass's sampler seed from the front end's seed.
-EPOCH_PASS_SEED_OFFSET = 7
 
 
 def stack_views(views: Tensor | Sequence[Tensor]) -> Tensor:

@@ -122,8 +122,18 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
-    """A deterministic 63-bit seed for (run seed, epoch, stream)."""
+#: The streams of :func:`epoch_seed`, one rule for every front end: the global generators
+#: reseeded at an epoch's start, the training loader's generator (its workers' seeds), and the
+#: generator of the epoch pass's loader.
+GLOBAL_STREAM, TRAIN_LOADER_STREAM, EPOCH_PASS_STREAM = 0, 1, 2
+#: Offsets from the run's seed: the second sampler stream (minority, or a second random one)
+#: and the order of the epoch pass.
+SECOND_SAMPLER_SEED_OFFSET, EPOCH_PASS_SEED_OFFSET = 1, 7
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = GLOBAL_STREAM) -> int:
+    """A deterministic 63-bit seed for (run seed, epoch, stream) (streams: :data:`GLOBAL_STREAM`,
+    :data:`TRAIN_LOADER_STREAM`, :data:`EPOCH_PASS_STREAM`, or a method's own)."""
     return (int(seed) * 1_000_003 + int(epoch) * 7_919 + int(stream) * 104_729 + 12_345) % (2**63 - 1)
 
 

@@ -26,7 +26,7 @@ from ..mixing import MixedBatch, MixupCollate, PairedDataset
 from ..options import BalanceMixOptions
 from ..recipe import BalanceMixRecipe
 from ..sampling import PairedBatchSampler
-from ..utils import epoch_seed, seed_worker, view_probabilities
+from ..utils import EPOCH_PASS_STREAM, TRAIN_LOADER_STREAM, epoch_seed, seed_worker, view_probabilities
 from .ml_decoder_checkpoint import Attached, ScriptCheckpoint
 from .ml_decoder_flags import (
     ASL_DEFAULTS,
@@ -163,7 +163,7 @@ class BalanceMixPlugin(ScriptCheckpoint):
             if options.label_source == "views" else dataset
         )
         self._loader_generator = torch.Generator()
-        self._loader_generator.manual_seed(epoch_seed(self.seed, 0, 1))
+        self._loader_generator.manual_seed(epoch_seed(self.seed, 0, TRAIN_LOADER_STREAM))
         self._current: MixedBatch | None = None
         self._device: torch.device | None = None
         self._verify_pending = True
@@ -298,7 +298,7 @@ class BalanceMixPlugin(ScriptCheckpoint):
         self.epoch = int(epoch)
         self.recipe.set_epoch(self.epoch)
         self.collate.set_epoch(self.epoch)
-        self._loader_generator.manual_seed(epoch_seed(self.seed, self.epoch, 1))
+        self._loader_generator.manual_seed(epoch_seed(self.seed, self.epoch, TRAIN_LOADER_STREAM))
         self._verify_pending = self.verify_targets
         self._current = None
 
@@ -408,7 +408,7 @@ class BalanceMixPlugin(ScriptCheckpoint):
             num_workers=self._num_workers,
             pin_memory=self._pin_memory,
             worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 2)),
+            generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch, EPOCH_PASS_STREAM)),
         )
         self.recipe.record_epoch_pass(loader, self._predict(model))
 

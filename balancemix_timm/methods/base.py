@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..mixing import mix_targets
 from ..sampling import PairedSampler, ShardedRandomSampler
+from ..utils import SECOND_SAMPLER_SEED_OFFSET
 from .context import MethodContext
 
 __all__ = ["TrainingMethod", "MixupMethod", "MethodContext"]
@@ -163,7 +164,7 @@ class MixupMethod(TrainingMethod):
         kw = dict(num_replicas=ctx.world_size, rank=ctx.rank)
         self._paired = PairedSampler(
             ShardedRandomSampler(n, seed=self.cfg.seed, **kw),
-            ShardedRandomSampler(n, seed=self.cfg.seed + 1, **kw),
+            ShardedRandomSampler(n, seed=self.cfg.seed + SECOND_SAMPLER_SEED_OFFSET, **kw),
         )
         self._labels_cache: Tensor | None = None
 

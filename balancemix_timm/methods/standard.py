@@ -17,6 +17,7 @@ from ..metrics import label_precision_recall, relabel_statistics
 from ..recipe import BalanceMixRecipe
 from ..refine import LabelState
 from ..sampling import PairedSampler
+from ..utils import EPOCH_PASS_STREAM
 from .base import MixupMethod, TrainingMethod
 from .context import MethodContext
 
@@ -131,7 +132,8 @@ class BalanceMixMethod(TrainingMethod):
         loader = DataLoader(
             self.view_set, batch_size=self.cfg.eval_batch_size,
             sampler=self.recipe.epoch_pass_sampler(len(self.view_set), epoch),
-            num_workers=self.cfg.workers, worker_init_fn=ctx.worker_init_fn, generator=ctx.loader_generator(epoch, 2),
+            num_workers=self.cfg.workers, worker_init_fn=ctx.worker_init_fn,
+            generator=ctx.loader_generator(epoch, EPOCH_PASS_STREAM),
         )
         self.recipe.record_epoch_pass(((views, index) for views, _, index in loader),
                                       lambda views, count: ctx.view_probs(views, count=count))

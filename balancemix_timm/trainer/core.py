@@ -29,6 +29,8 @@ from ..metrics import class_groups, group_absence_reasons, scaled_group_threshol
 from ..noise import noise_rate_report
 from ..sampling import ShardedRandomSampler
 from ..utils import (
+    GLOBAL_STREAM,
+    TRAIN_LOADER_STREAM,
     ModelEma,
     atomic_save,
     epoch_seed,
@@ -226,7 +228,7 @@ class Trainer(CheckpointMixin):
         self.method.set_epoch(epoch)
         return train_loader(
             self.cfg, self.method, self.train_set, self.train_sampler, epoch,
-            generator=self.loader_generator(epoch, 1), pin_memory=self.device.type == "cuda",
+            generator=self.loader_generator(epoch, TRAIN_LOADER_STREAM), pin_memory=self.device.type == "cuda",
         )
 
     # ------------------------------------------------------------------ steps
@@ -266,7 +268,7 @@ class Trainer(CheckpointMixin):
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of training; returns the mean loss and timings."""
         cfg = self.cfg
-        seed_everything(epoch_seed(cfg.seed, epoch, 0))
+        seed_everything(epoch_seed(cfg.seed, epoch, GLOBAL_STREAM))
         self.ddp_model.train()
         loader = self._train_loader(epoch)
         total, count = 0.0, 0
