@@ -1,241 +1,20 @@
-"""Tests for balancemix_timm.gmm (Eq. 6-8 of BalanceMix) against scikit-learn, NumPy loops and
-the package's plain per-group reference."""
+"""Tests of balancemix_timm.gmm's behaviour: groups, fallbacks, inputs, state, dtypes and devices."""
 
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 
 from balancemix_timm.gmm import LabelGMM, clean_probability
 from balancemix_timm.gmm import chunks as gmm_chunks
-from balancemix_timm.gmm import init as gmm_init
-from balancemix_timm.gmm.reference import reference_fit
-
-EPS10 = 10 * np.finfo(np.float64).eps
-SETTINGS = dict(max_iter=10, tol=1e-2, reg_covar=5e-4)
-
-
-# ----------------------------------------------------------------- data and references
-def make_data(n: int, pos_rates: list[float], *, seed: int, noise: float = 0.3,
-              modes: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels with the given positive rate per class; losses from ``modes`` Gaussian bumps."""
-    rng = np.random.default_rng(seed)
-    k = len(pos_rates)
-    labels = (rng.random((n, k)) < np.asarray(pos_rates)).astype(np.float32)
-    if modes == 2:
-        noisy = rng.random((n, k)) < noise
-        losses = np.where(noisy, rng.normal(1.6, 0.45, (n, k)), np.abs(rng.normal(0.08, 0.06, (n, k))))
-    else:
-        centres = rng.uniform(0.0, 4.0, modes)
-        widths = rng.uniform(0.005, 0.3, modes)
-        comp = rng.integers(0, modes, (n, k))
-        losses = np.abs(centres[comp] + widths[comp] * rng.standard_normal((n, k)))
-    return torch.from_numpy(losses.astype(np.float32)), torch.from_numpy(labels)
-
-
-def group_values(losses: torch.Tensor, labels: torch.Tensor, k: int, l: int, *,
-                 minmax: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The selection mask and (min-max normalised) float64 losses of group (k, l)."""
-    sel = (labels[:, k] == l).numpy()
-    x = losses[:, k].double().numpy()[sel]
-    if minmax:
-        x = (x - x.min()) / (x.max() - x.min())
-    return sel, x
-
-
-def lloyd_reference(x: np.ndarray) -> np.ndarray:
-    """Plain 1-D two-means from (min, max) until the assignment stops changing: high mask."""
-    lo, hi = x.min(), x.max()
-    prev = None
-    while True:
-        high = x > 0.5 * (lo + hi)
-        if prev is not None and np.array_equal(high, prev):
-            return high
-        lo, hi, prev = x[~high].mean(), x[high].mean(), high
-
-
-def init_from_assignment(x: np.ndarray, high: np.ndarray, reg_covar: float):
-    """scikit-learn's _initialize from a hard assignment (weights nk / n), by hand."""
-    resp = np.stack([~high, high], axis=1).astype(np.float64)
-    nk = resp.sum(0) + EPS10
-    means = (resp * x[:, None]).sum(0) / nk
-    var = (resp * (x[:, None] - means) ** 2).sum(0) / nk + reg_covar
-    return nk / x.size, means, var
-
-
-def sklearn_clean(x: np.ndarray, *, init: tuple | None = None, **settings) -> tuple[np.ndarray, GaussianMixture]:
-    """Clean posterior from scikit-learn, with our initial parameters or its default k-means."""
-    kwargs = dict(n_components=2, covariance_type="full", random_state=0, **settings)
-    if init is not None:
-        w, mu, var = init
-        kwargs.update(weights_init=w, means_init=mu[:, None],
-                      precisions_init=(1.0 / var)[:, None, None])
-    model = GaussianMixture(**kwargs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(x[:, None])
-    return model.predict_proba(x[:, None])[:, int(np.argmin(model.means_[:, 0]))], model
-
-
-POS_RATES = [0.08, 0.3, 0.62, 0.9]  # classes 2 and 3: positives are the majority polarity
-# Per working dtype: (probabilities atol, fitted-parameter atol, lower bound rtol, init atol).
-# float64 follows scikit-learn to rounding; float32 keeps every label's value in float32 and
-# sums chunks of at most 4096 of them in float32 before adding the chunks in float64.
-TOL = {"float64": (1e-6, 1e-9, 1e-9, 1e-12), "float32": (2e-4, 2e-5, 1e-5, 2e-6)}
-DTYPES = pytest.mark.parametrize("dtype", ["float64", "float32"])
-
-
-# ----------------------------------------------------------------- agreement with sklearn
-@DTYPES
-@pytest.mark.parametrize("settings", [
-    SETTINGS,
-    dict(max_iter=50, tol=1e-6, reg_covar=5e-4),
-    dict(max_iter=3, tol=1e-2, reg_covar=1e-3),
-])
-def test_matches_sklearn_from_same_initialisation(settings, dtype):
-    p_tol, par_tol, lb_tol, _ = TOL[dtype]
-    losses, labels = make_data(1200, POS_RATES, seed=0)
-    p = clean_probability(losses, labels, dtype=dtype, **settings)
-    model = LabelGMM(dtype=dtype, **settings).fit(losses, labels)
-    assert p.dtype == torch.float32 and p.shape == losses.shape
-    for k in range(len(POS_RATES)):
-        for l in (0, 1):
-            sel, x = group_values(losses, labels, k, l)
-            init = init_from_assignment(x, lloyd_reference(x), settings["reg_covar"])
-            ref, sk = sklearn_clean(x, init=init, **settings)
-            np.testing.assert_allclose(p[torch.from_numpy(sel), k].double().numpy(), ref,
-                                       atol=p_tol, rtol=0)
-            if dtype == "float32" and settings["tol"] < 1e-4:
-                # float32 sums resolve the mean log-likelihood to ~1e-6: at such a tol the
-                # stopping round is not reproducible (hence dtype="auto" -> float64 there).
-                continue
-            assert int(model.n_iter_[l, k]) == sk.n_iter_
-            assert bool(model.converged_[l, k]) == sk.converged_
-            np.testing.assert_allclose(model.means_[l, k].numpy(), np.sort(sk.means_[:, 0]),
-                                       atol=par_tol)
-            np.testing.assert_allclose(model.lower_bound_[l, k].item(), sk.lower_bound_,
-                                       rtol=lb_tol)
-
-
-def _count_splits(monkeypatch) -> list:
-    """Record every full-data split (the first Lloyd step or a fallback)."""
-    calls = []
-    split = gmm_chunks._Chunks.split
-    monkeypatch.setattr(gmm_chunks._Chunks, "split",
-                        lambda self, thr: calls.append(1) or split(self, thr))
-    return calls
-
-
-@DTYPES
-def test_kmeans_init_is_plain_lloyd_on_multimodal_data(monkeypatch, dtype):
-    """The histogram-accelerated two-means must stop where plain Lloyd stops (max_iter=0:
-    the fitted parameters are the initial ones), whether the first step's direction comes
-    from the histogram bounds (no full-data split: the usual case) or from a split."""
-    tol = TOL[dtype][3]
-    splits = _count_splits(monkeypatch)
-    seen = set()
-    for seed in range(6):
-        del splits[:]
-        losses, labels = make_data(3000, POS_RATES, seed=seed, modes=9)
-        model = LabelGMM(max_iter=0, dtype=dtype).fit(losses, labels)
-        seen.add(len(splits) > 0)
-        assert not model.converged_.any() and (model.n_iter_ == 0).all()
-        for k in range(len(POS_RATES)):
-            for l in (0, 1):
-                _, x = group_values(losses, labels, k, l)
-                w, mu, var = init_from_assignment(x, lloyd_reference(x), 5e-4)
-                order = np.argsort(mu)
-                np.testing.assert_allclose(model.means_[l, k].numpy(), mu[order], atol=tol)
-                np.testing.assert_allclose(model.variances_[l, k].numpy(), var[order], atol=tol)
-                np.testing.assert_allclose(model.weights_[l, k].numpy(), w[order], atol=tol)
-    assert False in seen  # at least one data set needed no split for the first step
-
-
-def test_kmeans_bound_sequences_plain_steps_or_search_agree(monkeypatch):
-    """The bound sequences' limits (hence the window and the whole fit) are the same whether
-    they are followed step by step, searched for bin by bin, in wide strides (the GPU's
-    setting) or mixed."""
-    losses, labels = make_data(2500, POS_RATES, seed=5, modes=8)
-    windows = []
-    window = gmm_chunks._Chunks.window
-    monkeypatch.setattr(gmm_chunks._Chunks, "window",
-                        lambda self, lo, hi: windows.append((lo, hi)) or window(self, lo, hi))
-    results = []
-    for setting in [(5000, 64), (0, 1), (0, 512), (3, 7), (24, 64)]:
-        monkeypatch.setattr(gmm_init, "_BOUND_SEARCH", {"cpu": setting, "other": setting})
-        results.append(clean_probability(losses, labels))
-    for (lo, hi), p in zip(windows[1:], results[1:]):
-        assert torch.equal(lo, windows[0][0]) and torch.equal(hi, windows[0][1])
-        assert torch.equal(p, results[0])
-
-
-@DTYPES
-def test_kmeans_init_exact_with_coarse_histogram(monkeypatch, dtype):
-    """With 2 bins the bounds are loose (the first step's direction needs a split) and the
-    exact window holds most losses: same result."""
-    monkeypatch.setattr(gmm_init, "_INIT_BINS", 2)
-    splits = _count_splits(monkeypatch)
-    losses, labels = make_data(1500, POS_RATES, seed=3, modes=7)
-    model = LabelGMM(max_iter=0, dtype=dtype).fit(losses, labels)
-    assert splits  # the direction of the first step was not clear from the bounds
-    for k in range(len(POS_RATES)):
-        for l in (0, 1):
-            _, x = group_values(losses, labels, k, l)
-            _, mu, _ = init_from_assignment(x, lloyd_reference(x), 5e-4)
-            np.testing.assert_allclose(model.means_[l, k].numpy(), np.sort(mu),
-                                       atol=TOL[dtype][3])
-
-
-@DTYPES
-def test_quantile_init_matches_sklearn(dtype):
-    losses, labels = make_data(900, POS_RATES, seed=1)
-    p = clean_probability(losses, labels, init="quantile", dtype=dtype)
-    for k in range(len(POS_RATES)):
-        for l in (0, 1):
-            sel, x = group_values(losses, labels, k, l)
-            median = np.sort(x)[(x.size - 1) // 2]  # lower median
-            init = init_from_assignment(x, x > median, 5e-4)
-            ref, _ = sklearn_clean(x, init=init, **SETTINGS)
-            np.testing.assert_allclose(p[torch.from_numpy(sel), k].numpy(), ref,
-                                       atol=TOL[dtype][0])
-
-
-@DTYPES
-def test_normalize_none_matches_sklearn_on_raw_losses(dtype):
-    p_tol, par_tol = TOL[dtype][:2]
-    losses, labels = make_data(800, POS_RATES, seed=2)
-    losses = losses * 3.0 + 5.0  # far from 0: the fit must not depend on the offset
-    model = LabelGMM(normalize="none", dtype=dtype)
-    p = model.fit_predict_clean_probability(losses, labels)
-    for k in range(len(POS_RATES)):
-        for l in (0, 1):
-            sel, x = group_values(losses, labels, k, l, minmax=False)
-            init = init_from_assignment(x, lloyd_reference(x), 5e-4)
-            ref, sk = sklearn_clean(x, init=init, **SETTINGS)
-            np.testing.assert_allclose(p[torch.from_numpy(sel), k].numpy(), ref, atol=p_tol)
-            np.testing.assert_allclose(model.means_[l, k].numpy(), np.sort(sk.means_[:, 0]),
-                                       rtol=1e-9 if dtype == "float64" else 1e-5)
-    assert (model.shift_ == 0).all() and (model.scale_ == 1).all()
-
-
-def test_agrees_with_sklearn_default_kmeans_on_separated_data():
-    losses, labels = make_data(3000, POS_RATES, seed=4, noise=0.25)
-    p = clean_probability(losses, labels)
-    agree = total = 0
-    for k in range(len(POS_RATES)):
-        for l in (0, 1):
-            sel, x = group_values(losses, labels, k, l)
-            ref, _ = sklearn_clean(x, **SETTINGS)  # scikit-learn's own random k-means init
-            ours = p[torch.from_numpy(sel), k].numpy()
-            agree += int(((ours > 0.5) == (ref > 0.5)).sum())
-            total += x.size
-    assert agree / total >= 0.995
+from tests._gmm import (
+    DTYPES,
+    POS_RATES,
+    make_data,
+)
 
 
 # ----------------------------------------------------------------- behaviour
@@ -419,23 +198,6 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(r, p, atol=1e-5, rtol=0)
 
 
-@DTYPES
-def test_kmeans_init_exact_when_a_threshold_leaves_the_window(monkeypatch, dtype):
-    """A window narrower than the path (negative margin) sends the rest to the full data."""
-    monkeypatch.setattr(gmm_init, "_WINDOW_MARGIN",
-                        {torch.float64: -0.05, torch.float32: -0.05})
-    calls = _count_splits(monkeypatch)
-    losses, labels = make_data(1500, POS_RATES, seed=14, modes=6)
-    model = LabelGMM(max_iter=0, dtype=dtype).fit(losses, labels)
-    assert calls  # the iterations that left the window ran on the full data
-    for k in range(len(POS_RATES)):
-        for l in (0, 1):
-            _, x = group_values(losses, labels, k, l)
-            _, mu, _ = init_from_assignment(x, lloyd_reference(x), 5e-4)
-            np.testing.assert_allclose(model.means_[l, k].numpy(), np.sort(mu),
-                                       atol=TOL[dtype][3])
-
-
 def test_auto_dtype_follows_the_tolerance():
     losses, labels = make_data(1200, POS_RATES, seed=0)
     assert LabelGMM().working_dtype == torch.float32
@@ -486,67 +248,6 @@ def test_result_does_not_depend_on_the_slab_size(monkeypatch, dtype):
         torch.testing.assert_close(other.fit_predict_clean_probability(losses, labels), p, rtol=0,
                                    atol=1e-6)
         assert torch.equal(other.n_iter_, model.n_iter_)
-
-
-# ----------------------------------------------------------------- against the plain reference
-def mixed_groups(n: int, k: int, *, seed: int, modes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels and losses whose groups cover the layout's cases: both polarities as the dense
-    group, a constant group, groups just below and at ``min_group_size`` (8), an empty group."""
-    rates = np.random.default_rng(seed).uniform(0.05, 0.95, k)
-    losses, labels = make_data(n, list(rates), seed=seed, modes=modes)
-    if k >= 4 and n >= 40:
-        labels[:, 0] = 0.0
-        labels[: n // 3, 0] = 1.0
-        losses[n // 3:, 0] = 0.7  # class 0: constant negatives
-        labels[:, 1] = 0.0
-        labels[:7, 1] = 1.0  # class 1: 7 positives (fallback)
-        labels[:, 2] = 1.0
-        labels[:8, 2] = 0.0  # class 2: 8 negatives (fitted), positives the dense group
-        labels[:, 3] = 1.0  # class 3: no negative label
-    return losses, labels
-
-
-REFERENCE_CASES = {  # n, k, modes, seed
-    "mixed": (600, 5, 2, 30),
-    "multimodal": (2500, 6, 7, 31),
-    "small": (40, 4, 2, 32),
-    "several-chunks": (9000, 2, 9, 33),
-}
-
-
-@DTYPES
-@pytest.mark.parametrize("normalize", ["minmax", "none"])
-@pytest.mark.parametrize("init", ["kmeans", "quantile"])
-@pytest.mark.parametrize("case", list(REFERENCE_CASES))
-def test_matches_the_plain_reference(case, init, normalize, dtype):
-    """The batched fit against the plain float64 loop over the groups: same fallback groups,
-    EM rounds and convergence; float64 agrees to rounding, float32 to its per-label rounding
-    (its lower bound to about 1e-7 of the log-odds, which grow large for narrow components)."""
-    n, k, modes, seed = REFERENCE_CASES[case]
-    losses, labels = mixed_groups(n, k, seed=seed, modes=modes)
-    if case == "multimodal":  # other input dtypes (cast by the fit)
-        losses, labels = losses.double(), labels.bool()
-    options = {"init": init, "normalize": normalize, "fallback": 0.25, "max_iter": 20, "tol": 1e-3}
-    model = LabelGMM(dtype=dtype, **options)
-    p = model.fit_predict_clean_probability(losses, labels)
-    ref = reference_fit(losses, labels, **options)
-
-    assert torch.equal(model.fallback_, ref.fallback)
-    assert torch.equal(model.n_samples_, ref.n_samples)
-    on_fallback = ref.fallback[labels.long(), torch.arange(k)]  # (N, K) per label
-    assert (p[on_fallback] == 0.25).all()
-    p_tol, par_tol, lb_tol = {"float64": (1e-7, 1e-9, 1e-9), "float32": (2e-4, 5e-5, 2e-3)}[dtype]
-    torch.testing.assert_close(p.double(), ref.clean_prob, atol=p_tol, rtol=0)
-    fitted = ~ref.fallback
-    assert torch.equal(model.n_iter_, ref.n_iter)
-    assert torch.equal(model.converged_, ref.converged)
-    for name in ("means", "variances", "weights"):
-        torch.testing.assert_close(getattr(model, name + "_")[fitted], getattr(ref, name)[fitted],
-                                   atol=par_tol, rtol=0)
-    torch.testing.assert_close(model.lower_bound_, ref.lower_bound, atol=lb_tol, rtol=0)
-    exact = dtype == "float64" or losses.dtype == torch.float32  # shift from the given values
-    torch.testing.assert_close(model.shift_, ref.shift, atol=0, rtol=0 if exact else 1e-7)
-    torch.testing.assert_close(model.scale_, ref.scale, atol=0, rtol=0 if exact else 1e-6)
 
 
 def test_float32_small_ragged_groups_match_float64():
