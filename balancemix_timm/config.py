@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .options import OPTION_DEFAULTS, BalanceMixOptions, check_option, option_specs
+from .options import LEGACY_OPTION_VALUES, BalanceMixOptions, check_option, option_specs
 from .presets import PRESETS, preset_options
 
 __all__ = ["TrainConfig", "load_config", "parse_overrides", "RESUME_IGNORED_KEYS"]
@@ -164,12 +164,7 @@ class TrainConfig:
 
 #: For each key a saved config may lack: the value that reproduces how such a config ran (which
 #: can differ from the current default).
-LEGACY_VALUES: dict[str, Any] = {
-    "preset": None, "confidence_input": "views", "clean_if_agrees": False, "record_momentum": 0.0,
-    "managed_labels": "all", "voc_difficult_eval": "negative",
-    # The trainer fitted the GMMs with LabelGMM's defaults before these two keys existed.
-    "gmm_init": OPTION_DEFAULTS["gmm_init"], "gmm_min_group_size": OPTION_DEFAULTS["gmm_min_group_size"],
-}
+LEGACY_VALUES: dict[str, Any] = {"preset": None, "voc_difficult_eval": "negative", **LEGACY_OPTION_VALUES}
 
 #: Keys only the BalanceMix method reads: they cannot make another method's run differ.
 BALANCEMIX_ONLY_KEYS = frozenset({"preset", *PRESETS["default"]})

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .options import ENGINE_OPTIONS, LEGACY_OPTION_VALUES
+
 __all__ = ["EngineState", "RefreshReport"]
 
-#: Options added after the first checkpoint format, with the value an older checkpoint had.
-_ADDED_OPTION_DEFAULTS: dict[str, Any] = {"clean_if_agrees": False, "record_momentum": 0.0, "managed_labels": "all"}
-
+#: Engine options added after the first checkpoint format, with the value an older checkpoint had.
+_ADDED_OPTION_DEFAULTS: dict[str, Any] = {k: v for k, v in LEGACY_OPTION_VALUES.items() if k in ENGINE_OPTIONS}
 
 
 @dataclass
