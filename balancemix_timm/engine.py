@@ -15,6 +15,10 @@ A training loop drives one :class:`BalanceMixEngine` object:
             engine.record(batch.index_r, view_probs)  # no-grad views, Eq. 2/6/9 inputs
         engine.refresh()                              # GMMs (Eq. 6-8), Eq. 9, sampler (Eq. 2-4)
 
+Most loops drive it through :class:`~balancemix_timm.recipe.BalanceMixRecipe`, which builds it
+from :class:`~balancemix_timm.options.BalanceMixOptions` and records the views; its keyword
+defaults are those options' defaults (the default preset).
+
 The engine owns the (N, K) state of the whole training set: the given labels, the latest
 recorded probabilities and losses, the clean probabilities, the refined labels and the label
 states. Its switches make every row of the paper's Table 5 a configuration (see
