@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from .options import LEGACY_OPTION_VALUES, BalanceMixOptions, check_option, option_specs
+from .engine import ABLATIONS
+from .options import LEGACY_OPTION_VALUES, BalanceMixOptions, check_option, check_options_together, option_specs
 from .presets import PRESETS, preset_options
 
 __all__ = ["TrainConfig", "load_config", "parse_overrides", "RESUME_IGNORED_KEYS"]
@@ -136,7 +137,7 @@ class TrainConfig:
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config {key}={getattr(self, key)!r} is not one of {allowed}")
         if self.ablation is not None and self.ablation not in ("mixup", "minority", "clean", "relabel", "full"):
-            raise ValueError(f"config ablation={self.ablation!r} is not a Table 5 row")
+            raise ValueError(f"config ablation={self.ablation!r} is not a Table 5 row; rows: {sorted(ABLATIONS)}")
         if not 0.0 <= self.noise_rate <= 1.0:
             raise ValueError(f"config noise_rate must be in [0, 1], got {self.noise_rate}")
         for key in ("epochs", "batch_size", "image_size", "eval_batch_size"):
@@ -155,11 +156,7 @@ class TrainConfig:
             raise ValueError(f"config ema_decay must be in [0, 1), got {self.ema_decay}")
         for spec in option_specs():
             check_option(spec.name, getattr(self, spec.name), where="config ")
-        if self.label_source == "epoch_pass" and float(self.view_fraction) != 1.0:
-            raise ValueError(
-                "config view_fraction < 1 applies to label_source='views' only; "
-                "label_source='epoch_pass' records every sample"
-            )
+        check_options_together({spec.name: getattr(self, spec.name) for spec in option_specs()}, where="config ")
 
 
 #: For each key a saved config may lack: the value that reproduces how such a config ran (which
@@ -171,7 +168,9 @@ BALANCEMIX_ONLY_KEYS = frozenset({"preset", *PRESETS["default"]})
 
 #: Keys that may change between a checkpoint and its resumed run.
 RESUME_IGNORED_KEYS = frozenset(
-    {"output_dir", "run_name", "plots", "label_diagnostics", "progress", "workers", "device", "eval_batch_size"}
+    {"output_dir", "run_name", "plots", "label_diagnostics", "progress", "workers", "device", "eval_batch_size",
+     # a preset is compared through the options it sets
+     "preset"}
 )
 
 
@@ -237,7 +236,17 @@ def _coerce_field(name: str, annotation: str, value: Any) -> Any:
 def _from_mapping(values: Mapping[str, Any]) -> TrainConfig:
     known = {f.name: f for f in fields(TrainConfig)}
     if values.get("preset") is not None:  # the preset first, explicit keys over it
+        if values["preset"] not in PRESETS:
+            raise ValueError(f"config preset={values['preset']!r} is not one of {sorted(PRESETS)}")
         values = {**preset_options(values["preset"]), **values}
+    row = values.get("ablation")
+    if row is not None and row in ABLATIONS:  # a Table 5 row sets its switches; a contradicting key is an error
+        for key, value in ABLATIONS[row].items():
+            if key in values and values[key] != value:
+                raise ValueError(
+                    f"config ablation={row!r} sets {key}={value!r}, but the config also sets {key}={values[key]!r}"
+                )
+        values = {**values, **ABLATIONS[row]}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown config keys: {unknown}; known keys are listed in docs/training.md")

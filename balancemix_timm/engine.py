@@ -254,6 +254,11 @@ class BalanceMixEngine(EngineState):
         """True while the current epoch is a warm-up epoch."""
         return self.epoch < self.warmup_epochs
 
+    @property
+    def epoch_records(self) -> int:
+        """Samples recorded on this rank since :meth:`set_epoch` (reads the device once)."""
+        return int(self._epoch_seen.sum())
+
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of both samplers (identical streams on every rank)."""
         self.epoch = int(epoch)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import numbers
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -28,7 +29,7 @@ from .gmm import LabelGMM
 
 __all__ = [
     "BalanceMixOptions", "OptionSpec", "option_specs", "option_spec", "OPTION_DEFAULTS", "ENGINE_OPTIONS",
-    "GMM_OPTIONS", "LEGACY_OPTION_VALUES", "check_option", "gmm_options", "options_markdown",
+    "GMM_OPTIONS", "LEGACY_OPTION_VALUES", "check_option", "check_options_together", "gmm_options", "options_markdown",
 ]
 
 _GMM_DEFAULTS = {
@@ -119,7 +120,11 @@ class BalanceMixOptions:
 
     def __post_init__(self) -> None:
         for spec in option_specs():
-            check_option(spec.name, getattr(self, spec.name))
+            value = getattr(self, spec.name)
+            check_option(spec.name, value)
+            if spec.type in ("int", "float") and spec.choices is None:  # NumPy scalars, 2 for 2.0
+                object.__setattr__(self, spec.name, int(value) if spec.type == "int" else float(value))
+        check_options_together(self.to_dict())
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: str = "") -> BalanceMixOptions:
@@ -216,7 +221,8 @@ def option_spec(name: str) -> OptionSpec:
 def check_option(name: str, value: Any, *, where: str = "") -> None:
     """Raise ``ValueError`` (prefixed by ``where``) unless ``value`` is allowed for option ``name``.
 
-    Numbers: ``bool`` is never a number; an ``int`` option takes only integers.
+    Numbers: ``bool`` is never a number; an ``int`` option takes only integers (Python's or
+    NumPy's), a ``float`` option any real number.
     """
     spec = option_spec(name)
     bad = False
@@ -225,9 +231,9 @@ def check_option(name: str, value: Any, *, where: str = "") -> None:
     elif spec.type == "bool":
         bad = not isinstance(value, bool)
     elif spec.type in ("int", "float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             bad = True
-        elif spec.type == "int" and not isinstance(value, int):
+        elif spec.type == "int" and not isinstance(value, numbers.Integral):
             bad = True
         else:
             v = float(value)
@@ -238,6 +244,17 @@ def check_option(name: str, value: Any, *, where: str = "") -> None:
                 bad |= v >= spec.high if spec.high_open else v > spec.high
     if bad:
         raise ValueError(f"{where}{name} must be {spec.describe()}, got {value!r}")
+
+
+def check_options_together(values: Mapping[str, Any], *, where: str = "") -> None:
+    """Raise ``ValueError`` (prefixed by ``where``) for options that contradict each other:
+    ``view_fraction < 1`` applies to ``label_source="views"`` only (an epoch pass records every
+    sample)."""
+    if values.get("label_source") == "epoch_pass" and float(values.get("view_fraction", 1.0)) != 1.0:
+        raise ValueError(
+            f"{where}view_fraction < 1 applies to label_source='views' only; "
+            "label_source='epoch_pass' records every sample"
+        )
 
 
 #: Option name -> default.

@@ -127,8 +127,14 @@ class BalanceMixRecipe:
 
     def view_transforms(self, train_transform: Any, eval_transform: Any) -> list[Any]:
         """The transforms of the recorded inputs: ``num_views`` times ``train_transform``, then
-        ``eval_transform`` (the un-augmented image) with ``confidence_input="image"``."""
+        ``eval_transform`` (the un-augmented image) with ``confidence_input="image"``. The items
+        of an epoch pass's data set carry these."""
         return [train_transform] * self.options.num_views + ([eval_transform] if self.image_view else [])
+
+    def extra_view_transforms(self, train_transform: Any, eval_transform: Any) -> list[Any]:
+        """The transforms of the extra views each *training* item carries after its trained view:
+        :meth:`view_transforms` with ``label_source="views"``, none with ``"epoch_pass"``."""
+        return self.view_transforms(train_transform, eval_transform) if self.records_per_step else []
 
     def num_viewed(self, batch_size: int) -> int:
         """How many instances of a random batch of ``batch_size`` are recorded (``view_fraction``):
@@ -150,7 +156,17 @@ class BalanceMixRecipe:
     # ------------------------------------------------------------------ recording
     def record(self, index: Tensor, probs: Tensor) -> None:
         """Record ``(V, B, K)`` probabilities of ``index`` ``(B,)``: the ``num_views`` views,
-        then, with ``confidence_input="image"``, the image (Eq. 2 and 6's f(x))."""
+        then, with ``confidence_input="image"``, the image (Eq. 2 and 6's f(x)).
+
+        Raises:
+            ValueError: ``V`` is not :attr:`num_recorded_views` (e.g. the trained view passed
+                along, or the image missing).
+        """
+        if probs.ndim != 3 or probs.shape[0] != self.num_recorded_views:
+            raise ValueError(
+                f"probs must be (V, B, K) with V = {self.num_recorded_views} ({self.options.num_views} views"
+                f"{' then the image' if self.image_view else ''}), got shape {tuple(probs.shape)}"
+            )
         if self.image_view:
             self.engine.record(index, probs[:-1], image_probs=probs[-1])
         else:
@@ -203,6 +219,11 @@ class BalanceMixRecipe:
             The engine's :class:`~balancemix_timm.engine.RefreshReport` and the refresh's
             seconds.
         """
+        if not self.records_per_step and self.engine.epoch_records == 0:
+            raise RuntimeError(
+                "label_source='epoch_pass': nothing was recorded this epoch; call "
+                "record_epoch_pass(...) over the training set before end_epoch()"
+            )
         t0 = time.perf_counter()
         self.engine.sync_records()
         report = self.engine.refresh(epoch=epoch)

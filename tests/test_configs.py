@@ -142,3 +142,15 @@ def test_wheel_ships_every_recipe_and_script_and_resolves_them_without_a_checkou
     assert Path(module).is_relative_to(tmp_path / "site")
     assert Path(folder) == tmp_path / "site" / "balancemix_timm" / "configs"
     assert size == "640" and int(scripts) == len(SCRIPTS)
+
+
+def test_an_ablation_row_sets_its_switches_and_refuses_a_contradicting_key():
+    cfg = load_config(None, ["ablation=mixup"])
+    assert (cfg.minority_sampler, cfg.label_management) == (False, "none")
+    assert load_config(None, ["ablation=clean", "label_management=clean"]).label_management == "clean"
+    with pytest.raises(ValueError, match="ablation='mixup' sets label_management='none', but the config also sets"):
+        load_config(None, ["ablation=mixup", "label_management=full"])
+    with pytest.raises(ValueError, match="is not a Table 5 row; rows:"):
+        load_config(None, ["ablation=half"])
+    with pytest.raises(ValueError, match="config preset='Paper' is not one of"):
+        load_config(None, ["preset=Paper"])

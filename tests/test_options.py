@@ -154,3 +154,32 @@ def test_training_docs_list_every_option_as_declared():
     text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
     block = text.split("<!-- options-table:start -->\n", 1)[1].split("<!-- options-table:end -->", 1)[0]
     assert block == options_markdown(), "docs/training.md's table differs from options_markdown(): paste it again"
+
+
+def test_recipe_refuses_a_wrong_number_of_recorded_views_and_an_epoch_without_its_pass():
+    labels = (torch.rand(12, 3, generator=torch.Generator().manual_seed(1)) < 0.4).to(torch.uint8)
+    recipe = BalanceMixRecipe(labels, BalanceMixOptions(num_views=2, warmup_epochs=0))  # 2 views + the image
+    with pytest.raises(ValueError, match=r"V = 3 \(2 views then the image\), got shape \(4, 12, 3\)"):
+        recipe.record(torch.arange(12), torch.rand(4, 12, 3))  # the trained view passed along too
+    epoch_pass = BalanceMixRecipe(labels, BalanceMixOptions(label_source="epoch_pass", warmup_epochs=0))
+    assert epoch_pass.extra_view_transforms("t", "e") == [] and epoch_pass.view_transforms("t", "e") == ["t", "t", "e"]
+    epoch_pass.set_epoch(0)
+    with pytest.raises(RuntimeError, match="record_epoch_pass"):
+        epoch_pass.end_epoch(0)
+    order = list(epoch_pass.epoch_pass_sampler(12, 0))
+    assert sorted(order) == list(range(12))
+    batches = [(torch.rand(3, 6, 3, 4, 4), torch.tensor(part)) for part in (order[:6], order[6:])]
+    epoch_pass.record_epoch_pass(batches, lambda views, count: torch.rand(views.shape[0], views.shape[1], 3))
+    report, _ = epoch_pass.end_epoch(0)
+    assert report.unseen == 0 and report.applied
+
+
+def test_options_normalise_numbers_and_check_options_together():
+    import numpy as np
+
+    o = BalanceMixOptions(warmup_epochs=np.int64(3), alpha=2, gmm_max_iter=np.int32(5))
+    assert (type(o.warmup_epochs), type(o.alpha), type(o.gmm_max_iter)) == (int, float, int)
+    with pytest.raises(ValueError, match="view_fraction < 1 applies to label_source='views' only"):
+        BalanceMixOptions(label_source="epoch_pass", view_fraction=0.5)
+    with pytest.raises(ValueError, match="config view_fraction < 1"):
+        load_config(None, {"label_source": "epoch_pass", "view_fraction": 0.5})

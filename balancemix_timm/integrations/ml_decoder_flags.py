@@ -59,14 +59,30 @@ _BOOLEAN = _remember(argparse.BooleanOptionalAction)
 _TYPES = {"int": int, "float": float, "str": str}
 
 
+def _parse_number(spec: OptionSpec) -> Any:
+    """An argparse ``type`` reading a number within the option's range (an error names the flag)."""
+    base = _TYPES[spec.type]
+
+    def parse(text: str) -> Any:
+        try:
+            value = base(text)
+            check_option(spec.name, value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {spec.describe()}, got {text!r}") from None
+        return value
+
+    parse.__name__ = spec.type  # argparse names the type in its messages
+    return parse
+
+
 def _add_option(group: argparse._ArgumentGroup, spec: OptionSpec) -> None:
     flag = "--bm-" + spec.name.replace("_", "-")
     help_text = f"{spec.help} (default {spec.default})"
     if spec.type == "bool":
         group.add_argument(flag, action=_BOOLEAN, default=spec.default, help=help_text)
     else:
-        group.add_argument(flag, action=_STORE, type=_TYPES[spec.type], choices=spec.choices,
-                           default=spec.default, help=help_text)
+        kind = _TYPES[spec.type] if spec.choices is not None or spec.type == "str" else _parse_number(spec)
+        group.add_argument(flag, action=_STORE, type=kind, choices=spec.choices, default=spec.default, help=help_text)
 
 
 def add_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

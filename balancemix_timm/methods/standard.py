@@ -102,7 +102,7 @@ class BalanceMixMethod(TrainingMethod):
 
     def extra_view_transforms(self, train_transform: Any, eval_transform: Any) -> list[Any]:
         """``num_views`` RandAugment views, then the un-augmented image with ``confidence_input="image"``."""
-        return self.recipe.view_transforms(train_transform, eval_transform)
+        return self.recipe.extra_view_transforms(train_transform, eval_transform)
 
     @property
     def paired_sampler(self) -> PairedSampler:

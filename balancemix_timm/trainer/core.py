@@ -8,6 +8,7 @@ a :class:`~balancemix_timm.methods.context.MethodContext`) turns each batch into
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -77,10 +78,9 @@ class Trainer(CheckpointMixin):
         from ..pretrain import resolve_pretrained_path
 
         cfg.validate()
+        if cfg.ablation is not None:  # the row's switches, without changing the caller's object
+            cfg = dataclasses.replace(cfg, **ABLATIONS[cfg.ablation])
         self.cfg = cfg
-        if cfg.ablation is not None:
-            for key, value in ABLATIONS[cfg.ablation].items():
-                setattr(cfg, key, value)
         self.device = resolve_device(cfg.device)
         self.dist_rank, self.world_size = dist_info()
         name = cfg.run_name or f"{cfg.method}-{cfg.noise}{cfg.noise_rate:g}-s{cfg.seed}"
