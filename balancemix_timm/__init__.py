@@ -48,9 +48,11 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     """Deprecated public names (``BalanceMix``: :class:`BalanceMixEngine`), with a warning."""
     if name == "BalanceMix":
-        from . import engine
+        import warnings
 
-        return getattr(engine, name)
+        warnings.warn("balancemix_timm.BalanceMix is deprecated; use BalanceMixEngine", DeprecationWarning,
+                      stacklevel=2)
+        return BalanceMixEngine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [

@@ -154,3 +154,12 @@ def test_an_ablation_row_sets_its_switches_and_refuses_a_contradicting_key():
         load_config(None, ["ablation=half"])
     with pytest.raises(ValueError, match="config preset='Paper' is not one of"):
         load_config(None, ["preset=Paper"])
+
+
+def test_cli_reports_a_bad_config_value_in_one_line(capsys):
+    from balancemix_timm.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eps=0.3"])
+    assert exit_info.value.code == 2
+    assert "error: config eps must be a number in (0.5, 1], got 0.3" in capsys.readouterr().err

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``balancemix-train``: load the config (file or recipe, then ``key=value`` overrides),
     train, and print the last epoch's mAP figures as JSON (rank 0). Returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.list_recipes:
         from ..recipes import list_recipes, list_scripts, recipe_dir
 
@@ -78,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         overrides.insert(0, config)
         config = None
-    cfg = load_config(config, overrides)
+    try:
+        cfg = load_config(config, overrides)
+    except ValueError as err:  # a bad key or value: one line naming it, exit status 2
+        parser.error(str(err))
     _setup_logging(None, args.verbose)
     init_distributed(cfg)
     rank, world = dist_info()
