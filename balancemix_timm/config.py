@@ -118,6 +118,13 @@ class TrainConfig:
         """Plain dictionary (YAML/JSON serialisable)."""
         return dataclasses.asdict(self)
 
+    def __post_init__(self) -> None:
+        # A Table 5 row is its switches (engine.ABLATIONS): set them here, the one place, so that
+        # every configuration, however built, holds the values the run uses.
+        if self.ablation in ABLATIONS:
+            for key, value in ABLATIONS[self.ablation].items():
+                setattr(self, key, value)
+
     def balancemix_options(self) -> BalanceMixOptions:
         """The BalanceMix options of this configuration."""
         return BalanceMixOptions(**{spec.name: getattr(self, spec.name) for spec in option_specs()})
@@ -240,13 +247,12 @@ def _from_mapping(values: Mapping[str, Any]) -> TrainConfig:
             raise ValueError(f"config preset={values['preset']!r} is not one of {sorted(PRESETS)}")
         values = {**preset_options(values["preset"]), **values}
     row = values.get("ablation")
-    if row is not None and row in ABLATIONS:  # a Table 5 row sets its switches; a contradicting key is an error
+    if row in ABLATIONS:  # the row sets its switches (TrainConfig.__post_init__); a contradicting key is an error
         for key, value in ABLATIONS[row].items():
             if key in values and values[key] != value:
                 raise ValueError(
                     f"config ablation={row!r} sets {key}={value!r}, but the config also sets {key}={values[key]!r}"
                 )
-        values = {**values, **ABLATIONS[row]}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown config keys: {unknown}; known keys are listed in docs/training.md")

@@ -18,6 +18,7 @@ defaults are read from here. Named option sets (the literal paper, the project d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import numbers
@@ -196,14 +197,22 @@ class OptionSpec:
         return f"{kind} in {lo}{self.low:g}, {self.high:g}{hi}"
 
 
+@functools.cache
+def _specs() -> dict[str, OptionSpec]:
+    """Name -> :class:`OptionSpec`, read once from the fields' metadata (declaration order)."""
+    return {
+        f.name: OptionSpec(
+            name=f.name, type=str(f.type), default=f.default, help=f.metadata["help"],
+            choices=f.metadata["choices"], low=f.metadata["low"], high=f.metadata["high"],
+            low_open=f.metadata["low_open"], high_open=f.metadata["high_open"], group=f.metadata["group"],
+        )
+        for f in fields(BalanceMixOptions)
+    }
+
+
 def option_specs() -> Iterator[OptionSpec]:
     """The :class:`OptionSpec` of every option, in declaration order."""
-    for f in fields(BalanceMixOptions):
-        m = f.metadata
-        yield OptionSpec(
-            name=f.name, type=str(f.type), default=f.default, help=m["help"], choices=m["choices"], low=m["low"],
-            high=m["high"], low_open=m["low_open"], high_open=m["high_open"], group=m["group"],
-        )
+    return iter(_specs().values())
 
 
 def option_spec(name: str) -> OptionSpec:
@@ -212,10 +221,10 @@ def option_spec(name: str) -> OptionSpec:
     Raises:
         ValueError: ``name`` is not an option.
     """
-    for spec in option_specs():
-        if spec.name == name:
-            return spec
-    raise ValueError(f"{name!r} is not a BalanceMix option")
+    spec = _specs().get(name)
+    if spec is None:
+        raise ValueError(f"{name!r} is not a BalanceMix option")
+    return spec
 
 
 def check_option(name: str, value: Any, *, where: str = "") -> None:

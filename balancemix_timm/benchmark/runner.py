@@ -78,14 +78,8 @@ def run_config(spec: RunSpec, budget: Budget, out: Path, *, workers: int = 0,
 
 
 def _expected_config(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The configuration the trainer writes to ``config.yaml`` (Table 5 rows resolved)."""
-    from ..engine import ABLATIONS
-
-    cfg = load_config(None, dict(values))
-    if cfg.ablation is not None:
-        for key, value in ABLATIONS[cfg.ablation].items():
-            setattr(cfg, key, value)
-    return cfg.to_dict()
+    """The configuration the trainer writes to ``config.yaml`` (Table 5 rows resolved by the config)."""
+    return load_config(None, dict(values)).to_dict()
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:

@@ -20,7 +20,6 @@ _logger = logging.getLogger("balancemix_timm.integrations.ml_decoder")
 
 CHECKPOINT_NAME = "balancemix-last.pth"
 CHECKPOINT_FORMAT = "balancemix-ml-decoder/1"
-_CHECKPOINT_NAME, _CHECKPOINT_FORMAT = CHECKPOINT_NAME, CHECKPOINT_FORMAT
 
 
 class Attached:
@@ -56,7 +55,7 @@ class ScriptCheckpoint:
         """Everything needed to resume after ``epoch``: attached objects and our state."""
         a = self._attached
         out: dict[str, Any] = dict(
-            format=_CHECKPOINT_FORMAT,
+            format=CHECKPOINT_FORMAT,
             epoch=int(epoch) + 1,
             highest_mAP=None if highest_map is None else float(highest_map),  # ML-Decoder's is numpy
             balancemix=self.state_dict(),
@@ -85,7 +84,7 @@ class ScriptCheckpoint:
                                     "written (create it, or set --bm-checkpoint-dir)", self.checkpoint_dir)
                     self._warned_dir = True
                 return None
-            path = self.checkpoint_dir / _CHECKPOINT_NAME
+            path = self.checkpoint_dir / CHECKPOINT_NAME
         atomic_save(self.checkpoint(epoch, highest_map), path)
         return Path(path)
 
@@ -103,7 +102,7 @@ class ScriptCheckpoint:
         except Exception as err:  # older schedulers pickle functions
             _logger.warning("weights-only load of %s failed (%s); loading it fully", path, err)
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(ckpt, Mapping) or ckpt.get("format") != _CHECKPOINT_FORMAT:
+        if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a BalanceMix checkpoint of the patched ML-Decoder script")
         a = self._attached
         for name in ("model", "ema", "optimizer", "scheduler", "scaler"):

@@ -40,7 +40,6 @@ __all__ = ["BalanceMixPlugin", "PairedTrainLoader"]  # PairedTrainLoader: ml_dec
 
 _logger = logging.getLogger("balancemix_timm.integrations.ml_decoder")
 
-_ASL_DEFAULTS = ASL_DEFAULTS
 
 
 
@@ -125,7 +124,7 @@ class BalanceMixPlugin(ScriptCheckpoint):
             )
         if image_transform is not None and not callable(image_transform):
             raise ValueError(f"image_transform must be callable, got {type(image_transform).__name__}")
-        asl = dict(_ASL_DEFAULTS)
+        asl = dict(ASL_DEFAULTS)
         unknown = sorted(set(asl_options or {}) - set(asl))
         if unknown:
             raise ValueError(f"asl_options has unknown keys {unknown}; allowed: {sorted(asl)}")
@@ -133,7 +132,7 @@ class BalanceMixPlugin(ScriptCheckpoint):
         if labels is None:
             labels = labels_from_dataset(dataset, num_classes)
         base: Callable[[Tensor, Tensor], Tensor] | None = None
-        if options.base_loss == "asl" and asl != _ASL_DEFAULTS:
+        if options.base_loss == "asl" and asl != ASL_DEFAULTS:
             asl_elementwise(torch.zeros(1, 1), torch.zeros(1, 1), **asl)  # validates the options
             base = functools.partial(asl_elementwise, **asl)
 

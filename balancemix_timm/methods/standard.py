@@ -84,12 +84,11 @@ class BalanceMixMethod(TrainingMethod):
         self.recipe = BalanceMixRecipe(ctx.given_labels, cfg.balancemix_options(), seed=cfg.seed,
                                        num_replicas=ctx.world_size, rank=ctx.rank, device=ctx.device)
         self.engine = self.recipe.engine
-        self.image_view = self.recipe.image_view
         if cfg.label_source == "epoch_pass" and ctx.build_view_set is None:
             raise ValueError("label_source='epoch_pass' needs a MethodContext with build_view_set")
-        self.view_set = (
-            ctx.build_view_set(cfg.num_views, image_view=self.image_view) if cfg.label_source == "epoch_pass" else None
-        )
+        self.view_set = None
+        if cfg.label_source == "epoch_pass":
+            self.view_set = ctx.build_view_set(cfg.num_views, image_view=self.recipe.image_view)
 
     @property
     def view_time(self) -> float:
@@ -111,10 +110,6 @@ class BalanceMixMethod(TrainingMethod):
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         self.recipe.set_epoch(epoch)
-
-    def num_viewed(self, batch_size: int) -> int:
-        """How many instances of a random batch of ``batch_size`` get views (``view_fraction``)."""
-        return self.recipe.num_viewed(batch_size)
 
     def training_step(self, batch: Any) -> Tensor:
         eng = self.engine

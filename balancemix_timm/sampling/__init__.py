@@ -5,12 +5,9 @@ and a *minority* sampler that draws instances with probability inversely proport
 confidence score (Eq. 3-4). Each minority instance is mixed into a random instance (Eq. 5, see
 :mod:`balancemix_timm.mixing`).
 
-The samplers here follow :class:`torch.utils.data.DistributedSampler`: call
-``set_epoch(epoch)`` before every epoch; the epoch's indices are drawn by an explicit
-:class:`torch.Generator` seeded from ``(sampler kind, seed, epoch)``, so every rank draws the same
-global stream, pads it (by wrapping) to a multiple of ``num_replicas`` and keeps the positions
-``rank::num_replicas``. This also gives the weighted sampler the distributed support that
-:class:`torch.utils.data.WeightedRandomSampler` lacks (pytorch/pytorch#77154).
+The samplers follow :class:`torch.utils.data.DistributedSampler` (``set_epoch``, the same
+global stream on every rank, sharded by position); the contract is stated once, in
+:mod:`~balancemix_timm.sampling.sharded`.
 
 One concern per module: :mod:`~balancemix_timm.sampling.scores` (Eq. 2-4 probabilities),
 :mod:`~balancemix_timm.sampling.sharded` (the epoch-seeded sharded base and the random sampler),

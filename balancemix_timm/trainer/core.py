@@ -8,7 +8,6 @@ a :class:`~balancemix_timm.methods.context.MethodContext`) turns each batch into
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -24,7 +23,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import TrainConfig
-from ..engine import ABLATIONS
 from ..methods import MethodContext, build_method
 from ..metrics import class_groups, group_absence_reasons, scaled_group_thresholds
 from ..noise import noise_rate_report
@@ -78,8 +76,6 @@ class Trainer(CheckpointMixin):
         from ..pretrain import resolve_pretrained_path
 
         cfg.validate()
-        if cfg.ablation is not None:  # the row's switches, without changing the caller's object
-            cfg = dataclasses.replace(cfg, **ABLATIONS[cfg.ablation])
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dist_rank, self.world_size = dist_info()
