@@ -95,11 +95,16 @@ def plot_loss_distributions(npz_path_or_arrays: Source | Sequence[Source], out_p
             ax.set_ylabel("share of the labels in the set")
             ax.legend(fontsize=7, loc="best")
     fig.suptitle(title or f"GMM inputs: losses of correct vs wrong labels, {_setting_text(snaps[0])}", fontsize=11)
+    return _save(fig, out_png)
+
+
+def _save(fig: Any, out_png: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``out_png`` (folders created) at 90 dpi and close it."""
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=90)
-    plt.close(fig)
+    _pyplot().close(fig)
     return out_png
 
 
@@ -164,12 +169,7 @@ def plot_label_management(metrics_rows: Sequence[Mapping[str, Any]], out_png: st
         if ep:
             a.set_xticks(ep)
     fig.suptitle(title or "BalanceMix label management per epoch", fontsize=11)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 def plot_sampler_spread(metrics_rows: Sequence[Mapping[str, Any]], out_png: str | Path,
@@ -211,9 +211,4 @@ def plot_sampler_spread(metrics_rows: Sequence[Mapping[str, Any]], out_png: str 
         if ep:
             a.set_xticks(ep)
     fig.suptitle(title or "Minority sampler weight spread per epoch", fontsize=11)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
