@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..engine import RefreshReport
+from ..engine import BalanceMixEngine, RefreshReport
 from ..loss import asl_elementwise
 from ..mixing import MixedBatch, MixupCollate, PairedDataset
 from ..options import LEGACY_OPTION_VALUES, BalanceMixOptions
@@ -138,8 +138,6 @@ class BalanceMixPlugin(ScriptCheckpoint):
 
         self.recipe = BalanceMixRecipe(labels, options, base_loss=base, seed=seed,
                                        device=None if device == "auto" else device, gmm_device=gmm_device)
-        self.engine = self.recipe.engine
-        self.options = options
         self.auto_device = device == "auto"
         if len(dataset) != self.engine.num_samples_total:  # type: ignore[arg-type]
             raise ValueError(
@@ -179,6 +177,16 @@ class BalanceMixPlugin(ScriptCheckpoint):
             o.managed_labels, o.clean_if_agrees, o.base_loss, reduction, o.label_source, o.num_views,
             "un-augmented image" if o.confidence_input == "image" else "views", o.record_momentum,
         )
+
+    @property
+    def engine(self) -> BalanceMixEngine:
+        """The recipe's engine."""
+        return self.recipe.engine
+
+    @property
+    def options(self) -> BalanceMixOptions:
+        """The recipe's options."""
+        return self.recipe.options
 
     # The options under their keyword names (read-only).
     base_loss = property(lambda self: self.options.base_loss)
@@ -451,7 +459,7 @@ class BalanceMixPlugin(ScriptCheckpoint):
         """Engine, collate, epoch and configuration (CPU tensors)."""
         return dict(
             config=self.config(),
-            engine=self.engine.state_dict(),
+            engine=self.recipe.state_dict(),
             collate=self.collate.state_dict(),
             epoch=self.epoch,
             batch_size=self.batch_size,
@@ -468,7 +476,7 @@ class BalanceMixPlugin(ScriptCheckpoint):
         saved_bs = state_dict.get("batch_size")
         if saved_bs is not None and self.batch_size is not None and saved_bs != self.batch_size:
             raise ValueError(f"BalanceMix state was written with batch size {saved_bs}, now {self.batch_size}")
-        self.engine.load_state_dict(state_dict["engine"])
+        self.recipe.load_state_dict(state_dict["engine"])
         self.collate.load_state_dict(state_dict["collate"])
         self.epoch = int(state_dict.get("epoch", 0))
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from ..engine import BalanceMixEngine
 from ..label_issues import write_label_issues
 from ..loss import bce_elementwise
 from ..metrics import label_precision_recall, relabel_statistics
@@ -83,12 +84,16 @@ class BalanceMixMethod(TrainingMethod):
         cfg = self.cfg
         self.recipe = BalanceMixRecipe(ctx.given_labels, cfg.balancemix_options(), seed=cfg.seed,
                                        num_replicas=ctx.world_size, rank=ctx.rank, device=ctx.device)
-        self.engine = self.recipe.engine
         if cfg.label_source == "epoch_pass" and ctx.build_view_set is None:
             raise ValueError("label_source='epoch_pass' needs a MethodContext with build_view_set")
         self.view_set = None
         if cfg.label_source == "epoch_pass":
             self.view_set = ctx.build_view_set(cfg.num_views, image_view=self.recipe.image_view)
+
+    @property
+    def engine(self) -> BalanceMixEngine:
+        """The recipe's engine (per-sample state)."""
+        return self.recipe.engine
 
     @property
     def view_time(self) -> float:
@@ -228,8 +233,8 @@ class BalanceMixMethod(TrainingMethod):
         return {"label_issues": write_label_issues(engine, self.ctx.train_set, run_dir / "label_issues.csv")}
 
     def state_dict(self) -> dict[str, Any]:
-        return dict(super().state_dict(), engine=self.engine.state_dict())
+        return dict(super().state_dict(), engine=self.recipe.state_dict())
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self.engine.load_state_dict(state_dict["engine"])
+        self.recipe.load_state_dict(state_dict["engine"])
