@@ -168,10 +168,9 @@ def option_values_from_args(args: argparse.Namespace) -> dict[str, Any]:
         given (or its value differs from the default), so that the plugin's fallback without an
         evaluation transform applies to the default.
     """
-    defaults = flag_defaults()
     given = getattr(args, _GIVEN, None)
-    if given is None:
-        given = {k for k, v in defaults.items() if hasattr(args, k) and getattr(args, k) != v}
+    if given is None:  # a namespace not made by add_args' parser: a flag off its default was given
+        given = {k for k, v in flag_defaults().items() if hasattr(args, k) and getattr(args, k) != v}
     preset = preset_options(args.bm_preset) if getattr(args, "bm_preset", None) is not None else {}
     out: dict[str, Any] = {}
     for spec in option_specs():
