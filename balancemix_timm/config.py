@@ -95,7 +95,8 @@ class TrainConfig:
     scheduler: str = "cosine"  # "cosine" | "onecycle" | "none"
     onecycle_pct_start: float = 0.2
     ema_decay: float = 0.0  # 0 disables; ML-Decoder uses 0.9997
-    amp: bool = True  # used on CUDA only
+    amp: bool | None = None  # None: on for CUDA only; true: float16 on CUDA, bfloat16 on CPU
+    channels_last: bool = False  # model and inputs in NHWC (faster convolutions under CPU bfloat16)
     grad_clip: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -235,8 +236,9 @@ def _coerce_field(name: str, annotation: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"config {name} must be an integer, got {value!r}")
         return value
-    if kinds == {"bool"} and not isinstance(value, bool):
-        raise ValueError(f"config {name} must be true or false, got {value!r}")
+    if kinds <= {"bool", "None"} and "bool" in kinds and not isinstance(value, bool):
+        allowed = "true, false or null" if "None" in kinds else "true or false"
+        raise ValueError(f"config {name} must be {allowed}, got {value!r}")
     return value
 
 

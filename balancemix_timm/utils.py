@@ -16,6 +16,9 @@ from torch import nn
 
 __all__ = [
     "ModelEma",
+    "autocast",
+    "autocast_dtype",
+    "amp_enabled",
     "atomic_save",
     "seed_everything",
     "epoch_seed",
@@ -29,19 +32,48 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """The reduced precision of mixed-precision training on ``device``.
+
+    float16 on CUDA (with a gradient scaler), bfloat16 elsewhere (CPU autocast's type: it keeps
+    float32's exponent range, so no scaler is needed; AVX-512 BF16 or AMX runs it natively).
+    """
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def amp_enabled(amp: bool | None, device: torch.device) -> bool:
+    """Whether a run trains in mixed precision.
+
+    Args:
+        amp: the ``amp`` setting: True (on any device), False (off), or None (the default:
+            on for CUDA only, so CPU runs stay float32 unless asked).
+        device: the run's device.
+    """
+    return device.type == "cuda" if amp is None else bool(amp)
+
+
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """The autocast context of a forward on ``device`` in :func:`autocast_dtype`.
+
+    Outputs may be in the reduced type: callers cast logits with ``.float()`` before losses
+    and sigmoids.
+    """
+    return torch.autocast(device_type=device.type, dtype=autocast_dtype(device), enabled=enabled)
+
+
 @torch.no_grad()
 def view_probabilities(model: nn.Module, views: torch.Tensor, device: torch.device, *,
                        amp: bool, count: int | None = None) -> torch.Tensor:
     """Sigmoid probabilities of augmented views, as recorded for Eq. 2, 6 and 9 of BalanceMix.
 
-    The model runs in eval mode (restored afterwards), without gradient, under float16
-    autocast when ``amp``.
+    The model runs in eval mode (restored afterwards), without gradient, under autocast
+    (:func:`autocast`) when ``amp``.
 
     Args:
         model: the classifier.
         views: ``(V, B, C, H, W)`` views, on any device (moved to ``device``).
         device: where the model runs.
-        amp: float16 autocast (CUDA).
+        amp: mixed precision (float16 on CUDA, bfloat16 on CPU).
         count: only the first ``count`` samples of each view (default: all ``B``). The views
             are moved whole and sliced on ``device``: a slice along ``B`` is strided, and a
             strided host tensor is copied to pageable memory and then moved synchronously
@@ -57,7 +89,7 @@ def view_probabilities(model: nn.Module, views: torch.Tensor, device: torch.devi
     was_training = model.training
     model.eval()
     try:
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+        with autocast(device, amp):
             logits = model(views.flatten(0, 1))
     finally:
         model.train(was_training)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..utils import epoch_seed, seed_worker, view_probabilities
+from ..utils import autocast, epoch_seed, seed_worker, view_probabilities
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
@@ -56,7 +56,8 @@ class MethodContext:
             where the application offers none (a method that needs it then raises).
         run_dir: The run's output folder (written on the main rank only).
         pretrained_path: The backbone weights file the model was created from, or None.
-        amp: Mixed precision (float16 autocast) in forwards; False on CPU.
+        amp: Mixed precision in forwards (:func:`~balancemix_timm.utils.autocast`: float16 on
+            CUDA, bfloat16 on CPU).
         world_size: Number of DDP ranks (1 without DDP).
         rank: This process's rank.
         worker_init_fn: DataLoader ``worker_init_fn`` of the run's loaders.
@@ -87,8 +88,8 @@ class MethodContext:
         return self.rank == 0
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Mixed-precision context of the training forwards (float16 when :attr:`amp`)."""
-        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
+        """Mixed-precision context of the training forwards (:func:`~balancemix_timm.utils.autocast`)."""
+        return autocast(self.device, self.amp)
 
     @torch.no_grad()
     def view_probs(self, views: Tensor, model: nn.Module | None = None, count: int | None = None) -> Tensor:

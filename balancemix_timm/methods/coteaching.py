@@ -205,7 +205,8 @@ class CoTeachingMethod(MixupMethod):
                 cfg.model, num_classes=self.ctx.num_classes, head=cfg.head,
                 pretrained_path=self.ctx.pretrained_path, drop_rate=cfg.drop_rate,
             )
-        return model.to(self.ctx.device)
+        model = model.to(self.ctx.device)
+        return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
     # ---------------------------------------------------------------- schedule
     @property

@@ -31,7 +31,9 @@ from ..utils import (
     GLOBAL_STREAM,
     TRAIN_LOADER_STREAM,
     ModelEma,
+    amp_enabled,
     atomic_save,
+    autocast,
     epoch_seed,
     resolve_device,
     seed_everything,
@@ -140,6 +142,8 @@ class Trainer(CheckpointMixin):
             cfg.model, num_classes=self.num_classes, head=cfg.head, pretrained_path=self.pretrained_path,
             drop_rate=cfg.drop_rate,
         ).to(self.device)
+        if cfg.channels_last:  # NHWC weights make convolutions return NHWC activations
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.ddp_model: nn.Module = self.model
         if self.world_size > 1:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -147,8 +151,9 @@ class Trainer(CheckpointMixin):
             )
         self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
-        self.amp = bool(cfg.amp and self.device.type == "cuda")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp = amp_enabled(cfg.amp, self.device)
+        # bfloat16 keeps float32's exponent range: only float16 (CUDA) needs loss scaling.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
         self.steps_per_epoch = steps_per_epoch(cfg, len(self.train_set), self.world_size)
         self.worker_init_fn = seed_worker
 
@@ -229,8 +234,8 @@ class Trainer(CheckpointMixin):
 
     # ------------------------------------------------------------------ steps
     def autocast(self):
-        """Mixed-precision context (float16 on CUDA when ``amp``; a no-op on CPU)."""
-        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
+        """Mixed-precision context (:func:`~balancemix_timm.utils.autocast`) when ``amp``."""
+        return autocast(self.device, self.amp)
 
     def optimizer_step(self, loss: Tensor) -> None:
         """Backward of ``loss``, then clipping, (scaled) optimiser step, schedule and EMA.

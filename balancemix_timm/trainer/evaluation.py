@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..metrics import average_precision
+from ..utils import autocast
 from .distributed import gather_rows
 
 __all__ = ["predict", "MapFigures"]
@@ -36,7 +37,7 @@ def predict(
         num_classes: ``K`` (the width of empty results).
         device: Where the model runs.
         batch_size, workers: Of the DataLoader.
-        amp: float16 autocast.
+        amp: mixed precision (:func:`~balancemix_timm.utils.autocast`).
         rank, world_size: This process's DDP rank and the number of ranks.
 
     Returns:
@@ -49,7 +50,7 @@ def predict(
     loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers)
     scores, targets = [], []
     for x, y, _ in loader:
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+        with autocast(device, amp):
             logits = model(x.to(device, non_blocking=True))
         scores.append(torch.sigmoid(logits.float()).cpu())
         targets.append(y.float())
