@@ -14,6 +14,7 @@ import yaml
 from .engine import ABLATIONS
 from .options import LEGACY_OPTION_VALUES, BalanceMixOptions, check_option, check_options_together, option_specs
 from .presets import PRESETS, preset_options
+from .utils import resolve_device
 
 __all__ = [
     "TrainConfig", "load_config", "parse_overrides", "read_yaml", "UniqueKeyLoader", "DuplicateKeyError",
@@ -242,6 +243,7 @@ class TrainConfig:
             raise ValueError(f"config lr must be >= 0, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"config ema_decay must be in [0, 1), got {self.ema_decay}")
+        resolve_device(self.device, what="config device")
         for spec in option_specs():
             check_option(spec.name, getattr(self, spec.name), where="config ")
         check_options_together({spec.name: getattr(self, spec.name) for spec in option_specs()}, where="config ")

@@ -220,3 +220,39 @@ def test_benchmark_runner_counts_a_run_with_an_unreadable_config_as_not_finished
     with caplog.at_level("WARNING"):
         assert _saved_config(tmp_path) is None
     assert "gives key 'lr' twice" in caplog.text and str(tmp_path / "config.yaml") in caplog.text
+
+
+@pytest.mark.parametrize("gpus, device, problem", [
+    (0, "cuda", "this machine has no cuda device"),
+    (0, "cuda:0", "this machine has no cuda device"),
+    (1, "cuda:3", "this machine has 1 cuda device(s), cuda:0 to cuda:0"),
+    (2, "cuda:2", "this machine has 2 cuda device(s), cuda:0 to cuda:1"),
+    (1, "gpu", "is not a device name"),
+    (0, "cuda:x", "is not a device name"),
+    (1, "meta", "meta devices are not supported"),
+])
+def test_a_device_this_machine_lacks_is_refused_at_config_time(monkeypatch, capsys, gpus, device, problem):
+    import torch
+
+    from balancemix_timm.train import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    available = ["auto", "cpu"] + (["cuda", *(f"cuda:{i}" for i in range(gpus))] if gpus else [])
+    with pytest.raises(ValueError) as info:
+        load_config(None, [f"device={device}"])
+    assert str(info.value).startswith(f"config device={device!r}")
+    assert problem in str(info.value) and str(info.value).endswith(f"available: {available}")
+    with pytest.raises(SystemExit) as exit_info:   # before any data set or model is built
+        main([f"device={device}", "data=coco", "data_root=/nonexistent"])
+    assert exit_info.value.code == 2
+    assert f"error: config device={device!r}" in capsys.readouterr().err
+
+
+def test_devices_this_machine_has_are_accepted(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for device in ("auto", "cpu", "cuda", "cuda:0", "cuda:1"):
+        assert load_config(None, [f"device={device}"]).device == device
