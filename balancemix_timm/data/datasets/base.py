@@ -41,7 +41,7 @@ def _as_label_matrix(labels: Any, name: str, shape: tuple[int, int]) -> Tensor:
         raise ValueError(
             f"{name} must have shape {shape} (images, classes), got {tuple(labels.shape)}"
         )
-    check_binary(labels, name)
+    labels = check_binary(labels, name)
     return labels.detach().to(device="cpu", dtype=torch.uint8).contiguous().clone()
 
 
