@@ -9,6 +9,11 @@ dtype or any floating dtype. Hard labels must hold 0/1 (:func:`binary_mask`,
 [0, 1] are accepted too. Arithmetic on labels is done in a floating dtype (the inputs' floating
 dtype if they have one, else the default float dtype); only complex tensors are refused
 (:func:`check_real`).
+
+The layout rule: a sparse tensor (COO, CSR, CSC, BSR, BSC; multi-hot label matrices with many
+classes are often stored so) is accepted wherever a tensor is and densified by
+:func:`check_tensor`, so every helper here returns a strided tensor and callers go on with the
+returned value (``labels = check_tensor(labels, "labels")``), never with the argument.
 """
 
 from __future__ import annotations
@@ -32,9 +37,15 @@ __all__ = [
 
 
 def check_tensor(value: object, name: str) -> Tensor:
-    """Return ``value`` if it is a tensor, else raise ``ValueError`` naming ``name``."""
+    """``value`` as a strided tensor: itself, or densified when sparse (the layout rule).
+
+    Raises:
+        ValueError: ``value`` is not a tensor (the message names ``name``).
+    """
     if not isinstance(value, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.layout != torch.strided:
+        return value.to_dense()
     return value
 
 
@@ -53,7 +64,7 @@ def check_real(value: Tensor, name: str) -> Tensor:
     Bool counts as real (``False``/``True`` are 0/1, the label dtype rule of this module);
     complex tensors are refused. Floating values must also be finite.
     """
-    check_tensor(value, name)
+    value = check_tensor(value, name)
     if value.is_complex():
         raise ValueError(f"{name} must be real-valued (bool, integer or floating), got {value.dtype}")
     check_finite(value, name)
@@ -70,7 +81,9 @@ def check_same_shape(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
 
 
 def check_finite(value: Tensor, name: str) -> Tensor:
-    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
+    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries; return ``value``
+    (densified when sparse, :func:`check_tensor`)."""
+    value = check_tensor(value, name)
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         n_nan = int(torch.isnan(value).sum())
         n_inf = int(torch.isinf(value).sum())
@@ -79,9 +92,9 @@ def check_finite(value: Tensor, name: str) -> Tensor:
 
 
 def binary_mask(value: Tensor, name: str) -> Tensor:
-    """``value`` as a bool tensor (``value`` itself if bool) after checking that every entry is
-    0 or 1; raise ``ValueError`` naming ``name`` otherwise."""
-    check_tensor(value, name)
+    """``value`` as a bool tensor (``value`` itself if bool and strided) after checking that
+    every entry is 0 or 1; raise ``ValueError`` naming ``name`` otherwise."""
+    value = check_tensor(value, name)
     if value.dtype == torch.bool:
         return value
     mask = value.bool()
@@ -99,14 +112,17 @@ def binary_mask(value: Tensor, name: str) -> Tensor:
 
 
 def check_binary(value: Tensor, name: str) -> Tensor:
-    """Raise ``ValueError`` unless every entry of ``value`` is 0 or 1; return ``value``."""
+    """Raise ``ValueError`` unless every entry of ``value`` is 0 or 1; return ``value``
+    (densified when sparse, :func:`check_tensor`)."""
+    value = check_tensor(value, name)
     binary_mask(value, name)
     return value
 
 
 def check_probabilities(value: Tensor, name: str) -> Tensor:
-    """Raise ``ValueError`` unless ``value`` is finite and within [0, 1]."""
-    check_tensor(value, name)
+    """Raise ``ValueError`` unless ``value`` is finite and within [0, 1]; return ``value``
+    (densified when sparse, :func:`check_tensor`)."""
+    value = check_tensor(value, name)
     if not value.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {value.dtype}")
     check_finite(value, name)

@@ -14,8 +14,90 @@ import yaml
 from .engine import ABLATIONS
 from .options import LEGACY_OPTION_VALUES, BalanceMixOptions, check_option, check_options_together, option_specs
 from .presets import PRESETS, preset_options
+from .utils import resolve_device
 
-__all__ = ["TrainConfig", "load_config", "parse_overrides", "RESUME_IGNORED_KEYS"]
+__all__ = [
+    "TrainConfig", "load_config", "parse_overrides", "read_yaml", "UniqueKeyLoader", "DuplicateKeyError",
+    "RESUME_IGNORED_KEYS",
+]
+
+
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A YAML mapping gives the same key twice (PyYAML alone keeps the last value).
+
+    Attributes:
+        key: The repeated key.
+        first_line, line: 1-based lines of its first and its repeated occurrence.
+    """
+
+    def __init__(self, key: Any, first_mark: yaml.Mark, mark: yaml.Mark) -> None:
+        self.key = key
+        self.first_line = first_mark.line + 1
+        self.line = mark.line + 1
+        super().__init__(
+            problem=f"key {key!r} is given twice, on lines {self.first_line} and {self.line}; keep one of them",
+            problem_mark=mark,
+        )
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's ``SafeLoader`` that refuses a mapping key given twice (:class:`DuplicateKeyError`).
+
+    Keys merged in with ``<<`` may be overridden by the mapping's own keys, as YAML specifies.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in first:
+                raise DuplicateKeyError(key, first[key], key_node.start_mark)
+            first[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """Parse the YAML file ``path`` with :class:`UniqueKeyLoader`.
+
+    Args:
+        path: The file.
+        what: How messages name the file (``"config file"``: ``config file <path>``).
+
+    Returns:
+        The file's content (None for an empty file).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: the file is not UTF-8 text, is not valid YAML (the message names the file,
+            the line and the column, 1-based) or gives a mapping key twice (the message names
+            the key and both lines).
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.load(fh, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not UTF-8 text ({err})") from None
+    except yaml.MarkedYAMLError as err:
+        raise ValueError(f"{what} {path} {_yaml_error_text(err)}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{what} {path} is not valid YAML: {' '.join(str(err).split())}") from None
+
+
+def _yaml_error_text(err: yaml.MarkedYAMLError) -> str:
+    """One line for a PyYAML parse error: where (1-based line, column) and what."""
+    if isinstance(err, DuplicateKeyError):
+        return f"gives key {err.key!r} twice, on lines {err.first_line} and {err.line}; keep one of them"
+    mark = err.problem_mark or err.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+    text = f"is not valid YAML at {where}: {err.problem or err.context}"
+    if err.context and err.problem:
+        context = err.context
+        if err.context_mark is not None and err.context_mark is not mark:
+            context += f" that starts at line {err.context_mark.line + 1}, column {err.context_mark.column + 1}"
+        text += f" ({context})"
+    return text
 
 
 def _with_balancemix_options(cls: type) -> type:
@@ -162,6 +244,7 @@ class TrainConfig:
             raise ValueError(f"config lr must be >= 0, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"config ema_decay must be in [0, 1), got {self.ema_decay}")
+        resolve_device(self.device, what="config device")
         for spec in option_specs():
             check_option(spec.name, getattr(self, spec.name), where="config ")
         check_options_together({spec.name: getattr(self, spec.name) for spec in option_specs()}, where="config ")
@@ -182,10 +265,13 @@ RESUME_IGNORED_KEYS = frozenset(
 )
 
 
-def _coerce(value: str) -> Any:
-    """Parse an override value with YAML rules (numbers, booleans, null, lists)."""
+def _coerce(key: str, value: str) -> Any:
+    """Parse the override value of ``key`` with YAML rules (numbers, booleans, null, lists);
+    text that is not YAML stays a string. A mapping that gives a key twice is refused."""
     try:
-        return yaml.safe_load(value)
+        return yaml.load(value, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as err:
+        raise ValueError(f"override {key}={value!r} gives key {err.key!r} twice") from None
     except yaml.YAMLError:
         return value
 
@@ -200,9 +286,9 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key = key.strip().lstrip("-").replace("-", "_")
         if "." in key:
             outer, inner = key.split(".", 1)
-            out.setdefault(outer, {})[inner] = _coerce(value)
+            out.setdefault(outer, {})[inner] = _coerce(key, value)
         else:
-            out[key] = _coerce(value)
+            out[key] = _coerce(key, value)
     return out
 
 
@@ -278,14 +364,15 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
 
     Raises:
         ValueError: ``path`` is neither a file nor a shipped recipe (the message lists the
-            recipe names), or a value is invalid.
+            recipe names), is not valid YAML or gives a key twice (:func:`read_yaml`), or a
+            value is invalid.
     """
     from .recipes import resolve_recipe
 
     values: dict[str, Any] = {}
     if path is not None:
         path = resolve_recipe(path)
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
         values.update(loaded)

@@ -172,9 +172,9 @@ class BalanceMixEngine(EngineState):
         rank: int = 0,
         device: str | torch.device | None = None,
     ) -> None:
-        check_tensor(labels, "labels")
+        labels = check_tensor(labels, "labels")
         check_ndim(labels, "labels", 2)
-        check_binary(labels, "labels")
+        labels = check_binary(labels, "labels")
         if labels.shape[0] == 0:
             raise ValueError("labels must hold at least one sample, got an empty (0, K) tensor")
         if alpha < 0 or not math.isfinite(alpha):
@@ -333,7 +333,7 @@ class BalanceMixEngine(EngineState):
         that would synchronise every step, and a non-finite logit gives a non-finite loss,
         which the trainer refuses.
         """
-        check_tensor(logits, "logits")
+        logits = check_tensor(logits, "logits")
         validate = logits.device.type == "cpu"
         if not self.applied:  # warm-up: every label clean, weight 1
             return balancemix_loss(logits, targets, base_loss=self.base_loss, validate=validate)
@@ -358,7 +358,7 @@ class BalanceMixEngine(EngineState):
         device and nothing synchronises; non-finite values are then reported by the next
         :meth:`refresh` (on CPU tables, here).
         """
-        check_tensor(index, "index")
+        index = check_tensor(index, "index")
         p = self._checked_probs(view_probs, index, "view_probs", allow_views=True)
         f = p if image_probs is None else self._checked_probs(image_probs, index, "image_probs", allow_views=False)
         index = _move(index.detach().long(), self.device)
@@ -377,7 +377,7 @@ class BalanceMixEngine(EngineState):
     def _checked_probs(self, probs: Tensor, index: Tensor, name: str, *, allow_views: bool) -> Tensor:
         """(B, K) float32 probabilities on the engine's device, clamped to [0, 1] (view mean
         of a (V, B, K) tensor when ``allow_views``)."""
-        check_tensor(probs, name)
+        probs = check_tensor(probs, name)
         if probs.ndim == 3 and allow_views:
             p = probs.detach().float().mean(0)
         else:
@@ -401,7 +401,10 @@ class BalanceMixEngine(EngineState):
 
         ``-log p`` where the label is 1 and ``-log(1 - p)`` where it is 0, with ``p`` clamped to
         ``[1e-7, 1 - 1e-7]``, computed in float64 (one logarithm per label), returned as float32.
+        Sparse inputs are densified (the package's layout rule); values are not checked.
         """
+        probs = check_tensor(probs, "probs")
+        labels = check_tensor(labels, "labels")
         p = probs.double().clamp(_EPS, 1 - _EPS)
         p_label = torch.where(labels.to(p.device) != 0, p, 1 - p)
         return p_label.log_().neg_().float()

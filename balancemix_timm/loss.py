@@ -68,17 +68,17 @@ def _compute_dtype(logits: Tensor) -> torch.dtype:
 
 def _prepare(logits: Tensor, targets: Tensor, *, validate: bool = True) -> tuple[Tensor, Tensor]:
     """Validate ``logits`` / ``targets`` and return both as float tensors of one dtype."""
-    check_tensor(logits, "logits")
-    check_tensor(targets, "targets")
+    logits = check_tensor(logits, "logits")
+    targets = check_tensor(targets, "targets")
     if not logits.is_floating_point():
         raise ValueError(f"logits must be a floating-point tensor, got {logits.dtype}")
     check_same_shape(logits, "logits", targets, "targets")
     if validate:
         check_finite(logits, "logits")
         if targets.is_floating_point():
-            check_probabilities(targets, "targets")
+            targets = check_probabilities(targets, "targets")
         else:
-            check_binary(targets, "targets")
+            targets = check_binary(targets, "targets")
     dtype = _compute_dtype(logits)
     return logits.to(dtype), targets.to(device=logits.device, dtype=dtype)
 
@@ -214,7 +214,7 @@ def _asl(
 
 
 def _check_state(state: Tensor, name: str = "state") -> None:
-    check_tensor(state, name)
+    state = check_tensor(state, name)
     if state.dtype == torch.bool:
         raise ValueError(f"{name} must hold LabelState values 0, 1, 2, got a bool tensor")
     if state.is_floating_point():
@@ -265,15 +265,15 @@ def label_weights(
             invalid ``clean_prob`` for ``"weight"``, or mismatched shapes.
     """
     _check_mode(ambiguous)
-    check_tensor(state, "state")
+    state = check_tensor(state, "state")
     if validate:
         _check_state(state)
     dtype = torch.float32
     if clean_prob is not None:
-        check_tensor(clean_prob, "clean_prob")
+        clean_prob = check_tensor(clean_prob, "clean_prob")
         check_same_shape(state, "state", clean_prob, "clean_prob")
         if validate:
-            check_probabilities(clean_prob, "clean_prob")
+            clean_prob = check_probabilities(clean_prob, "clean_prob")
         elif not clean_prob.is_floating_point():
             raise ValueError(f"clean_prob must be a floating-point tensor, got {clean_prob.dtype}")
         dtype = clean_prob.dtype
@@ -374,15 +374,15 @@ def balancemix_loss(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     fn = _resolve_base_loss(base_loss, base_loss_kwargs)
 
-    check_tensor(logits, "logits")
+    logits = check_tensor(logits, "logits")
     check_ndim(logits, "logits", 2)
-    check_tensor(targets, "targets")
+    targets = check_tensor(targets, "targets")
     check_same_shape(logits, "logits", targets, "targets")
     if state is not None:
-        check_tensor(state, "state")
+        state = check_tensor(state, "state")
         check_same_shape(logits, "logits", state, "state")
     if clean_prob is not None:
-        check_tensor(clean_prob, "clean_prob")
+        clean_prob = check_tensor(clean_prob, "clean_prob")
         check_same_shape(logits, "logits", clean_prob, "clean_prob")
     if reduction == "mean" and logits.shape[0] == 0:
         raise ValueError('logits has an empty batch (B = 0): reduction="mean" is undefined')

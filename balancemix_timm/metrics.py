@@ -53,15 +53,15 @@ COCO_FEW_THRESHOLD = 1000
 
 
 def _check_scores_targets(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    check_tensor(scores, "scores")
-    check_tensor(targets, "targets")
+    scores = check_tensor(scores, "scores")
+    targets = check_tensor(targets, "targets")
     check_ndim(scores, "scores", 2)
     check_ndim(targets, "targets", 2)
     check_same_shape(scores, "scores", targets, "targets")
     if scores.is_complex() or scores.dtype == torch.bool:
         raise ValueError(f"scores must be a real-valued numeric tensor, got {scores.dtype}")
     check_finite(scores, "scores")
-    check_binary(targets, "targets")
+    targets = check_binary(targets, "targets")
     return (
         scores.detach().to(dtype=torch.float64),
         targets.detach().to(device=scores.device, dtype=torch.float64),
@@ -71,9 +71,9 @@ def _check_scores_targets(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tens
 def _check_ignore(ignore: Tensor | None, targets: Tensor) -> Tensor | None:
     if ignore is None:
         return None
-    check_tensor(ignore, "ignore")
+    ignore = check_tensor(ignore, "ignore")
     check_same_shape(ignore, "ignore", targets, "targets")
-    check_binary(ignore, "ignore")
+    ignore = check_binary(ignore, "ignore")
     return ignore.detach().to(device=targets.device).bool()
 
 
@@ -221,7 +221,7 @@ def class_groups(
         ValueError: if ``positive_counts`` is not a finite non-negative 1-D tensor or
             ``many <= few``.
     """
-    check_tensor(positive_counts, "positive_counts")
+    positive_counts = check_tensor(positive_counts, "positive_counts")
     check_ndim(positive_counts, "positive_counts", 1)
     if positive_counts.is_complex() or positive_counts.dtype == torch.bool:
         raise ValueError(
@@ -300,7 +300,7 @@ def group_mean_average_precision(
         )
     out = {"all": _nanmean_x100(ap)}
     for name, index in groups.items():
-        check_tensor(index, f"groups[{name!r}]")
+        index = check_tensor(index, f"groups[{name!r}]")
         index = index.detach().to(ap.device)
         if index.dtype == torch.bool:
             if index.shape != (k,):
@@ -320,9 +320,7 @@ def group_mean_average_precision(
 def _check_label_triplet(
     mask: Tensor, mask_name: str, a: Tensor, a_name: str, b: Tensor, b_name: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    for t, name in ((mask, mask_name), (a, a_name), (b, b_name)):
-        check_tensor(t, name)
-        check_binary(t, name)
+    mask, a, b = (check_binary(t, name) for t, name in ((mask, mask_name), (a, a_name), (b, b_name)))
     check_same_shape(mask, mask_name, a, a_name)
     check_same_shape(a, a_name, b, b_name)
     dev = mask.device

@@ -53,11 +53,11 @@ _DESTINATIONS = ("negative", "any")
 # --------------------------------------------------------------------------------------------
 def _check_labels(labels: Tensor, name: str = "labels") -> Tensor:
     """Validate an ``(N, K)`` binary label tensor and return it as a CPU bool tensor."""
-    check_tensor(labels, name)
+    labels = check_tensor(labels, name)
     check_ndim(labels, name, 2)
     if labels.is_complex():
         raise ValueError(f"{name} must be real-valued, got {labels.dtype}")
-    check_binary(labels, name)
+    labels = check_binary(labels, name)
     return labels.detach().to(device="cpu", dtype=torch.bool)
 
 

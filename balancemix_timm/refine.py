@@ -43,15 +43,18 @@ __all__ = ["LabelState", "clean_if_agrees", "refine_labels", "view_average"]
 _logger = logging.getLogger(__name__)
 
 
-def _check_label_tables(labels: Tensor, **probabilities: Tensor) -> None:
-    """``labels`` is a binary (N, K) tensor and each named table holds probabilities of its shape;
-    ``ValueError`` naming the first offending argument otherwise."""
-    check_tensor(labels, "labels")
+def _check_label_tables(labels: Tensor, **probabilities: Tensor) -> tuple[Tensor, ...]:
+    """``(labels, *tables)`` strided (sparse ones densified) after checking that ``labels`` is a
+    binary (N, K) tensor and each named table holds probabilities of its shape; ``ValueError``
+    naming the first offending argument otherwise."""
+    labels = check_tensor(labels, "labels")
     check_ndim(labels, "labels", 2)
-    check_binary(labels, "labels")
+    labels = check_binary(labels, "labels")
+    tables = []
     for name, table in probabilities.items():
-        check_probabilities(table, name)
-        check_same_shape(labels, "labels", table, name)
+        tables.append(check_probabilities(table, name))
+        check_same_shape(labels, "labels", tables[-1], name)
+    return (labels, *tables)
 
 
 class LabelState(IntEnum):
@@ -83,8 +86,8 @@ def view_average(p1: Tensor, p2: Tensor) -> Tensor:
     Raises:
         ValueError: if an input is not a float tensor in [0, 1] or the shapes differ.
     """
-    check_probabilities(p1, "p1")
-    check_probabilities(p2, "p2")
+    p1 = check_probabilities(p1, "p1")
+    p2 = check_probabilities(p2, "p2")
     check_same_shape(p1, "p1", p2, "p2")
     if p1.device != p2.device:
         raise ValueError(f"p1 and p2 must be on the same device, got {p1.device} and {p2.device}")
@@ -127,7 +130,8 @@ def refine_labels(
             0.5 in the paper.
 
     Returns:
-        ``(refined, state)``: ``refined`` has the shape, dtype and device of ``labels``;
+        ``(refined, state)``: ``refined`` has the shape, dtype and device of ``labels`` (and is
+        strided: sparse ``labels`` are densified);
         ``state`` is an ``int8`` tensor of the same shape holding :class:`LabelState` values.
         ``clean_prob`` and ``view_probs`` are moved to ``labels.device`` if needed. The inputs
         are never modified.
@@ -137,7 +141,7 @@ def refine_labels(
             shapes, a tensor that is not 2-D, ``eps`` outside (0.5, 1] or ``clean_threshold``
             outside [0, 1].
     """
-    _check_label_tables(labels, clean_prob=clean_prob, view_probs=view_probs)
+    labels, clean_prob, view_probs = _check_label_tables(labels, clean_prob=clean_prob, view_probs=view_probs)
     eps = check_unit_interval(eps, "eps", low=0.5, low_open=True)
     clean_threshold = check_unit_interval(clean_threshold, "clean_threshold")
 
@@ -200,7 +204,7 @@ def clean_if_agrees(clean_prob: Tensor, probs: Tensor, labels: Tensor) -> Tensor
     Raises:
         ValueError: on non-binary labels, probabilities outside [0, 1] or mismatched shapes.
     """
-    _check_label_tables(labels, clean_prob=clean_prob, probs=probs)
+    labels, clean_prob, probs = _check_label_tables(labels, clean_prob=clean_prob, probs=probs)
     probs = probs.to(clean_prob.device)
     positive = labels.to(clean_prob.device) != 0
     agrees = torch.where(positive, probs > 0.5, probs < 0.5)

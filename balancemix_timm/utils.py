@@ -23,6 +23,7 @@ __all__ = [
     "seed_everything",
     "epoch_seed",
     "resolve_device",
+    "available_devices",
     "rng_state",
     "set_rng_state",
     "seed_worker",
@@ -200,8 +201,70 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch."""
+#: Accelerator types :func:`resolve_device` can check: each is a ``torch.<type>`` module with
+#: ``is_available()`` and ``device_count()``.
+_ACCELERATOR_TYPES = ("cuda", "xpu", "mps")
+
+
+def _accelerator_count(kind: str) -> int:
+    """Number of usable ``kind`` devices of this machine (0 when the type is unavailable)."""
+    module = getattr(torch, kind, None)
+    if module is None or not module.is_available():
+        return 0
+    return max(int(module.device_count()), 1)
+
+
+def available_devices() -> list[str]:
+    """The device names this machine can train on: ``auto``, ``cpu``, then per available
+    accelerator type its bare name and each indexed device (``cuda``, ``cuda:0``, ...)."""
+    names = ["auto", "cpu"]
+    for kind in _ACCELERATOR_TYPES:
+        count = _accelerator_count(kind)
+        if count:
+            names += [kind, *(f"{kind}:{i}" for i in range(count))]
+    return names
+
+
+def resolve_device(name: str, what: str = "device") -> torch.device:
+    """The device ``name`` stands for, checked against this machine.
+
+    ``"auto"`` is CUDA when available, else the CPU. Any other name must be a torch device
+    string of the CPU or of an accelerator this machine has (``cuda``, ``cuda:N`` with ``N``
+    below the GPU count; likewise ``xpu`` and ``mps``).
+
+    Args:
+        name: ``"auto"`` or a torch device string.
+        what: How messages name the setting (``"config device"`` in the trainer).
+
+    Returns:
+        The ``torch.device``.
+
+    Raises:
+        ValueError: ``name`` is not a device string, or names a device this machine lacks; the
+            message names ``what`` and lists :func:`available_devices`.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    available = available_devices()
+    if not isinstance(name, str):
+        raise ValueError(f"{what} must be a device name, got {name!r}; available: {available}")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{what}={name!r} is not a device name; available: {available}") from None
+    if device.type == "cpu":
+        return device
+    if device.type not in _ACCELERATOR_TYPES:
+        raise ValueError(f"{what}={name!r}: {device.type} devices are not supported; available: {available}")
+    count = _accelerator_count(device.type)
+    if count == 0:
+        raise ValueError(
+            f"{what}={name!r}: this machine has no {device.type} device (torch.{device.type}.is_available() "
+            f"is False); available: {available}"
+        )
+    if device.index is not None and device.index >= count:
+        raise ValueError(
+            f"{what}={name!r}: this machine has {count} {device.type} device(s), "
+            f"{device.type}:0 to {device.type}:{count - 1}; available: {available}"
+        )
+    return device

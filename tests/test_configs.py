@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,95 @@ def test_cli_reports_a_bad_config_value_in_one_line(capsys):
         main(["eps=0.3"])
     assert exit_info.value.code == 2
     assert "error: config eps must be a number in (0.5, 1], got 0.3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, line, column, problem", [
+    ("data: demo\nepochs: 1\n\tbatch_size: 16\n", 3, 1, "found character '\\t' that cannot start any token"),
+    ("data: demo\nlr: [0.1\n", 3, 1, "expected ',' or ']'"),
+    ("data: demo\nmethod_options: {a: 1\n", 3, 1, "expected ',' or '}'"),
+    ("data: 'demo\n", 2, 1, "found unexpected end of stream"),
+])
+def test_a_config_file_that_is_not_yaml_is_refused_naming_file_line_and_column(tmp_path, capsys, text, line,
+                                                                                column, problem):
+    from balancemix_timm.train import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"config file {path} is not valid YAML at line {line}, column {column}: ")
+    assert problem in message and "\n" not in message
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: config file {path} is not valid YAML at line {line}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("data: demo\nlr: 0.01\nepochs: 2\n# later\nlr: 0.5\n", "lr", (2, 5)),
+    ("method_options:\n  gamma: 1\n  gamma: 2\n", "gamma", (2, 3)),
+    ("epochs: 2\n'epochs': 3\n", "epochs", (1, 2)),
+])
+def test_a_config_file_that_gives_a_key_twice_is_refused_naming_key_file_and_lines(tmp_path, text, key, lines):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=(
+            rf"^config file {re.escape(str(path))} gives key '{key}' twice, on lines {lines[0]} and {lines[1]}")):
+        load_config(path)
+
+
+def test_merge_keys_may_be_overridden_and_override_values_refuse_a_key_twice(tmp_path):
+    from balancemix_timm.config import read_yaml
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {lr: 0.1, epochs: 2}\nrun:\n  <<: *b\n  lr: 0.5\n")
+    assert read_yaml(path)["run"] == {"lr": 0.5, "epochs": 2}
+    with pytest.raises(ValueError, match=r"override method_options=.* gives key 'a' twice"):
+        parse_overrides(["method_options={a: 1, a: 2}"])
+
+
+def test_benchmark_runner_counts_a_run_with_an_unreadable_config_as_not_finished(tmp_path, caplog):
+    from balancemix_timm.benchmark.runner import _saved_config
+
+    (tmp_path / "config.yaml").write_text("lr: 0.1\nlr: 0.2\n")
+    with caplog.at_level("WARNING"):
+        assert _saved_config(tmp_path) is None
+    assert "gives key 'lr' twice" in caplog.text and str(tmp_path / "config.yaml") in caplog.text
+
+
+@pytest.mark.parametrize("gpus, device, problem", [
+    (0, "cuda", "this machine has no cuda device"),
+    (0, "cuda:0", "this machine has no cuda device"),
+    (1, "cuda:3", "this machine has 1 cuda device(s), cuda:0 to cuda:0"),
+    (2, "cuda:2", "this machine has 2 cuda device(s), cuda:0 to cuda:1"),
+    (1, "gpu", "is not a device name"),
+    (0, "cuda:x", "is not a device name"),
+    (1, "meta", "meta devices are not supported"),
+])
+def test_a_device_this_machine_lacks_is_refused_at_config_time(monkeypatch, capsys, gpus, device, problem):
+    import torch
+
+    from balancemix_timm.train import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    available = ["auto", "cpu"] + (["cuda", *(f"cuda:{i}" for i in range(gpus))] if gpus else [])
+    with pytest.raises(ValueError) as info:
+        load_config(None, [f"device={device}"])
+    assert str(info.value).startswith(f"config device={device!r}")
+    assert problem in str(info.value) and str(info.value).endswith(f"available: {available}")
+    with pytest.raises(SystemExit) as exit_info:   # before any data set or model is built
+        main([f"device={device}", "data=coco", "data_root=/nonexistent"])
+    assert exit_info.value.code == 2
+    assert f"error: config device={device!r}" in capsys.readouterr().err
+
+
+def test_devices_this_machine_has_are_accepted(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for device in ("auto", "cpu", "cuda", "cuda:0", "cuda:1"):
+        assert load_config(None, [f"device={device}"]).device == device

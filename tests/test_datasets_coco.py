@@ -228,3 +228,25 @@ def test_check_same_classes_lists_differing_categories(tmp_path):
         check_same_classes(a, b)
     msg = str(info.value)
     assert "only in train: 'cat' (id 17)" in msg and "only in val: 'dog' (id 17)" in msg
+
+
+def test_categories_without_any_annotation_are_named_in_a_warning(tmp_path, caplog):
+    # A Roboflow export: the root category (id 0) is never annotated.
+    root_category = [{"id": 0, "name": "objects"}, *CATEGORIES]
+    img_dir, ann = _write_coco(tmp_path / "rf", categories=root_category)
+    with caplog.at_level("WARNING", logger="balancemix_timm.data.datasets"):
+        ds = CocoMultiLabel(img_dir, ann)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(ann) in warnings[0]
+    assert "1 of 5 categories have no annotation in this split: 'objects' (id 0)" in warnings[0]
+    assert ds.classes[0] == "objects" and int(ds.labels[:, 0].sum()) == 0
+    # Without crowd annotations 'toothbrush' loses image 14 but keeps image 10: only 'objects'.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="balancemix_timm.data.datasets"):
+        CocoMultiLabel(img_dir, ann, include_crowd=False)
+    assert "'objects' (id 0)" in caplog.text and "toothbrush" not in caplog.text
+    caplog.clear()
+    img_dir, ann = _write_coco(tmp_path / "coco")
+    with caplog.at_level("WARNING", logger="balancemix_timm.data.datasets"):
+        CocoMultiLabel(img_dir, ann)
+    assert "no annotation" not in caplog.text

@@ -123,3 +123,49 @@ def test_to_rgb_in_memory_modes(mode):
     out = _to_rgb(img)
     assert out.mode == "RGB"
     assert np.abs(np.asarray(out).astype(int) - np.asarray(want).astype(int)).max() <= 2
+
+
+# ------------------------------------------------------------ EXIF orientation
+#: An asymmetric 2 x 3 upright image: every pixel differs, so any flip or rotation shows.
+_UPRIGHT = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 14
+
+#: Orientation tag -> how the stored pixels are laid out, given the upright ones (EXIF 2.32,
+#: Orientation: the viewer applies the inverse to show the image upright).
+_STORED = {
+    2: lambda u: u[:, ::-1],                        # mirrored left-right
+    3: lambda u: u[::-1, ::-1],                     # rotated 180
+    4: lambda u: u[::-1, :],                        # mirrored top-bottom
+    5: lambda u: u.transpose(1, 0, 2),              # transposed
+    6: lambda u: np.rot90(u, 1),                    # stored 90 counter-clockwise, shown turned clockwise
+    7: lambda u: np.rot90(u, 2).transpose(1, 0, 2),  # transverse
+    8: lambda u: np.rot90(u, -1),                   # stored 90 clockwise, shown turned counter-clockwise
+}
+
+
+def _with_orientation(stored: np.ndarray, orientation: int) -> tuple[Image.Image, Image.Exif]:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return Image.fromarray(np.ascontiguousarray(stored), "RGB"), exif
+
+
+@pytest.mark.parametrize("orientation", sorted(_STORED))
+def test_images_are_read_upright_by_their_exif_orientation(tmp_path, orientation):
+    image, exif = _with_orientation(_STORED[orientation](_UPRIGHT), orientation)
+    image.save(tmp_path / "photo.png", exif=exif)
+    got, _, _ = _one_image_coco(tmp_path, "photo.png")[0]
+    assert got.size == (3, 2)
+    np.testing.assert_array_equal(np.asarray(got), _UPRIGHT)
+
+
+def test_a_sideways_jpeg_phone_photo_and_a_16_bit_image_are_read_upright(tmp_path):
+    upright = np.kron(_UPRIGHT, np.ones((8, 8, 1), dtype=np.uint8))   # 16 x 24 blocks: JPEG keeps them
+    image, exif = _with_orientation(_STORED[6](upright), 6)
+    image.save(tmp_path / "phone.jpg", exif=exif, quality=100, subsampling=0)
+    got, _, _ = _one_image_coco(tmp_path, "phone.jpg")[0]
+    assert got.size == (24, 16)
+    assert np.abs(np.asarray(got).astype(int) - upright).max() <= 3
+    grey = (np.arange(6, dtype=np.uint16).reshape(2, 3) * 257 * 40)
+    image, exif = _with_orientation(np.zeros((1, 1, 3), np.uint8), 8)
+    Image.fromarray(np.rot90(grey, -1).copy()).save(tmp_path / "grey16.png", exif=exif)   # I;16
+    got, _, _ = _one_image_coco(tmp_path, "grey16.png")[0]
+    assert np.asarray(got)[..., 0].tolist() == (grey // 257).tolist()

@@ -374,11 +374,28 @@ def test_trainer_reads_minority_items_through_the_views(tmp_path) -> None:
 # --------------------------------------------------------------------------------------------
 # One label dtype rule for the public API: bool, integer and floating {0, 1} labels
 # --------------------------------------------------------------------------------------------
+def _dense(y: torch.Tensor) -> torch.Tensor:
+    return y if y.layout == torch.strided else y.to_dense()
+
+
+def _in_layout_of(y: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``dense`` in ``y``'s layout (strided, sparse COO or CSR)."""
+    return {torch.strided: dense, torch.sparse_coo: dense.to_sparse(),
+            torch.sparse_csr: dense.to_sparse_csr()}[y.layout]
+
+
+def _flip(y: torch.Tensor) -> torch.Tensor:
+    """The rows of ``y`` in reverse order, in ``y``'s layout."""
+    return _in_layout_of(y, _dense(y).flip(0))
+
+
 def _label_calls() -> dict:
     """Every public function taking labels/targets, as ``labels -> result`` on fixed inputs."""
     from balancemix_timm import (
         BalanceMixEngine,
         BalanceMixLoss,
+        BalanceMixOptions,
+        BalanceMixRecipe,
         LabelGMM,
         asl_elementwise,
         balancemix_loss,
@@ -387,7 +404,8 @@ def _label_calls() -> dict:
         minority_sampling_probs,
         refine_labels,
     )
-    from balancemix_timm.methods.testimator import reweighted_bce_elementwise, select_clean
+    from balancemix_timm.losses_mlml import hill_elementwise, splc_corrected, splc_elementwise
+    from balancemix_timm.methods.testimator import reweighted_bce_elementwise, select_clean, true_flip_rates
     from balancemix_timm.metrics import (
         average_precision,
         group_mean_average_precision,
@@ -396,6 +414,8 @@ def _label_calls() -> dict:
         relabel_statistics,
     )
     from balancemix_timm.noise import mislabel, noise_rate_report, random_flip, single_positive
+    from balancemix_timm.refine import clean_if_agrees
+    from balancemix_timm.sampling.scores import class_confidences, instance_scores
 
     g = _gen(3)
     n, k = 48, 4
@@ -413,9 +433,9 @@ def _label_calls() -> dict:
         return torch.as_tensor(x, dtype=torch.float64)
 
     return {
-        "mix_targets": lambda y: mix_targets(y, y.flip(0), lam),
-        "mix": lambda y: mix(images, y, images.flip(0), y.flip(0), 0.7)[1],
-        "MinorityMixup": lambda y: MinorityMixup(alpha=4.0, seed=0)(images, y, images.flip(0), y.flip(0))[1],
+        "mix_targets": lambda y: mix_targets(y, _flip(y), lam),
+        "mix": lambda y: mix(images, y, images.flip(0), _flip(y), 0.7)[1],
+        "MinorityMixup": lambda y: MinorityMixup(alpha=4.0, seed=0)(images, y, images.flip(0), _flip(y))[1],
         "minority_sampling_probs": lambda y: minority_sampling_probs(probs, y),
         "refine_labels": lambda y: torch.stack([r.double() for r in refine_labels(y, probs, views, 0.7)]),
         "bce_elementwise": lambda y: bce_elementwise(logits, y),
@@ -436,18 +456,41 @@ def _label_calls() -> dict:
         "random_flip": lambda y: random_flip(y, 0.4, generator=_gen(1)),
         "single_positive": lambda y: single_positive(y, generator=_gen(1)),
         "noise_rate_report": lambda y: t(list(noise_rate_report(y, truth).values())),
+        "class_confidences": lambda y: torch.stack(class_confidences(probs, y)),
+        "instance_scores": lambda y: instance_scores(probs, y, score="positive"),
+        "clean_if_agrees": lambda y: clean_if_agrees(losses, probs, y),
+        "true_flip_rates": lambda y: torch.stack(true_flip_rates(y, truth)),
+        "hill_elementwise": lambda y: hill_elementwise(logits, y),
+        "splc_elementwise": lambda y: splc_elementwise(logits, y),
+        "splc_corrected": lambda y: splc_corrected(logits, y).double(),
+        "BalanceMixEngine.bce_from_probs": lambda y: BalanceMixEngine.bce_from_probs(probs, y),
+        "BalanceMixRecipe": lambda y: BalanceMixRecipe(y, BalanceMixOptions(), device="cpu").engine.mixed_targets(
+            idx, idx.flip(0), 0.7),
         "BalanceMix": lambda y: BalanceMixEngine(y).mixed_targets(idx, idx.flip(0), 0.7),
-        "BalanceMix.loss": lambda y: BalanceMixEngine(truth).loss(logits[:8], y[:8], idx),
+        "BalanceMix.loss": lambda y: BalanceMixEngine(truth).loss(logits[:8], _in_layout_of(y, _dense(y)[:8]), idx),
     }, truth
 
 
-@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int32, torch.int64, torch.float16, torch.float64])
-def test_every_public_label_function_accepts_bool_integer_and_float_labels(dtype) -> None:
+_LABEL_DTYPES = [torch.bool, torch.uint8, torch.int32, torch.int64, torch.float16, torch.float64]
+
+
+def _sparse(layout: str):
+    """``labels -> labels`` in the sparse ``layout`` (strided: unchanged)."""
+    return {"strided": lambda y: y, "sparse_coo": lambda y: y.to_sparse(),
+            "sparse_csr": lambda y: y.to_sparse_csr()}[layout]
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
+@pytest.mark.parametrize("layout", ["strided", "sparse_coo", "sparse_csr"])
+@pytest.mark.parametrize("dtype", _LABEL_DTYPES)
+def test_every_public_label_function_accepts_bool_integer_and_float_labels(dtype, layout) -> None:
+    """Labels of every dtype, dense or sparse (densified), give the float32 labels' result."""
     calls, truth = _label_calls()
     tol = 1e-3 if dtype == torch.float16 else 1e-5  # half labels are mixed in half precision
+    as_layout = _sparse(layout)
     for name, call in calls.items():
         expected = call(truth.float())
-        got = call(truth.to(dtype))
+        got = call(as_layout(truth.to(dtype)))
         assert got.shape == expected.shape, name
         assert got.dtype.is_floating_point or got.dtype in (dtype, expected.dtype), name  # noise keeps it
         torch.testing.assert_close(got.double(), expected.double(), rtol=tol, atol=tol, msg=name)

@@ -312,3 +312,24 @@ def test_without_balancemix_the_loop_is_plain_asl(train_set, val_set):
     assert out["losses"] == losses
     for a, b in zip(model_a.parameters(), model_b.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty"])
+def test_a_damaged_resume_checkpoint_is_refused_before_the_labels_are_read(train_set, tmp_path, monkeypatch, kind):
+    import balancemix_timm.integrations.ml_decoder_plugin as plugin_module
+
+    path = tmp_path / "balancemix-last.pth"
+    torch.save({"format": "x", "model": {"w": torch.zeros(256)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if kind == "truncated" else b"")
+
+    def read(*args, **kwargs):
+        raise AssertionError("the labels were read before the checkpoint was checked")
+
+    monkeypatch.setattr(plugin_module, "labels_from_dataset", read)
+    with pytest.raises(ValueError, match=r"^--bm-resume '.*balancemix-last\.pth' is damaged or incomplete .*delete it"):
+        bm.setup(parse(["--balancemix", "--bm-resume", str(path)]), train_set)
+    monkeypatch.undo()
+    plugin = bm.setup(parse(["--balancemix"]), train_set)
+    with pytest.raises(ValueError, match="is damaged or incomplete"):
+        plugin.load_checkpoint(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import timm
@@ -334,3 +335,20 @@ def test_tresnet_inplace_abn_checkpoint_is_converted() -> None:
     for key in ("body.conv1.bn.weight", "body.layer2.0.conv1.bn.weight"):
         torch.testing.assert_close(own[key], src[key].abs() + 1e-5)
     assert report.missing == [k for k in model.state_dict() if k.startswith("head.")]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty"])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_damaged_pretrained_file_is_named_as_damaged_or_incomplete(tmp_path, kind, suffix) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"backbone{suffix}"
+    sd = _backbone_ckpt(seed=3)
+    if suffix == ".pth":
+        torch.save(sd, path)
+    else:
+        save_file(sd, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if kind == "truncated" else b"")
+    with pytest.raises(ValueError, match=rf"^pretrained_path '{re.escape(str(path))}' is damaged or incomplete"):
+        create_model(TINY, num_classes=3, pretrained_path=path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,58 @@ def test_confidence_input_image_records_the_unaugmented_image(data_root, tmp_pat
     if label_source == "epoch_pass":  # recorded with the epoch's final weights: equal to a fresh pass
         scores, _ = tr.predict(tr.model, tr.training_images())
         torch.testing.assert_close(eng.probs, scores.float(), atol=1e-5, rtol=1e-4)
+
+
+def _damaged_checkpoint(path: Path, kind: str) -> Path:
+    """A checkpoint file cut short (``truncated``) or left empty (``empty``) at ``path``."""
+    torch.save(dict(format="balancemix-timm/1", model={"w": torch.zeros(256)}), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if kind == "truncated" else b"")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty"])
+@pytest.mark.parametrize("target", ["resume_auto", "resume_path", "pretrained_path"])
+def test_a_damaged_checkpoint_is_refused_before_data_and_model_are_built(data_root, tmp_path, monkeypatch, capsys,
+                                                                          kind, target):
+    import balancemix_timm.trainer.core as core
+
+    def built(*args, **kwargs):
+        raise AssertionError("the data set was built before the checkpoint was checked")
+
+    monkeypatch.setattr(core, "build_datasets", built)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    values, resume = {}, None
+    if target == "pretrained_path":
+        ckpt = _damaged_checkpoint(tmp_path / "backbone.pth", kind)
+        values["pretrained_path"] = str(ckpt)
+        name = "config pretrained_path"
+    else:
+        ckpt = _damaged_checkpoint(run_dir / "last.pth", kind)
+        resume = "auto" if target == "resume_auto" else str(ckpt)
+        name = "resume checkpoint"
+    cfg = _cfg(data_root, tmp_path, **values)
+    with pytest.raises(ValueError, match=rf"^{name} '{re.escape(str(ckpt))}' is damaged or incomplete \(.*\): "
+                                         r".*(delete it|pass an intact file)"):
+        train(cfg, resume=resume, run_dir=run_dir)
+    argv = [f"data_root={data_root}", f"output_dir={tmp_path}", *(f"{k}={v}" for k, v in values.items()),
+            "--run-dir", str(run_dir), *(["--resume", resume] if resume else [])]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {name} '{ckpt}' is damaged or incomplete" in err and "Traceback" not in err
+    if target == "pretrained_path":
+        with pytest.raises(ValueError, match="damaged or incomplete"):
+            Trainer(cfg, run_dir=run_dir)
+
+
+def test_a_damaged_resume_checkpoint_names_the_best_weights_as_a_way_out(data_root, tmp_path):
+    from balancemix_timm.trainer.checkpoint import check_run_files
+
+    last = _damaged_checkpoint(tmp_path / "last.pth", "truncated")
+    torch.save({"model": {}}, tmp_path / "best.pth")
+    with pytest.raises(ValueError, match=rf"pretrained_path={tmp_path / 'best.pth'}"):
+        check_run_files(_cfg(data_root, tmp_path), last)
+    assert check_run_files(_cfg(data_root, tmp_path), "auto", tmp_path / "elsewhere") is None   # nothing to resume

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config
+from ..config import load_config, read_yaml
 from .grid import ABLATION_ROWS, BUDGETS, RUN_ORDER, SETTING_TITLES, TABLE5_SETTINGS, Budget, RunSpec, plan_runs
 
 #: Suffixes of the class groups' metrics (``mAP``, ``mAP_many``, ...) and their titles.
@@ -85,13 +85,12 @@ def _row_at_fraction(metrics: Sequence[Mapping[str, Any]], epochs: int, fraction
 def _pretrained_info(out: Path, runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
     """The pre-trained backbone the finished runs fine-tuned: its path and, when its
     ``manifest.json`` is readable, the recipe, corpus digest and held-out accuracy."""
-    import yaml
-
     for key in runs:
         try:
-            path = (yaml.safe_load((out / "runs" / key / "config.yaml").read_text()) or {}).get("pretrained_path")
-        except (OSError, yaml.YAMLError):
+            saved = read_yaml(out / "runs" / key / "config.yaml", what="run configuration") or {}
+        except (OSError, ValueError):
             continue
+        path = saved.get("pretrained_path") if isinstance(saved, dict) else None
         if path:
             manifest = _read_json(Path(path).parent / "manifest.json") or {}
             return dict(path=str(path), recipe=manifest.get("recipe"), accuracy=manifest.get("accuracy"),

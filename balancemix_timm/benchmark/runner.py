@@ -86,13 +86,15 @@ def _saved_config(run_dir: Path) -> dict[str, Any] | None:
     """A run's ``config.yaml``; a key it lacks (an option added after the run) holds the value
     of the behaviour before it existed (:data:`~balancemix_timm.config.LEGACY_VALUES`). None if
     the file is missing or unreadable."""
-    import yaml
+    from ..config import LEGACY_VALUES, read_yaml
 
-    from ..config import LEGACY_VALUES
-
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
     try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        saved = read_yaml(path, what="run configuration")
+    except (OSError, ValueError) as err:
+        _logger.warning("%s; the run counts as not finished", err)
         return None
     if not isinstance(saved, dict):
         return None

@@ -33,15 +33,15 @@ _FLOAT32_MIN_TOL = 1e-4
 def _check_inputs(losses: Tensor, labels: Tensor, *, values: bool = True) -> None:
     """Types and shapes; with ``values``, also binary labels and finite losses (``_layout``
     checks both on the way, for the fit, without extra passes)."""
-    check_tensor(losses, "losses")
-    check_tensor(labels, "labels")
+    losses = check_tensor(losses, "losses")
+    labels = check_tensor(labels, "labels")
     check_ndim(losses, "losses", 2)
     check_ndim(labels, "labels", 2)
     check_same_shape(losses, "losses", labels, "labels")
     if not losses.is_floating_point():
         raise ValueError(f"losses must be a floating-point tensor, got {losses.dtype}")
     if values:
-        check_binary(labels, "labels")
+        labels = check_binary(labels, "labels")
         check_finite(losses, "losses")
 
 

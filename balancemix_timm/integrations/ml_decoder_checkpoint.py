@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models import check_checkpoint_file
 from ..utils import atomic_save
 
-__all__ = ["Attached", "ScriptCheckpoint", "CHECKPOINT_NAME", "CHECKPOINT_FORMAT"]
+__all__ = ["Attached", "ScriptCheckpoint", "CHECKPOINT_NAME", "CHECKPOINT_FORMAT", "check_resume_file"]
 
 _logger = logging.getLogger("balancemix_timm.integrations.ml_decoder")
 
@@ -32,6 +34,29 @@ class Attached:
         self.scheduler: Any = None
         self.scaler: Any = None
 
+
+
+#: What to do about a damaged ``--bm-resume`` file.
+RESUME_ADVICE = (
+    "the run cannot continue from it; delete it and start the run afresh without --bm-resume, or pass "
+    "ML-Decoder's own best model file as the pre-trained weights of a new run"
+)
+
+
+def check_resume_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` after checking that it is a complete checkpoint file (cheap: its directory only).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is empty or cut short; the message names it and says what to do.
+    """
+    return check_checkpoint_file(path, name="--bm-resume", advice=RESUME_ADVICE)
+
+
+def _damaged(path: Path, err: BaseException) -> ValueError:
+    reason = str(err).splitlines()[0] if str(err) else "it ends early"
+    return ValueError(f"--bm-resume {str(path)!r} is damaged or incomplete ({type(err).__name__}: {reason}): "
+                      f"{RESUME_ADVICE}")
 
 
 class ScriptCheckpoint:
@@ -93,15 +118,23 @@ class ScriptCheckpoint:
 
         Returns:
             ``(start_epoch, highest_mAP)``.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: a damaged or incomplete file (:func:`check_resume_file`), or not a
+                checkpoint of the patched script.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"resume checkpoint not found: {path}")
+        path = check_resume_file(path)
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # older schedulers pickle functions
+        except pickle.UnpicklingError as err:  # older schedulers pickle functions
             _logger.warning("weights-only load of %s failed (%s); loading it fully", path, err)
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            except (EOFError, RuntimeError, pickle.UnpicklingError) as full_err:
+                raise _damaged(path, full_err) from full_err
+        except (EOFError, RuntimeError) as err:
+            raise _damaged(path, err) from err
         if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a BalanceMix checkpoint of the patched ML-Decoder script")
         a = self._attached

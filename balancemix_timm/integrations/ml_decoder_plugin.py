@@ -27,7 +27,7 @@ from ..options import LEGACY_OPTION_VALUES, BalanceMixOptions
 from ..recipe import BalanceMixRecipe
 from ..sampling import PairedBatchSampler
 from ..utils import EPOCH_PASS_STREAM, TRAIN_LOADER_STREAM, epoch_seed, seed_worker, view_probabilities
-from .ml_decoder_checkpoint import Attached, ScriptCheckpoint
+from .ml_decoder_checkpoint import Attached, ScriptCheckpoint, check_resume_file
 from .ml_decoder_flags import (
     ASL_DEFAULTS,
     option_values_from_args,
@@ -78,7 +78,8 @@ class BalanceMixPlugin(ScriptCheckpoint):
             ``(C, H, W)`` tensor of the training views' shape. Required by
             ``confidence_input="image"``, unused otherwise.
         checkpoint_dir: Folder of ``balancemix-last.pth``; ``None`` or ``""`` disables.
-        resume: A ``balancemix-last.pth`` to restore in :meth:`attach`.
+        resume: A ``balancemix-last.pth`` to restore in :meth:`attach`; an empty or cut-short
+            file is refused here, before the labels are read (``ValueError`` naming it).
         verify_targets: Check on each epoch's first batch that the loop's targets equal the
             engine's labels.
         device: Where the engine's per-sample tables live (and its GMM refresh computes):
@@ -115,6 +116,8 @@ class BalanceMixPlugin(ScriptCheckpoint):
             raise ValueError(f"dataset must be a map-style data set, got {type(dataset).__name__}")
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        if resume:  # before the labels are read from the data set
+            check_resume_file(resume)
         options = resolve_plugin_options(options, option_values, gmm_options, image_transform)
         if options.confidence_input == "image" and image_transform is None:
             raise ValueError(

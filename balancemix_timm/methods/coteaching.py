@@ -73,7 +73,7 @@ def small_loss_selection(losses: Tensor, remember_rate: float, *, selection: str
         Bool mask, ``(B,)`` for ``"instance"`` and ``(B, K)`` for ``"label"``. Ties are broken
         by batch position (stable sort).
     """
-    check_tensor(losses, "losses")
+    losses = check_tensor(losses, "losses")
     check_ndim(losses, "losses", 2)
     check_finite(losses, "losses")
     if selection not in SELECTIONS:
@@ -120,8 +120,8 @@ def coteaching_losses(
         instances of the per-instance summed loss; label selection: the sum over kept entries
         divided by the number kept per column (the same per-sample-sum scale).
     """
-    check_tensor(losses_1, "losses_1")
-    check_tensor(losses_2, "losses_2")
+    losses_1 = check_tensor(losses_1, "losses_1")
+    losses_2 = check_tensor(losses_2, "losses_2")
     check_same_shape(losses_1, "losses_1", losses_2, "losses_2")
     keep_1 = small_loss_selection(losses_1, remember_rate, selection=selection)
     keep_2 = small_loss_selection(losses_2, remember_rate, selection=selection)

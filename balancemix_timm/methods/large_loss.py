@@ -71,7 +71,7 @@ def large_loss_selection(losses: Tensor, candidates: Tensor, k: int) -> Tensor:
         ``(B, K)`` bool mask with exactly ``min(k, candidates.sum())`` True entries, all
         candidates, none with a smaller loss than an unselected candidate.
     """
-    check_tensor(losses, "losses")
+    losses = check_tensor(losses, "losses")
     check_ndim(losses, "losses", 2)
     check_finite(losses, "losses")
     check_same_shape(losses, "losses", candidates, "candidates")

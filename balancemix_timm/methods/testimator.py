@@ -59,9 +59,9 @@ def select_clean(
     Returns:
         ``(N, K)`` bool mask of the selected (clean) labels.
     """
-    check_tensor(probs, "probs")
-    check_probabilities(probs, "probs")
-    check_binary(labels, "labels")
+    probs = check_tensor(probs, "probs")
+    probs = check_probabilities(probs, "probs")
+    labels = check_binary(labels, "labels")
     check_same_shape(probs, "probs", labels, "labels")
     p = probs.double().clamp(1e-7, 1 - 1e-7)
     y = labels.double()
@@ -119,7 +119,7 @@ def estimate_flip_rates(
         ``(rho_pos, rho_neg, valid)``: ``(K,)`` float64 rates (0 for invalid classes) and a
         ``(K,)`` bool mask of the classes with an estimate.
     """
-    check_binary(noisy_labels, "noisy_labels")
+    noisy_labels = check_binary(noisy_labels, "noisy_labels")
     check_ndim(noisy_labels, "noisy_labels", 2)
     check_same_shape(noisy_labels, "noisy_labels", clean_mask, "clean_mask")
     n, k = noisy_labels.shape
@@ -159,7 +159,13 @@ def estimate_flip_rates(
 
 
 def true_flip_rates(noisy_labels: Tensor, clean_labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Empirical ``(rho_pos, rho_neg)`` per class, ``(K,)`` float64 each (NaN without support)."""
+    """Empirical ``(rho_pos, rho_neg)`` per class, ``(K,)`` float64 each (NaN without support).
+
+    Raises:
+        ValueError: either label matrix is not binary, or their shapes differ.
+    """
+    noisy_labels = check_binary(noisy_labels, "noisy_labels")
+    clean_labels = check_binary(clean_labels, "clean_labels")
     check_same_shape(noisy_labels, "noisy_labels", clean_labels, "clean_labels")
     y, t = noisy_labels.double(), clean_labels.double()
     rho_pos = ((1 - y) * t).sum(0) / t.sum(0)
@@ -186,7 +192,7 @@ def reweighting_weights(logits: Tensor, rho_pos: Tensor, rho_neg: Tensor) -> tup
     Returns:
         ``(w_1, w_0)``, both ``(B, K)``, without gradient.
     """
-    check_tensor(logits, "logits")
+    logits = check_tensor(logits, "logits")
     check_ndim(logits, "logits", 2)
     check_finite(logits, "logits")
     x = logits.detach()
@@ -210,7 +216,7 @@ def reweighted_bce_elementwise(logits: Tensor, targets: Tensor, rho_pos: Tensor,
     :func:`reweighting_weights`; a soft (Mixup) target weights each of the two terms by its
     own importance weight.
     """
-    check_tensor(targets, "targets")
+    targets = check_tensor(targets, "targets")
     check_same_shape(logits, "logits", targets, "targets")
     check_probabilities(targets.float(), "targets")
     w1, w0 = reweighting_weights(logits, rho_pos, rho_neg)

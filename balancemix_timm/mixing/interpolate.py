@@ -56,9 +56,10 @@ def _interpolate(a: Tensor, b: Tensor, lam: float | Tensor) -> Tensor:
     return lam * a + (1.0 - lam) * b
 
 
-def _check_pair(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
-    check_tensor(a, a_name)
-    check_tensor(b, b_name)
+def _check_pair(a: Tensor, a_name: str, b: Tensor, b_name: str) -> tuple[Tensor, Tensor]:
+    """``(a, b)`` checked and strided (sparse ones densified, the package's layout rule)."""
+    a = check_tensor(a, a_name)
+    b = check_tensor(b, b_name)
     check_ndim(a, a_name, tuple(range(1, 17)))
     if a.shape != b.shape:
         raise ValueError(
@@ -66,6 +67,7 @@ def _check_pair(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
         )
     for t, name in ((a, a_name), (b, b_name)):
         check_real(t, name)  # bool, integer or floating (the package's label dtype rule)
+    return a, b
 
 
 def mix_targets(y_r: Tensor, y_m: Tensor, lam: float | Tensor) -> Tensor:
@@ -87,7 +89,7 @@ def mix_targets(y_r: Tensor, y_m: Tensor, lam: float | Tensor) -> Tensor:
     Raises:
         ValueError: complex or non-finite inputs, mismatched shapes, or ``lam`` outside [0, 1].
     """
-    _check_pair(y_r, "y_r", y_m, "y_m")
+    y_r, y_m = _check_pair(y_r, "y_r", y_m, "y_m")
     return _interpolate(y_r, y_m, _check_lam(lam, y_r.shape[0]))
 
 
@@ -110,8 +112,8 @@ def mix(
         integer inputs (e.g. bool labels, uint8 images) are mixed and returned in the default
         float dtype, not rounded.
     """
-    _check_pair(x_r, "x_r", x_m, "x_m")
-    _check_pair(y_r, "y_r", y_m, "y_m")
+    x_r, x_m = _check_pair(x_r, "x_r", x_m, "x_m")
+    y_r, y_m = _check_pair(y_r, "y_r", y_m, "y_m")
     if x_r.shape[0] != y_r.shape[0]:
         raise ValueError(
             f"x_r and y_r must have the same batch size, got {x_r.shape[0]} and {y_r.shape[0]}"

@@ -66,7 +66,7 @@ class MinorityMixup:
         Returns:
             ``(x_mix, y_mix)``.
         """
-        check_tensor(x_r, "x_r")
+        x_r = check_tensor(x_r, "x_r")
         check_ndim(x_r, "x_r", tuple(range(1, 17)))
         lam = self.sample_lam(x_r.shape[0])
         return mix(x_r, y_r, x_m, y_m, lam)

@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import sys
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from balancemix_timm.models.head import MLDecoderClassifier, MLDecoderHead
 
 __all__ = [
     "LoadReport",
+    "check_checkpoint_file",
     "checkpoint_safe_globals",
     "read_state_dict",
     "load_pretrained_backbone",
@@ -113,6 +115,73 @@ def checkpoint_safe_globals() -> list[Any]:
     return allowed
 
 
+#: What to do about a damaged checkpoint file when the caller has no better advice.
+_DAMAGED_ADVICE = "write it again, or pass another file"
+
+
+def check_checkpoint_file(path: str | os.PathLike[str], *, name: str = "path", advice: str = _DAMAGED_ADVICE) -> Path:
+    """Check that a checkpoint file is complete, reading only its directory, not its tensors.
+
+    Cheap enough to run before anything expensive is built from the file. Checked:
+
+    * the file exists and is not empty;
+    * ``.safetensors``: the header, and that its tensors fit the file (safetensors' ``safe_open``);
+    * anything else must be ``torch.save``'s zip archive, whose directory at the end of the file
+      must be readable (a file cut short loses it), or a legacy ``torch.save`` pickle (not
+      checked further here: the loader reports its errors).
+
+    Args:
+        path: The file.
+        name: The caller's name for ``path`` (e.g. ``"pretrained_path"``, ``"--resume"``),
+            used in messages.
+        advice: What the user can do about a damaged file, appended to the message.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is empty or cut short (the message names ``name`` and the file,
+            says it is damaged or incomplete and gives ``advice``), or is no checkpoint at all.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{name}: checkpoint file not found: {str(file)!r}")
+
+    def damaged(detail: str) -> ValueError:
+        return ValueError(f"{name} {str(file)!r} is damaged or incomplete ({detail}): {advice}")
+
+    size = file.stat().st_size
+    if size == 0:
+        raise damaged("0 bytes, e.g. a run stopped while writing it")
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as err:
+            raise damaged(f"{size} bytes; safetensors: {err}") from err
+        return file
+    with file.open("rb") as fh:
+        head = fh.read(4)
+    if zipfile.is_zipfile(file):
+        try:
+            with zipfile.ZipFile(file) as archive:
+                archive.infolist()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise damaged(f"{size} bytes; its zip directory is unreadable: {err}") from err
+        return file
+    if head.startswith(b"PK"):
+        raise damaged(f"{size} bytes; a zip archive without its directory, i.e. cut short")
+    if not head.startswith(b"\x80"):  # neither zip nor pickle (protocol >= 2)
+        raise ValueError(
+            f"{name} {str(file)!r} is not a readable torch checkpoint ({size} bytes, neither "
+            "torch.save's zip format nor a pickle)"
+        )
+    return file
+
+
 def _torch_load(file: Path, weights_only: bool) -> Any:
     """``torch.load`` on the CPU; weights-only loads allow :func:`checkpoint_safe_globals`."""
     safe_globals = getattr(torch.serialization, "safe_globals", None)
@@ -148,13 +217,12 @@ def read_state_dict(
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
-        ValueError: The file cannot be read as a checkpoint, a weights-only load refuses an
+        ValueError: The file is damaged or incomplete (:func:`check_checkpoint_file`), cannot
+            be read as a checkpoint, a weights-only load refuses an
             object it pickles (the message says how to re-save the weights), or it holds no
             tensors.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{name}: checkpoint file not found: {str(file)!r}")
+    file = check_checkpoint_file(path, name=name)
     what = f"{name} {str(file)!r}"
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -188,6 +256,8 @@ def read_state_dict(
                 f"{what} is not a readable torch checkpoint, or pickles something a weights-only "
                 f"torch.load refuses ({reason}). {way_out}"
             ) from err
+        except EOFError as err:
+            raise ValueError(f"{what} is damaged or incomplete (it ends early): {_DAMAGED_ADVICE}") from err
         except Exception as err:  # torch.load raises many types on a file that is no checkpoint
             raise ValueError(
                 f"{what} is not a readable torch checkpoint ({type(err).__name__}: {err})"

@@ -221,7 +221,7 @@ class MLDecoderHead(nn.Module):
         Returns:
             ``(B, K)`` logits.
         """
-        check_tensor(x, "x")
+        x = check_tensor(x, "x")
         check_ndim(x, "x", (3, 4))
         tokens = x.flatten(2).transpose(1, 2) if x.ndim == 4 else x
         if tokens.shape[-1] != self.in_features:

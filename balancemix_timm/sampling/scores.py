@@ -32,14 +32,14 @@ _SCORES = ("paper", "positive")
 
 
 def _check_probs_labels(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    check_tensor(probs, "probs")
-    check_tensor(labels, "labels")
+    probs = check_tensor(probs, "probs")
+    labels = check_tensor(labels, "labels")
     check_ndim(probs, "probs", 2)
     check_same_shape(probs, "probs", labels, "labels")
     if probs.shape[0] < 1 or probs.shape[1] < 1:
         raise ValueError(f"probs must have at least one row and one column, got {tuple(probs.shape)}")
-    check_probabilities(probs, "probs")
-    check_binary(labels, "labels")
+    probs = check_probabilities(probs, "probs")
+    labels = check_binary(labels, "labels")
     positive = labels.to(device=probs.device).bool()
     return probs.to(torch.float64), positive
 
@@ -91,6 +91,7 @@ def instance_scores(probs: Tensor, labels: Tensor, *, score: str = "paper") -> T
     """
     if score not in _SCORES:
         raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+    labels = check_tensor(labels, "labels")
     conf_p, conf_a = class_confidences(probs, labels)
     conf_p = torch.nan_to_num(conf_p, nan=0.0)
     conf_a = torch.nan_to_num(conf_a, nan=0.0)
@@ -175,7 +176,7 @@ def weight_spread(p: Tensor) -> dict[str, float]:
 
 
 def _check_weights(weights: Tensor, name: str, size: int | None) -> Tensor:
-    check_tensor(weights, name)
+    weights = check_tensor(weights, name)
     check_ndim(weights, name, 1)
     if size is not None and weights.numel() != size:
         raise ValueError(f"{name} must have length {size}, got {weights.numel()}")

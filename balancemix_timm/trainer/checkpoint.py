@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +12,70 @@ from torch import Tensor, nn
 
 from ..config import LEGACY_VALUES, TrainConfig, config_diff
 from ..methods import TrainingMethod
+from ..models import check_checkpoint_file
 from ..sampling import ShardedRandomSampler
 from ..utils import ModelEma, rng_state
 
-__all__ = ["FORMAT", "CheckpointMixin"]
+__all__ = ["FORMAT", "CheckpointMixin", "run_dir_of", "check_run_files"]
 
 #: The ``format`` entry of a training checkpoint.
 FORMAT = "balancemix-timm/1"
 
 #: The run's log channel (one name for the whole trainer: log filters use it).
 _logger = logging.getLogger("balancemix_timm.train")
+
+
+def run_dir_of(cfg: TrainConfig, run_dir: str | Path | None = None) -> Path:
+    """The run folder: ``run_dir`` if given, else ``<output_dir>/<run_name>`` (by default
+    ``<method>-<noise><rate>-s<seed>``)."""
+    if run_dir is not None:
+        return Path(run_dir)
+    name = cfg.run_name or f"{cfg.method}-{cfg.noise}{cfg.noise_rate:g}-s{cfg.seed}"
+    return Path(cfg.output_dir) / name
+
+
+def _resume_advice(path: Path) -> str:
+    """What to do about a damaged checkpoint ``path`` of a run folder."""
+    best = path.parent / "best.pth"
+    fresh = "delete it and run again without --resume (or with --resume auto) to start the run afresh"
+    if best.is_file() and best != path:
+        return (f"the run cannot continue from it; {fresh}, or start a new run from its best weights with "
+                f"pretrained_path={best}")
+    return f"the run cannot continue from it; {fresh}"
+
+
+def check_run_files(cfg: TrainConfig, resume: str | Path | None = None,
+                    run_dir: str | Path | None = None) -> Path | None:
+    """Check the checkpoint files a run reads, before its data set and model are built.
+
+    Args:
+        cfg: The configuration; a ``pretrained_path`` file (not ``offline``) is checked.
+        resume: A checkpoint to continue from, ``"auto"`` (the run folder's ``last.pth`` if
+            there is one) or None.
+        run_dir: The run folder (default :func:`run_dir_of`).
+
+    Returns:
+        The checkpoint to resume from, or None.
+
+    Raises:
+        FileNotFoundError: ``resume`` or ``pretrained_path`` names no file.
+        ValueError: a file is empty, cut short or no checkpoint
+            (:func:`~balancemix_timm.models.check_checkpoint_file`); the message names it and
+            says what to do.
+    """
+    from ..pretrain import OFFLINE
+
+    if cfg.pretrained_path is not None and str(cfg.pretrained_path) != OFFLINE:
+        check_checkpoint_file(cfg.pretrained_path, name="config pretrained_path",
+                              advice="pass an intact file, or pretrained_path=null to train from scratch")
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        resume = run_dir_of(cfg, run_dir) / "last.pth"
+        if not resume.is_file():
+            return None
+    path = Path(resume)
+    return check_checkpoint_file(path, name="resume checkpoint", advice=_resume_advice(path))
 
 
 class CheckpointMixin:
@@ -69,13 +124,17 @@ class CheckpointMixin:
 
         Raises:
             FileNotFoundError: no file at ``path``.
-            ValueError: not a training checkpoint, or one of another configuration or of
-                other labels.
+            ValueError: a damaged or incomplete file, not a training checkpoint, or one of
+                another configuration or of other labels.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        path = check_checkpoint_file(path, name="resume checkpoint", advice=_resume_advice(Path(path)))
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except (EOFError, RuntimeError, pickle.UnpicklingError) as err:
+            raise ValueError(
+                f"resume checkpoint {str(path)!r} is damaged or incomplete ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else 'it ends early'}): {_resume_advice(path)}"
+            ) from err
         if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
             raise ValueError(f"{path} is not a balancemix-timm training checkpoint")
         ckpt = self.method.upgrade_checkpoint(ckpt)

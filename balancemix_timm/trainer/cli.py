@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import load_config
+from .checkpoint import check_run_files
 from .core import train
 from .distributed import dist_info, init_distributed
 
@@ -81,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = None
     try:
         cfg = load_config(config, overrides)
-    except ValueError as err:  # a bad key or value: one line naming it, exit status 2
+        # a missing or damaged checkpoint file, before data set and model are built
+        resume = check_run_files(cfg, args.resume, args.run_dir)
+    except (ValueError, FileNotFoundError) as err:  # one line naming the key, value or file; exit status 2
         parser.error(str(err))
     _setup_logging(None, args.verbose)
     init_distributed(cfg)
@@ -90,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.WARNING)
         cfg.progress = False
     try:
-        summary = train(cfg, resume=args.resume, run_dir=args.run_dir)
+        summary = train(cfg, resume=resume, run_dir=args.run_dir)
     finally:
         import torch.distributed as dist
 

@@ -39,7 +39,7 @@ from ..utils import (
     seed_everything,
     seed_worker,
 )
-from .checkpoint import CheckpointMixin
+from .checkpoint import CheckpointMixin, check_run_files, run_dir_of
 from .data import build_datasets, noisy_labels, train_loader
 from .distributed import dist_info, init_distributed
 from .evaluation import MapFigures, predict
@@ -78,11 +78,11 @@ class Trainer(CheckpointMixin):
         from ..pretrain import resolve_pretrained_path
 
         cfg.validate()
+        check_run_files(cfg)  # the pretrained_path file, before data set and model are built
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dist_rank, self.world_size = dist_info()
-        name = cfg.run_name or f"{cfg.method}-{cfg.noise}{cfg.noise_rate:g}-s{cfg.seed}"
-        self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / name
+        self.run_dir = run_dir_of(cfg, run_dir)
         self.is_main = self.dist_rank == 0
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -397,10 +397,14 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, run_dir: str | 
 
     Returns:
         The run summary.
+
+    Raises:
+        ValueError: an invalid configuration, or a damaged ``resume`` or ``pretrained_path``
+            checkpoint (:func:`~balancemix_timm.trainer.checkpoint.check_run_files`), before
+            data set and model are built.
     """
     init_distributed(cfg)
+    cfg.validate()
+    resume = check_run_files(cfg, resume, run_dir)  # before data set and model are built
     trainer = Trainer(cfg, run_dir=run_dir)
-    if resume == "auto":
-        last = trainer.run_dir / "last.pth"
-        resume = last if last.is_file() else None
     return trainer.fit(resume=resume)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -41,7 +41,7 @@ def _as_label_matrix(labels: Any, name: str, shape: tuple[int, int]) -> Tensor:
         raise ValueError(
             f"{name} must have shape {shape} (images, classes), got {tuple(labels.shape)}"
         )
-    check_binary(labels, name)
+    labels = check_binary(labels, name)
     return labels.detach().to(device="cpu", dtype=torch.uint8).contiguous().clone()
 
 
@@ -94,7 +94,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _load_rgb(path: str, index: int) -> Image.Image:
-    """Open ``path`` with PIL and convert it to 8-bit RGB (see :func:`_to_rgb`).
+    """Open ``path`` with PIL, turn it upright and convert it to 8-bit RGB (see :func:`_to_rgb`).
+
+    The one image reader of the data sets (COCO, VOC and the demo set, in training and
+    evaluation). Upright means as image viewers show it: an EXIF ``Orientation`` tag (2-8, e.g.
+    6 for a phone photo stored sideways) is applied with Pillow's
+    :func:`PIL.ImageOps.exif_transpose`, so the pixels reach the model in their displayed
+    geometry (width and height swapped for orientations 5-8).
 
     Every failure names the file and the sample index and is chained from Pillow's error:
     decode errors (truncated, empty or unidentified files) stay ``OSError``, images over
@@ -110,6 +116,7 @@ def _load_rgb(path: str, index: int) -> Image.Image:
         raise FileNotFoundError(f"image file for sample {index} not found: {path}")
     try:
         with Image.open(path) as img:
+            ImageOps.exif_transpose(img, in_place=True)
             return _to_rgb(img)
     except MemoryError:
         raise

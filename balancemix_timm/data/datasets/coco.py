@@ -55,6 +55,10 @@ class CocoMultiLabel(_MultiLabelImageDataset):
             ``list(coco.imgToAnns.keys())`` does (empty images, if kept, come last). Only
             sample indices depend on it.
 
+    A category without any annotation in ``ann_file`` (after ``include_crowd``) is logged as a
+    warning naming it: the model gets an output for it that no target of this split marks
+    positive.
+
     Raises:
         FileNotFoundError: ``ann_file`` does not exist.
         ValueError: invalid JSON, missing keys, duplicate ids, annotations pointing at unknown
@@ -144,6 +148,16 @@ class CocoMultiLabel(_MultiLabelImageDataset):
         self._image_ids = order
         self._image_paths = [os.path.join(self.root, file_names[i]) for i in order]
         self._init_labels(matrix, labels)
+        # A category no annotation of this split marks (e.g. the root category of a Roboflow
+        # export) is a model output that no target of the split makes positive.
+        unannotated = [k for k in range(len(self._classes)) if not int(matrix[:, k].sum())]
+        if unannotated:
+            named = ", ".join(f"{self._classes[k]!r} (id {self._category_ids[k]})" for k in unannotated)
+            _logger.warning(
+                "CocoMultiLabel %s: %d of %d categories have no annotation in this split: %s; no "
+                "target of this split marks them positive (remove them from 'categories' if they "
+                "are not classes)", self.ann_file, len(unannotated), len(self._classes), named,
+            )
         _logger.info("CocoMultiLabel %s: %d images (%d without annotations dropped), %d classes",
                      self.ann_file, len(order), len(file_names) - len(order), len(self._classes))
 
