@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,6 +13,7 @@ import yaml
 from .engine import ABLATIONS
 from .options import LEGACY_OPTION_VALUES, BalanceMixOptions, check_option, check_options_together, option_specs
 from .presets import PRESETS, preset_options
+from .textfiles import dumps_json, read_text
 
 __all__ = ["TrainConfig", "load_config", "parse_overrides", "RESUME_IGNORED_KEYS"]
 
@@ -276,14 +276,17 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
 
     Raises:
         ValueError: ``path`` is neither a file nor a shipped recipe (the message lists the
-            recipe names), or a value is invalid.
+            recipe names), is not UTF-8 or not YAML, or a value is invalid.
     """
     from .recipes import resolve_recipe
 
     values: dict[str, Any] = {}
     if path is not None:
         path = resolve_recipe(path)
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(read_text(path)) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
         values.update(loaded)
@@ -304,5 +307,5 @@ def config_diff(
     """Keys whose values differ between two config dictionaries (JSON-normalised)."""
     ignore = set(ignore)
     keys = (set(a) | set(b)) - ignore
-    norm = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731
+    norm = lambda v: dumps_json(v, sort_keys=True, default=str)  # noqa: E731
     return {k: (a.get(k), b.get(k)) for k in sorted(keys) if norm(a.get(k)) != norm(b.get(k))}
