@@ -22,7 +22,6 @@ from balancemix_timm.config import load_config
 from balancemix_timm.models.checkpoints import read_state_dict
 from balancemix_timm.textfiles import read_json, read_json_lines, read_text
 from balancemix_timm.train import Trainer, train
-from balancemix_timm.trainer.core import scored_weights
 
 #: A run in which the EMA (decay 0.5, so it moves fast) scores above the regular weights after
 #: one epoch at a high learning rate (checked by the test, which needs it).
@@ -39,6 +38,8 @@ def reject(token: str) -> None:
 
 # ---------------------------------------------------------------- best.pth
 def test_scored_weights_picks_the_higher_of_regular_and_ema():
+    from balancemix_timm.trainer.core import scored_weights
+
     assert scored_weights({"mAP": 30.0}) == "regular"
     assert scored_weights({"mAP": 30.0, "ema_mAP": 31.0}) == "ema"
     assert scored_weights({"mAP": 31.0, "ema_mAP": 31.0}) == "regular"  # a tie keeps the trained weights
