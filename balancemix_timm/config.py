@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,6 +13,7 @@ import yaml
 from .engine import ABLATIONS
 from .options import LEGACY_OPTION_VALUES, BalanceMixOptions, check_option, check_options_together, option_specs
 from .presets import PRESETS, preset_options
+from .textfiles import dumps_json
 from .utils import resolve_device
 
 __all__ = [
@@ -393,5 +393,5 @@ def config_diff(
     """Keys whose values differ between two config dictionaries (JSON-normalised)."""
     ignore = set(ignore)
     keys = (set(a) | set(b)) - ignore
-    norm = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731
+    norm = lambda v: dumps_json(v, sort_keys=True, default=str)  # noqa: E731
     return {k: (a.get(k), b.get(k)) for k in sorted(keys) if norm(a.get(k)) != norm(b.get(k))}

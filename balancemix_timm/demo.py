@@ -12,7 +12,6 @@ BalanceMix's label-management figures (Eq. 12-13).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 
 from .benchmark.grid import PRETRAINED_TRAIN
 from .config import load_config
+from .textfiles import float_or_nan, write_json, write_text
 
 __all__ = ["DEMO_SETTINGS", "run_demo", "main"]
 
@@ -102,7 +102,7 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
     if "clean_precision" in bm:
         relabel = (f"re-labeled {100 * bm['relabel_proportion']:.2f}% of labels at "
                    f"{100 * bm['relabel_accuracy']:.1f}% accuracy"
-                   if not math.isnan(bm.get("relabel_accuracy", float("nan"))) else "nothing re-labeled")
+                   if not math.isnan(float_or_nan(bm.get("relabel_accuracy"))) else "nothing re-labeled")
         lines.append(
             "BalanceMix label management (last epoch): clean-label precision "
             f"{100 * bm['clean_precision']:.1f}%, recall {100 * bm['clean_recall']:.1f}%; {relabel}"
@@ -127,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = format_results(results)
     print(text)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "demo_results.txt").write_text(text + "\n")
-    (Path(args.out) / "demo_results.json").write_text(json.dumps(results, indent=2, default=float))
+    write_text(Path(args.out) / "demo_results.txt", text + "\n")
+    write_json(Path(args.out) / "demo_results.json", results, indent=2)
     return 0
 
 

@@ -5,12 +5,13 @@ split of GMM input losses into correct and wrong given labels, the selection sum
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .textfiles import read_json_lines
 
 __all__ = ["load_label_diagnostics", "loss_split", "selection_summary", "read_metrics"]
 
@@ -143,7 +144,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_json_lines(path)
 
 
 def _setting_text(data: Mapping[str, Any]) -> str:

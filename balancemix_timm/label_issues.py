@@ -48,12 +48,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from .refine import LabelState
+from .textfiles import atomic_write, write_text
 
 __all__ = [
     "FILTER_BY",
@@ -492,7 +493,7 @@ def write_label_issues(engine: Any, dataset: Any, path: str | Path) -> int:
 
     if isinstance(engine, BalanceMixEngine) and not engine.history:
         _logger.warning("the engine was never refreshed: %s lists no labels", path)
-        Path(path).write_text(",".join(_ISSUE_COLUMNS) + "\n")
+        write_text(path, ",".join(_ISSUE_COLUMNS) + "\n")
         return 0
     st = load_label_state(engine)
     pairs = np.argwhere(st.states != int(LabelState.CLEAN))  # row-major (image, class)
@@ -506,9 +507,8 @@ def write_label_issues(engine: Any, dataset: Any, path: str | Path) -> int:
     paths = list(getattr(dataset, "image_paths", [""] * len(dataset)))
     classes = list(getattr(dataset, "classes", [str(i) for i in range(st.shape[1])]))
     names = {int(LabelState.RELABELED): "relabeled", int(LabelState.AMBIGUOUS): "ambiguous"}
-    path = Path(path)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
+
+    def write(fh: IO[str]) -> None:
         w = csv.writer(fh)
         w.writerow(_ISSUE_COLUMNS)
         for j in order.tolist():
@@ -518,6 +518,7 @@ def write_label_issues(engine: Any, dataset: Any, path: str | Path) -> int:
                 int(refined[j]), int(int(refined[j]) != given), f"{float(cp[j]):.4f}", f"{float(vp[j]):.4f}",
                 f"{float(conf[j]):.4f}", f"{float(d['quality'][j]):.4f}",
             ])
-    tmp.replace(path)
+
+    atomic_write(path, write)  # UTF-8 whatever the locale: class names may be any text
     _logger.info("label issues: %d re-labeled or ambiguous labels written to %s", len(order), path)
     return int(len(order))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -42,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from .textfiles import dumps_json, read_json, write_json
 
 __all__ = [
     "PretrainRecipe", "default_cache_dir", "pretrained_dir", "ensure_pretrained", "resolve_pretrained_path", "main",
@@ -97,7 +98,7 @@ class PretrainRecipe:
 
     def digest(self) -> str:
         """Short hash of the recipe (with the recipe format version)."""
-        text = json.dumps({"version": _RECIPE_VERSION, **asdict(self)}, sort_keys=True)
+        text = dumps_json({"version": _RECIPE_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -204,7 +205,7 @@ def ensure_pretrained(recipe: PretrainRecipe | None = None,
     entry = pretrained_dir(recipe, cache_dir)
     manifest_path = entry / MANIFEST_NAME
     if manifest_path.is_file() and (entry / WEIGHTS_NAME).is_file():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_json(manifest_path)
         if manifest.get("recipe") != asdict(recipe):
             raise ValueError(f"cache entry {str(entry)!r} holds another recipe; delete the folder to rebuild it")
         _logger.info("pre-trained weights cached in %s (held-out mAP %.2f)", entry, manifest["accuracy"]["mAP"])
@@ -234,7 +235,7 @@ def ensure_pretrained(recipe: PretrainRecipe | None = None,
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
     try:
         torch.save(model.state_dict(), tmp / WEIGHTS_NAME)
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        write_json(tmp / MANIFEST_NAME, manifest, indent=1, sort_keys=True)
         if entry.exists() and not (entry / MANIFEST_NAME).is_file():  # incomplete: replaced whole
             shutil.rmtree(entry)
         try:

@@ -38,7 +38,6 @@ Example (the figures of docs/performance.md)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -54,6 +53,7 @@ import torch  # noqa: E402
 from balancemix_timm.config import load_config  # noqa: E402
 from balancemix_timm.loss import asl_elementwise  # noqa: E402
 from balancemix_timm.methods import build_method  # noqa: E402
+from balancemix_timm.textfiles import write_json  # noqa: E402
 from balancemix_timm.train import Trainer  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -311,10 +311,10 @@ def main() -> None:
         pass
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(
+        write_json(args.json, dict(
             args=vars(args), device=dev_name, step_median=med, step_cpu_median=med_cpu, pieces=pieces, bookkeeping=book,
             bookkeeping_extra=extra, refresh=refresh, load=load,
-        ), indent=2))
+        ), indent=2)
 
 
 if __name__ == "__main__":

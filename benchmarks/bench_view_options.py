@@ -20,7 +20,6 @@ Example (the figures of docs/performance.md)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ import torch  # noqa: E402
 
 from balancemix_timm.config import load_config, parse_overrides  # noqa: E402
 from balancemix_timm.demo import DEMO_SETTINGS  # noqa: E402
+from balancemix_timm.textfiles import read_json_lines, write_json  # noqa: E402
 from balancemix_timm.train import train  # noqa: E402
 
 OPTIONS: dict[str, dict[str, object]] = {
@@ -64,7 +64,7 @@ def main() -> None:
         t0 = time.perf_counter()
         summary = train(cfg)
         wall = time.perf_counter() - t0
-        rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        rows = read_json_lines(Path(summary["run_dir"]) / "metrics.jsonl")
         last = summary["last"]
         res = dict(
             mAP=last["mAP"], many=last.get("mAP_many"), medium=last.get("mAP_medium"), few=last.get("mAP_few"),
@@ -79,7 +79,7 @@ def main() -> None:
               f"views {res['view_time']:.0f} s, refresh {res['refresh_time']:.2f} s, wall {wall:.0f} s, "
               f"load {load[0]:.2f}", flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "view_options.json").write_text(json.dumps(results, indent=2))
+    write_json(Path(args.out) / "view_options.json", results, indent=2)
 
 
 if __name__ == "__main__":

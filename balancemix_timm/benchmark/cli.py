@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..textfiles import read_text
 from .collect import collect_results, diagnostics_runs, label_management_curves
 from .grid import BUDGETS, Budget, plan_runs
 from .report import write_report
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if overrides:
         budget = Budget(**{**budget.__dict__, "train": dict(budget.train, **overrides)})
     results = collect_results(budget, out, seeds=seeds)
-    notes = Path(args.notes).read_text() if args.notes else None
+    notes = read_text(args.notes) if args.notes else None
     first_seed = min(seeds or budget.seeds)
     path = write_report(results, report_dir, command=command, notes=notes, run_stats=stats,
                         lm_curves=label_management_curves(budget, out, first_seed),

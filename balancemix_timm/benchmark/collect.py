@@ -3,7 +3,6 @@ structure of the tables (:func:`collect_results`): cells of mean / std over seed
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config, read_yaml
+from ..textfiles import float_or_nan, read_json, read_json_lines
 from .grid import ABLATION_ROWS, BUDGETS, RUN_ORDER, SETTING_TITLES, TABLE5_SETTINGS, Budget, RunSpec, plan_runs
 
 #: Suffixes of the class groups' metrics (``mAP``, ``mAP_many``, ...) and their titles.
@@ -21,7 +21,7 @@ GROUP_TITLES = ("All", "Many", "Medium", "Few")
 def _read_json(path: Path) -> Any:
     """The JSON in ``path``, ``None`` when it is missing or unreadable."""
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except (OSError, ValueError):
         return None
 
@@ -62,15 +62,7 @@ def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass
-    return rows
+    return read_json_lines(path, skip_invalid=True)
 
 
 def _row_at_fraction(metrics: Sequence[Mapping[str, Any]], epochs: int, fraction: float) -> Mapping[str, Any] | None:
@@ -101,7 +93,7 @@ def _pretrained_info(out: Path, runs: Mapping[str, Mapping[str, Any]]) -> dict[s
 
 def _by_seed(runs: Mapping[str, Mapping[str, Any]], method: str, setting: str, metric: str) -> dict[int, float]:
     """``seed -> last[metric]`` of the main-grid runs of ``(method, setting)`` (no ablation or variant)."""
-    return {int(r["seed"]): float(r["last"].get(metric, float("nan"))) for r in runs.values()
+    return {int(r["seed"]): float_or_nan(r["last"].get(metric)) for r in runs.values()
             if (r["method"], r["setting"], r["ablation"], r["variant"]) == (method, setting, None, None)}
 
 
@@ -202,7 +194,7 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
         c = _Cell()
         for r in runs.values():
             if (r["method"], r["setting"], r["ablation"], r["variant"]) == (method, setting, ablation, variant):
-                c.values.append(float(r["last"].get(metric, float("nan"))))
+                c.values.append(float_or_nan(r["last"].get(metric)))
         return c
 
     main_table: dict[str, dict[str, dict[str, Any]]] = {}
@@ -248,7 +240,7 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
         for r in runs.values():
             if (r["method"], r["setting"], r["ablation"], r["variant"]) == ("balancemix", setting, None, None) \
                     and r.get("noise_report"):
-                base.values.append(100.0 * (1.0 - float(r["noise_report"].get("changed_fraction", float("nan")))))
+                base.values.append(100.0 * (1.0 - float_or_nan(r["noise_report"].get("changed_fraction"))))
         table7[setting]["given_labels_precision"] = base.as_dict()
 
     # Minority sampler's weight spread per epoch (seed 0 BalanceMix runs) and the variants.
@@ -273,8 +265,8 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
                 for r in runs.values():
                     if (r["method"], r["setting"], r["ablation"], r["variant"]) == ("balancemix", setting, None, var) \
                             and r["metrics"]:
-                        last_spread[0].values.append(float(r["last"].get("lm_sampler_max_over_min", float("nan"))))
-                        last_spread[1].values.append(float(r["last"].get("lm_sampler_ess_fraction", float("nan"))))
+                        last_spread[0].values.append(float_or_nan(r["last"].get("lm_sampler_max_over_min")))
+                        last_spread[1].values.append(float_or_nan(r["last"].get("lm_sampler_ess_fraction")))
                 cells["sampler_max_over_min"] = last_spread[0].as_dict()
                 cells["sampler_ess_fraction"] = last_spread[1].as_dict()
                 variants.setdefault(setting, {})[label] = cells

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..textfiles import read_text, write_text
 from .grid import SETTING_TITLES
 
 __all__ = ["END", "START", "TARGET_COMPUTE_RATIO", "TARGET_SETTINGS", "comparison_markdown", "plot_pr_curves",
@@ -252,13 +253,13 @@ def write_comparison(results: Mapping[str, Any], out_dir: str | Path, *, command
     written = [fig_path] if have_fig else []
     md = out_dir / "comparison.md"
     rel = os.path.relpath(fig_path, out_dir) if have_fig else None
-    md.write_text("# Label issues: BalanceMix vs cleanlab\n\n"
+    write_text(md, "# Label issues: BalanceMix vs cleanlab\n\n"
                   f"{comparison_markdown(results, command=command, figure=rel)}")
     written.append(md)
     if docs:
         docs = Path(docs)
-        page = docs.read_text() if docs.is_file() else "# Label issues\n"
+        page = read_text(docs) if docs.is_file() else "# Label issues\n"
         rel = os.path.relpath(fig_path, docs.parent) if have_fig else None
-        docs.write_text(_replace_section(page, comparison_markdown(results, command=command, figure=rel)))
+        write_text(docs, _replace_section(page, comparison_markdown(results, command=command, figure=rel)))
         written.append(docs)
     return written

@@ -28,7 +28,6 @@ The Markdown/figure side is :mod:`.label_issues_report`. Command line:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import shutil
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..textfiles import read_json, read_json_lines, write_json
 from .grid import BUDGETS, Budget, RunSpec
 from .label_issues_report import summarize, write_comparison
 from .runner import is_finished, prepare_inputs, run_benchmark, run_config
@@ -262,13 +262,13 @@ def _run_compute(run_dir: Path) -> dict[str, float]:
     training loop, plus BalanceMix's label refresh), ``epochs`` and, from ``bench.json`` /
     ``fold.json``, the whole run's ``wall_seconds`` / ``cpu_seconds`` (with per-epoch
     validation)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_json_lines(run_dir / "metrics.jsonl")
     out: dict[str, float] = dict(
         train_seconds=float(sum(r.get("train_time", 0.0) + r.get("refresh_time", 0.0) for r in rows)),
         epochs=float(len(rows)))
     for name in ("bench.json", "fold.json"):
         if (run_dir / name).is_file():
-            info = json.loads((run_dir / name).read_text())
+            info = read_json(run_dir / name)
             out.update(wall_seconds=info.get("wall_time"), cpu_seconds=info.get("cpu_time"))
     return out
 
@@ -295,10 +295,10 @@ def _train_fold(values: Mapping[str, Any], run_dir: Path, train_idx: np.ndarray,
     probs, _ = trainer.predict(trainer.model, trainer.training_images(held_idx))
     probs_np = probs.numpy().astype(np.float32)
     np.savez(done, indices=held_idx, probs=probs_np)
-    (run_dir / "fold.json").write_text(json.dumps(dict(
+    write_json(run_dir / "fold.json", dict(
         wall_time=wall, cpu_time=cpu, predict_time=time.perf_counter() - t1, trained_images=int(len(train_idx)),
         val_mAP=summary.get("last", {}).get("mAP"),
-        heldout_images=int(len(held_idx)), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))))
+        heldout_images=int(len(held_idx)), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds")))
     for name in ("last.pth", "best.pth"):
         (run_dir / name).unlink(missing_ok=True)
     return probs_np
@@ -335,7 +335,7 @@ def cross_validated_probs(spec: RunSpec, budget: Budget, out: Path, *, folds: in
         run_dir = out / "label_issues" / "folds" / name
         probs[held] = _train_fold(values, run_dir, train_idx, held)
         c = _run_compute(run_dir)
-        info = json.loads((run_dir / "fold.json").read_text())
+        info = read_json(run_dir / "fold.json")
         total["train_seconds"] += c["train_seconds"]
         total["wall_seconds"] += float(info["wall_time"])
         total["cpu_seconds"] += float(info["cpu_time"])
@@ -414,7 +414,7 @@ def run_stage(out: str | Path, *, budget: Budget | None = None, settings: Sequen
     results["summary"] = summarize(records)
     path = out / "label_issues" / "comparison.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, default=float))
+    write_json(path, results, indent=1)
     _logger.info("wrote %s", path)
     return results
 
@@ -485,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        + [f"--seeds {args.seeds}"] + ([f"--folds {args.folds}"] if args.folds != DEFAULT_FOLDS else [])
                        + ([f"--jobs {args.jobs}"] if args.jobs != 1 else []) + [shlex.quote(o) for o in args.overrides])
     if args.report_only:
-        results = json.loads((out / "label_issues" / "comparison.json").read_text())
+        results = read_json(out / "label_issues" / "comparison.json")
         results["summary"] = summarize(results["records"])  # the verdict by the current rules
     else:
         results = run_stage(out, settings=settings, seeds=seeds, folds=args.folds, threads=args.threads,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 from collections.abc import Mapping, Sequence
@@ -10,7 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .collect import GROUP_TITLES, GROUPS, nan_to_none
+from ..textfiles import dumps_json, float_or_nan, write_json, write_text
+from .collect import GROUP_TITLES, GROUPS
 from .grid import DISPLAY_ORDER, METHOD_TITLES, SETTING_TITLES
 from .report_cells import _REPORT_SEEDS, _fmt, _memorisation_section, _paired_section
 
@@ -173,8 +173,9 @@ def _plots(results: Mapping[str, Any], report_dir: Path, prefix: str) -> list[st
             rows = [r for r in rows if "max_over_min" in r]
             if not rows:
                 continue
-            axes[0].plot([r["epoch"] for r in rows], [r["max_over_min"] for r in rows], marker="o", label=name_)
-            axes[1].plot([r["epoch"] for r in rows], [r.get("ess_fraction", float("nan")) for r in rows], marker="o",
+            axes[0].plot([r["epoch"] for r in rows], [float_or_nan(r["max_over_min"]) for r in rows], marker="o",
+                         label=name_)
+            axes[1].plot([r["epoch"] for r in rows], [float_or_nan(r.get("ess_fraction")) for r in rows], marker="o",
                          label=name_)
         axes[0].set_yscale("log")
         axes[0].set_title("minority sampler: max / min weight")
@@ -218,7 +219,7 @@ def write_report(
     results = dict(results)
     _REPORT_SEEDS[0] = len(results["budget"]["seeds"])
     results["headline"] = headline(results)
-    (report_dir / f"{name}.json").write_text(json.dumps(dict(results, command=command), indent=1, default=nan_to_none))
+    write_json(report_dir / f"{name}.json", dict(results, command=command), indent=1)
     plots = _plots(dict(results, _runs_metrics=dict(lm_curves or {})), report_dir, name)
     b = results["budget"]
     t = b["train"]
@@ -273,7 +274,7 @@ def write_report(
     if counts:
         L.append("Training positives per class (clean labels, sorted): "
                  f"{', '.join(map(str, sorted(counts, reverse=True)))}; "
-                 f"generator options {json.dumps((results.get('data') or {}).get('options'), sort_keys=True)}.")
+                 f"generator options {dumps_json((results.get('data') or {}).get('options'), sort_keys=True)}.")
         L.append("")
     if th:
         L.append("Class groups (COCO's 10,000 / 1,000 positive-label thresholds scaled by "
@@ -414,7 +415,7 @@ def write_report(
             cells = []
             for r in rows:
                 if "max_over_min" in r:
-                    cells.append(f"{r['max_over_min']:.3g} / {r.get('ess_fraction', float('nan')):.3f}")
+                    cells.append(f"{float_or_nan(r['max_over_min']):.3g} / {float_or_nan(r.get('ess_fraction')):.3f}")
                 else:
                     cells.append("–")
             L.append(f"| {name_} (max/min / ESS/N) | " + " | ".join(cells) + " |")
@@ -449,6 +450,6 @@ def write_report(
              "`sampler_spread`, `sampler_variants`, `headline`).")
     L.append("")
     path = report_dir / f"{name}.md"
-    path.write_text("\n".join(L))
+    write_text(path, "\n".join(L))
     return path
 

@@ -3,7 +3,6 @@ the worker pool (:func:`run_benchmark`)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import config_diff, load_config
+from ..textfiles import write_json
 from ..train import train
 from .grid import BUDGETS, METHOD_OVERRIDES, METHOD_SETTING_OVERRIDES, SETTINGS, Budget, RunSpec, plan_runs
 
@@ -197,9 +197,9 @@ def _worker(values: dict[str, Any], resume: str | None, threads: int,
 
 def _after_run(run_dir: Path, wall: float, keep_checkpoints: bool, cpu: float | None = None) -> None:
     """Record the run's times in ``bench.json`` and drop its checkpoints unless kept."""
-    (run_dir / "bench.json").write_text(json.dumps(dict(
+    write_json(run_dir / "bench.json", dict(
         wall_time=wall, cpu_time=cpu, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )))
+    ))
     if not keep_checkpoints:
         for name in ("last.pth", "best.pth"):
             (run_dir / name).unlink(missing_ok=True)

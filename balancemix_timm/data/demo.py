@@ -46,7 +46,6 @@ this module writes the files and holds the command line, and every name stays im
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import shutil
@@ -60,6 +59,7 @@ import numpy as np
 from PIL import Image
 
 from ..metrics import COCO_NUM_TRAIN
+from ..textfiles import read_json, write_json
 
 # Private names keep importing from this path too.
 from .demo_labels import (  # noqa: F401
@@ -315,7 +315,7 @@ def make_demo_dataset(
     meta_path = root / _META_NAME
     owned = [root / "train", root / "val", root / "annotations", meta_path]
     if meta_path.exists() and not overwrite:
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path)
         if meta.get("options") != options:
             raise ValueError(
                 f"root {str(root)!r} holds a demo data set made with other options "
@@ -384,7 +384,7 @@ def make_demo_dataset(
                            category_ids=category_ids, digits=digits, digit_targets=targets,
                            source_indices=split_src[split], image_size=image_size, seed=seed)
         path = root / "annotations" / f"instances_{split}.json"
-        path.write_text(json.dumps(coco, separators=(",", ":"), sort_keys=True))
+        write_json(path, coco, separators=(",", ":"), sort_keys=True)
 
     meta = {
         "options": options,
@@ -397,7 +397,7 @@ def make_demo_dataset(
         "val_source_indices": [int(i) for i in val_src_arr],
     }
     # Written last: a half-written set is never mistaken for a complete one.
-    meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    write_json(meta_path, meta, indent=1, sort_keys=True)
     info = _info_from_meta(root, meta, reused=False)
     groups = info.class_groups()
     _logger.info(

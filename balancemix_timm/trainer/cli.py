@@ -12,13 +12,13 @@ line per epoch), ``last.pth`` (atomic, every epoch), ``best.pth``, ``summary.jso
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import load_config
+from ..textfiles import ENCODING, dumps_json
 from .checkpoint import check_run_files
 from .core import train
 from .distributed import dist_info, init_distributed
@@ -31,7 +31,7 @@ def _setup_logging(run_dir: Path | None, verbose: bool) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
+        handlers.append(logging.FileHandler(run_dir / "train.log", encoding=ENCODING))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -103,5 +103,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     last = summary.get("last", {})
     keys = ("epoch", "mAP", "mAP_many", "mAP_medium", "mAP_few")
-    print(json.dumps({k: last[k] for k in keys if k in last} | {"best": summary["best"]}))
+    print(dumps_json({k: last[k] for k in keys if k in last} | {"best": summary["best"]}))
     return 0

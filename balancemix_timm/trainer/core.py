@@ -8,11 +8,10 @@ a :class:`~balancemix_timm.methods.context.MethodContext`) turns each batch into
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from ..methods import MethodContext, build_method
 from ..metrics import class_groups, group_absence_reasons, scaled_group_thresholds
 from ..noise import noise_rate_report
 from ..sampling import ShardedRandomSampler
+from ..textfiles import append_json_line, write_json, write_text
 from ..utils import (
     GLOBAL_STREAM,
     TRAIN_LOADER_STREAM,
@@ -46,7 +46,7 @@ from .evaluation import MapFigures, predict
 from .optim import build_optimizer, steps_per_epoch
 from .outputs import plot_metrics, progress
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "scored_weights", "train"]
 
 #: The run's log channel (one name for the whole trainer: log filters use it).
 _logger = logging.getLogger("balancemix_timm.train")
@@ -307,6 +307,32 @@ class Trainer(CheckpointMixin):
         self.model.train()
         return out
 
+    def best_checkpoint(self, state: dict[str, Any], weights: str, score: float) -> dict[str, Any]:
+        """``best.pth``'s content: the weights that scored ``score``, and which they are.
+
+        Contract: ``model`` holds the weights whose validation mAP is ``mAP`` (loading
+        ``model`` and validating reproduces ``mAP``); ``weights`` names them, ``"regular"``
+        (the trained model) or ``"ema"`` (its exponential moving average). With EMA on, the
+        other weights are kept too, under ``model_regular`` or ``model_ema``.
+
+        Args:
+            state: The epoch's :meth:`state_dict` (``epoch``, ``config``, ``model``, ``ema``).
+            weights: ``"regular"`` or ``"ema"`` (:func:`scored_weights` of the epoch's row).
+            score: Their validation mAP.
+        """
+        regular = state["model"]
+        ema = self.ema.module.state_dict() if self.ema is not None else None
+        out: dict[str, Any] = dict(
+            model=ema if weights == "ema" else regular, weights=weights, epoch=state["epoch"], mAP=score,
+            config=state["config"],
+        )
+        if ema is not None:
+            if weights == "ema":
+                out["model_regular"] = regular
+            else:
+                out["model_ema"] = ema
+        return out
+
     # ------------------------------------------------------------------ run
     def fit(self, resume: str | Path | None = None, *, stop_after: int | None = None) -> dict[str, Any]:
         """Train for ``cfg.epochs`` epochs (continuing a checkpoint if given).
@@ -323,7 +349,7 @@ class Trainer(CheckpointMixin):
         if resume is not None:
             self.load_checkpoint(resume)
         if self.is_main:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         metrics_path = self.run_dir / "metrics.jsonl"
         if self.is_main and resume is None and metrics_path.exists():
             metrics_path.unlink()
@@ -336,20 +362,19 @@ class Trainer(CheckpointMixin):
             row.update(self.validate())
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             row["epoch_time"] = time.perf_counter() - t0
-            score = row.get("best_of_mAP", row["mAP"])
+            weights = scored_weights(row)
+            score = row["ema_mAP"] if weights == "ema" else row["mAP"]
             is_best = score > self.best["mAP"]
             if is_best:
-                self.best = {"mAP": score, "epoch": epoch + 1}
+                self.best = {"mAP": score, "epoch": epoch + 1, "weights": weights}
             row["best_mAP"] = self.best["mAP"]
             self.metrics.append(row)
             if self.is_main:
-                with metrics_path.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+                append_json_line(metrics_path, row)
                 state = self.state_dict(epoch)
                 atomic_save(state, self.run_dir / "last.pth")
                 if is_best:
-                    atomic_save(dict(model=state["model"], epoch=epoch, mAP=score, config=state["config"]),
-                                self.run_dir / "best.pth")
+                    atomic_save(self.best_checkpoint(state, weights, score), self.run_dir / "best.pth")
                 groups = ", ".join(
                     f"{name} {row[f'mAP_{name}']:.2f}" if f"mAP_{name}" in row else f"{name} absent"
                     for name in self.groups
@@ -378,11 +403,37 @@ class Trainer(CheckpointMixin):
             best=self.best,
         )
         if self.is_main:
-            summary.update(self.method.finish(self.run_dir))
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+            # Each output is written on its own: one that fails is logged and named in
+            # summary.json, the others are still written, and the failure is raised at the end.
+            failed: dict[str, Exception] = {}
+
+            def attempt(name: str, write: Callable[[], Any]) -> None:
+                try:
+                    write()
+                except Exception as err:  # noqa: BLE001 - re-raised below, after the other outputs
+                    _logger.error("could not write %s in %s: %s", name, self.run_dir, err, exc_info=True)
+                    failed[name] = err
+
+            attempt("the method's outputs (e.g. label_issues.csv)",
+                    lambda: summary.update(self.method.finish(self.run_dir)))
             if self.cfg.plots:
-                plot_metrics(self.metrics, self.run_dir / "curves.png")
+                attempt("curves.png", lambda: plot_metrics(self.metrics, self.run_dir / "curves.png"))
+            if failed:
+                summary["output_errors"] = {name: f"{type(err).__name__}: {err}" for name, err in failed.items()}
+            attempt("summary.json", lambda: write_json(self.run_dir / "summary.json", summary, indent=2))
+            if failed:
+                names = ", ".join(failed)
+                raise RuntimeError(f"the run finished but these outputs in {self.run_dir} could not be written: "
+                                   f"{names} (the others were written; see the log)") from next(iter(failed.values()))
         return summary
+
+
+def scored_weights(row: dict[str, Any]) -> str:
+    """Which weights an epoch's metrics ``row`` scores the run by: ``"ema"`` when it holds an
+    EMA mAP above the regular model's (the best epoch is picked on the higher of the two),
+    ``"regular"`` otherwise (ties included)."""
+    ema = row.get("ema_mAP")
+    return "ema" if ema is not None and ema > row["mAP"] else "regular"
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, run_dir: str | Path | None = None) -> dict[str, Any]:
