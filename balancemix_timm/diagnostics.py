@@ -59,12 +59,14 @@ from .diagnostics_readers import (  # noqa: F401
     loss_split,
     read_metrics,
     selection_summary,
+    wrong_label_auc,
 )
 
 __all__ = [
     "load_label_diagnostics",
     "loss_split",
     "selection_summary",
+    "wrong_label_auc",
     "read_metrics",
     "plot_loss_distributions",
     "plot_label_management",

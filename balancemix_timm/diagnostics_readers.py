@@ -13,7 +13,7 @@ import numpy as np
 
 from .textfiles import read_json_lines
 
-__all__ = ["load_label_diagnostics", "loss_split", "selection_summary", "read_metrics"]
+__all__ = ["load_label_diagnostics", "loss_split", "selection_summary", "wrong_label_auc", "read_metrics"]
 
 
 #: What :func:`~balancemix_timm.diagnostics_plots.plot_loss_distributions` accepts: an ``.npz`` path or its arrays.
@@ -129,6 +129,48 @@ def selection_summary(data: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         for key, mask in (("correct_kept", correct), ("wrong_kept", ~correct)):
             row[key] = float(sel[mask].mean()) if sel is not None and mask.any() else float("nan")
         out[name] = row
+    return out
+
+
+def wrong_label_auc(data: Mapping[str, Any], min_per_kind: int = 2) -> dict[str, dict[str, Any]]:
+    """How well the GMMs' input separates wrong from correct given labels: per-class ROC AUC.
+
+    For each class and polarity of the given label, the ROC AUC of the loss the GMMs are fitted
+    on (higher loss = "this given label is wrong") against the truth (given label differs from
+    the clean one), by :func:`sklearn.metrics.roc_auc_score`. 1.0 separates perfectly, 0.5 is
+    chance. A loss is ranked within its own (class, polarity) group, so per-group normalisation
+    does not change it.
+
+    Args:
+        data: Arrays from :func:`load_label_diagnostics`.
+        min_per_kind: A (class, polarity) group counts only with at least this many wrong and
+            this many correct labels (the AUC of fewer is mostly noise).
+
+    Returns:
+        ``{"positive": {...}, "negative": {...}}``, each with ``per_class`` (``K`` floats, NaN
+        for groups that do not count), ``mean`` and ``median`` over the counted classes (NaN when
+        none counts) and ``n_classes`` (how many counted).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    losses = np.asarray(data["losses"], dtype=np.float64)
+    given = np.asarray(data["given_labels"]).astype(bool)
+    clean = np.asarray(data["clean_labels"]).astype(bool)
+    if losses.shape != given.shape or clean.shape != given.shape:
+        raise ValueError(f"losses {losses.shape}, given_labels {given.shape} and clean_labels {clean.shape} must match")
+    seen = np.asarray(data.get("seen", np.ones(len(losses), bool))).astype(bool)
+    out = {}
+    for polarity, name in ((1, "positive"), (0, "negative")):
+        per_class = np.full(losses.shape[1], np.nan)
+        for k in range(losses.shape[1]):
+            mask = seen & (given[:, k] == bool(polarity))
+            wrong = given[mask, k] != clean[mask, k]
+            if wrong.sum() >= min_per_kind and (~wrong).sum() >= min_per_kind:
+                per_class[k] = roc_auc_score(wrong, losses[mask, k])
+        counted = per_class[np.isfinite(per_class)]
+        out[name] = dict(per_class=per_class.tolist(), n_classes=int(counted.size),
+                         mean=float(counted.mean()) if counted.size else float("nan"),
+                         median=float(np.median(counted)) if counted.size else float("nan"))
     return out
 
 

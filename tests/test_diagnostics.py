@@ -16,6 +16,7 @@ from balancemix_timm.config import load_config
 from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.gmm import LabelGMM
 from balancemix_timm.refine import LabelState
+from balancemix_timm.diagnostics import wrong_label_auc
 from balancemix_timm.train import Trainer
 from tests._tiny import tiny
 
@@ -217,3 +218,39 @@ def test_report_links_diagnostics_only_when_a_snapshot_exists(tmp_path):
         assert _is_png(tmp_path / "rep" / f"diagnostics_mislabel40_{name}.png")
     assert report._diagnostics({}, tmp_path / "rep") == []
     assert diagnostics_runs(tmp_path / "nothing", 0) == {}
+
+
+def _pairwise_auc(wrong_losses, right_losses):
+    """AUC by counting pairs: P(loss of a wrong label > loss of a correct one), ties 1/2."""
+    total = 0.0
+    for w in wrong_losses:
+        for r in right_losses:
+            total += 1.0 if w > r else 0.5 if w == r else 0.0
+    return total / (len(wrong_losses) * len(right_losses))
+
+
+def test_wrong_label_auc_matches_pair_counting():
+    rng = np.random.default_rng(0)
+    n, k = 60, 3
+    clean = rng.random((n, k)) < 0.3
+    given = clean ^ (rng.random((n, k)) < 0.25)
+    losses = np.round(rng.random((n, k)) + 0.8 * (given != clean), 1)  # ties on purpose
+    seen = np.ones(n, bool)
+    seen[:5] = False
+    got = wrong_label_auc(dict(losses=losses, given_labels=given, clean_labels=clean, seen=seen))
+    for polarity, name in ((True, "positive"), (False, "negative")):
+        expected = []
+        for c in range(k):
+            m = seen & (given[:, c] == polarity)
+            wrong = losses[m, c][given[m, c] != clean[m, c]]
+            right = losses[m, c][given[m, c] == clean[m, c]]
+            expected.append(_pairwise_auc(wrong, right) if len(wrong) >= 2 and len(right) >= 2 else np.nan)
+        assert np.allclose(got[name]["per_class"], expected, equal_nan=True)
+        assert got[name]["mean"] == pytest.approx(np.nanmean(expected))
+        assert got[name]["n_classes"] == int(np.isfinite(expected).sum())
+
+
+def test_wrong_label_auc_without_wrong_labels_is_nan():
+    labels = np.eye(4, dtype=bool)
+    got = wrong_label_auc(dict(losses=np.zeros((4, 4)), given_labels=labels, clean_labels=labels))
+    assert got["positive"]["n_classes"] == 0 and np.isnan(got["positive"]["mean"])
