@@ -13,10 +13,10 @@ import torch
 
 from balancemix_timm import diagnostics
 from balancemix_timm.config import load_config
+from balancemix_timm.diagnostics import wrong_label_auc
 from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.gmm import LabelGMM
 from balancemix_timm.refine import LabelState
-from balancemix_timm.diagnostics import wrong_label_auc
 from balancemix_timm.train import Trainer
 from tests._tiny import tiny
 
