@@ -72,6 +72,11 @@ class PretrainRecipe:
         weight_decay: AdamW weight decay.
         randaugment: RandAugment on the training images (the fine-tuning protocol's augmentation).
         seed: corpus, initialisation, order and augmentation all derive from it.
+        labels: the corpus's label set (:data:`~balancemix_timm.data.pretrain_corpus.LABEL_SETS`):
+            ``"separate"`` (digits and hue families) or ``"pairs"`` (also each coloured digit's
+            pair).
+        amp: mixed precision on the training device (:func:`~balancemix_timm.utils.autocast`:
+            bfloat16 on CPU) with the weights in channels_last.
     """
 
     model: str = "resnet10t"
@@ -84,6 +89,8 @@ class PretrainRecipe:
     weight_decay: float = 5e-4
     randaugment: bool = True
     seed: int = 0
+    labels: str = "separate"
+    amp: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range field."""
@@ -95,10 +102,19 @@ class PretrainRecipe:
             raise ValueError(f"recipe lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"recipe seed must be a non-negative int, got {self.seed!r}")
+        from .data.pretrain_corpus import LABEL_SETS
+
+        if self.labels not in LABEL_SETS:
+            raise ValueError(f"recipe labels must be one of {LABEL_SETS}, got {self.labels!r}")
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"recipe amp must be true or false, got {self.amp!r}")
 
     def digest(self) -> str:
-        """Short hash of the recipe (with the recipe format version)."""
-        text = dumps_json({"version": _RECIPE_VERSION, **asdict(self)}, sort_keys=True)
+        """Short hash of the recipe (with the recipe format version). Fields at the value that
+        reproduces the recipe's behaviour before they existed are left out, so a cache entry
+        keeps its name."""
+        fields = {k: v for k, v in asdict(self).items() if (k, v) not in (("labels", "separate"), ("amp", False))}
+        text = dumps_json({"version": _RECIPE_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -129,13 +145,15 @@ class _CorpusDataset(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def _evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> dict[str, float]:
+def _evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, amp: bool = False) -> dict[str, float]:
     from .metrics import mean_average_precision
+    from .utils import autocast
 
     model.eval()
     scores, targets = [], []
     for x, y in loader:
-        scores.append(model(x).float())
+        with autocast(torch.device("cpu"), amp):
+            scores.append(model(x).float())
         targets.append(y)
     s, t = torch.cat(scores), torch.cat(targets)
     accuracy = ((s > 0).float() == t).float().mean().item()
@@ -147,6 +165,7 @@ def _evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> di
 def _train(recipe: PretrainRecipe, corpus: Any) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     from .data.transforms import build_eval_transform, build_train_transform
     from .models import create_model, model_default_normalization
+    from .utils import autocast
 
     norm = model_default_normalization(recipe.model)
     train_tf = build_train_transform(recipe.image_size, randaugment=recipe.randaugment, cutout=False, normalize=norm)
@@ -158,6 +177,8 @@ def _train(recipe: PretrainRecipe, corpus: Any) -> tuple[torch.nn.Module, list[d
     val_loader = torch.utils.data.DataLoader(
         _CorpusDataset(corpus.val_images, corpus.val_labels, eval_tf), batch_size=256)
     model = create_model(recipe.model, num_classes=corpus.train_labels.shape[1])
+    if recipe.amp:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps = recipe.epochs * len(train_loader)
     warm = len(train_loader)
@@ -168,13 +189,15 @@ def _train(recipe: PretrainRecipe, corpus: Any) -> tuple[torch.nn.Module, list[d
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
         for x, y in train_loader:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y, reduction="sum") / len(x)
+            with autocast(torch.device("cpu"), recipe.amp):
+                logits = model(x).float()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum") / len(x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total, n = total + loss.item() * len(x), n + len(x)
-        row = {"epoch": epoch + 1, "loss": total / n, **_evaluate(model, val_loader),
+        row = {"epoch": epoch + 1, "loss": total / n, **_evaluate(model, val_loader, recipe.amp),
                "time": time.perf_counter() - t0}
         history.append(row)
         _logger.info("pretrain epoch %d/%d: loss %.3f  held-out mAP %.2f  label accuracy %.2f%%  %.1fs",
@@ -215,7 +238,7 @@ def ensure_pretrained(recipe: PretrainRecipe | None = None,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         corpus = make_pretrain_corpus(num_train=recipe.num_train, num_val=recipe.num_val,
-                                      image_size=recipe.image_size, seed=recipe.seed)
+                                      image_size=recipe.image_size, seed=recipe.seed, labels=recipe.labels)
         _logger.info("pre-training corpus: %d train / %d held-out images, %d labels (digest %s)",
                      recipe.num_train, recipe.num_val, len(corpus.class_names), corpus.digest[:12])
         model, history = _train(recipe, corpus)
@@ -288,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--no-randaugment", dest="randaugment", action="store_false")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--labels", choices=("separate", "pairs"), default=d.labels,
+                   help="corpus label set: digits and hue families, or also each coloured digit's pair")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast and channels_last on CPU")
     return p
 
 

@@ -84,7 +84,7 @@ def study_table(out: Path, variants: list[str], settings: list[str], seeds: list
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="the grid's output folder (holds data/ and runs/)")
-    p.add_argument("--budget", default="full", choices=sorted(BUDGETS))
+    p.add_argument("--budget", default="strong_full", choices=sorted(BUDGETS))
     p.add_argument("--settings", default="mislabel40,flip40")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--jobs", type=int, default=2)

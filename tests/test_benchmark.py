@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,18 +35,33 @@ def test_plan_runs_dedupes_and_orders():
         "bce-mislabel40-s0", "balancemix-mislabel40-s0", "balancemix-abl-minority-mislabel40-s0",
     ]
     assert len(plan_runs(MICRO, seeds=[0, 1])) == 6
-    full = plan_runs(BUDGETS["full"])
-    assert len({s.key for s in full}) == len(full)
-    # Full grid: every method on every setting, plus the ablation rows not in the main grid.
-    b = BUDGETS["full"]
-    n_abl = sum(1 for a in b.ablation_rows if a != "mixup") * len(b.ablation_settings)
-    per_seed = len(b.methods) * len(b.settings) + n_abl + len(b.sampler_variants) * len(b.sampler_settings)
-    assert len(full) == per_seed * len(b.seeds)
-    assert b.seeds == (0, 1, 2) and b.pretrain is not None  # the pre-trained regime, 3 seeds
+    for name in ("weak_full", "strong_full"):
+        full = plan_runs(BUDGETS[name])
+        assert len({s.key for s in full}) == len(full)
+        # Full grid: every method on every setting, the partial settings' methods, plus the
+        # ablation rows not in the main grid.
+        b = BUDGETS[name]
+        n_abl = sum(1 for a in b.ablation_rows if a != "mixup") * len(b.ablation_settings)
+        n_partial = sum(len(methods) for _, methods in b.partial_settings)
+        per_seed = (len(b.methods) * len(b.settings) + n_partial + n_abl
+                    + len(b.sampler_variants) * len(b.sampler_settings))
+        assert len(full) == per_seed * len(b.seeds)
+        assert b.seeds == (0, 1, 2) and b.pretrain is not None  # a pre-trained regime, 3 seeds
+    strong = plan_runs(BUDGETS["strong_full"], seeds=[0])
+    assert {s.key for s in strong if s.setting in ("mislabel20", "flip20")} == {
+        "bce-mislabel20-s0", "balancemix-mislabel20-s0", "bce-flip20-s0", "balancemix-flip20-s0"}
+    assert "splc" not in {s.method for s in strong}
+
+
+def test_partial_settings_run_after_the_headline_settings():
+    b = replace(MICRO, partial_settings=(("flip20", ("bce",)), ("mislabel40", ("mixup",))))
+    keys = [s.key for s in plan_runs(b)]
+    assert keys.index("mixup-mislabel40-s0") < keys.index("bce-flip20-s0")
+    assert len(keys) == len(set(keys)) == 5
 
 
 def test_run_config_protocol(tmp_path):
-    b = BUDGETS["full"]
+    b = BUDGETS["strong_full"]
     llr = benchmark.run_config(RunSpec("llr", "flip40", 3), b, tmp_path)
     assert llr["method_options"] == {"reduction": "sum_mean"}
     assert (llr["noise"], llr["noise_rate"], llr["seed"], llr["noise_seed"]) == ("random_flip", 0.4, 3, 3)

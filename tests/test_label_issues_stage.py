@@ -127,7 +127,7 @@ def test_trainer_trains_on_part_of_the_images(tmp_path):
 
 def test_tiny_stage_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("cleanlab")
-    monkeypatch.setitem(stage.BUDGETS, "full", TINY)  # the stage's regime: tiny, from scratch
+    monkeypatch.setitem(stage.BUDGETS, "strong_full", TINY)  # the stage's regime: tiny, from scratch
     docs = tmp_path / "label-issues.md"
     shutil.copy(Path(__file__).parents[1] / "docs" / "label-issues.md", docs)
     out = tmp_path / "bench"

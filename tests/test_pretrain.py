@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,7 +13,12 @@ pytest.importorskip("mlxtend")
 
 from balancemix_timm.benchmark import BUDGETS, RunSpec, run_config  # noqa: E402
 from balancemix_timm.data.demo import class_definitions  # noqa: E402
-from balancemix_timm.data.pretrain_corpus import HUE_FAMILIES, PRETRAIN_CLASS_NAMES, make_pretrain_corpus  # noqa: E402
+from balancemix_timm.data.pretrain_corpus import (  # noqa: E402
+    HUE_FAMILIES,
+    PAIR_CLASS_NAMES,
+    PRETRAIN_CLASS_NAMES,
+    make_pretrain_corpus,
+)
 from balancemix_timm.models import create_model  # noqa: E402
 from balancemix_timm.pretrain import MANIFEST_NAME, PretrainRecipe, ensure_pretrained, pretrained_dir  # noqa: E402
 
@@ -31,6 +37,44 @@ def test_corpus_is_deterministic_and_labels_are_its_own():
     demo_names = {f"{c}_{d}" for c, d in class_definitions(40)}
     assert not demo_names & set(PRETRAIN_CLASS_NAMES)
     assert len(PRETRAIN_CLASS_NAMES) == 10 + len(HUE_FAMILIES)
+
+
+def test_pair_labels_name_each_coloured_digit_and_leave_the_images_alone():
+    sep = make_pretrain_corpus(num_train=60, num_val=10, image_size=32, seed=3)
+    pairs = make_pretrain_corpus(num_train=60, num_val=10, image_size=32, seed=3, labels="pairs")
+    assert np.array_equal(sep.train_images, pairs.train_images)  # the label set changes no pixel
+    assert np.array_equal(pairs.train_labels[:, :16], sep.train_labels)
+    assert pairs.class_names == PRETRAIN_CLASS_NAMES + PAIR_CLASS_NAMES and pairs.train_labels.shape == (60, 76)
+    assert pairs.options["labels"] == "pairs" and pairs.digest != sep.digest
+    n_h = len(HUE_FAMILIES)
+    pair = pairs.train_labels[:, 16:].reshape(-1, 10, n_h)
+    # A pair label implies its digit and its hue family; each hue label comes with a pair in it.
+    assert (pair.max(2) <= pairs.train_labels[:, :10]).all()
+    assert (pair.max(1) <= pairs.train_labels[:, 10:16]).all()
+    assert np.array_equal(pair.max(1), pairs.train_labels[:, 10:16])
+    assert PAIR_CLASS_NAMES[3 * n_h + list(HUE_FAMILIES).index("blue")] == "digit_3_hue_blue"
+    demo_names = {f"{c}_{d}" for c, d in class_definitions(40)}
+    assert not demo_names & set(PAIR_CLASS_NAMES)
+    with pytest.raises(ValueError, match="labels"):
+        make_pretrain_corpus(num_train=4, num_val=2, labels="colours")
+
+
+def test_recipe_fields_added_later_keep_the_cache_name_at_their_old_behaviour():
+    base = PretrainRecipe()
+    assert base.digest() == PretrainRecipe(labels="separate", amp=False).digest()
+    assert len({base.digest(), PretrainRecipe(labels="pairs").digest(), PretrainRecipe(amp=True).digest()}) == 3
+    with pytest.raises(ValueError, match="labels"):
+        PretrainRecipe(labels="x").validate()
+
+
+def test_bfloat16_pretraining_runs_with_pair_labels(tmp_path):
+    recipe = PretrainRecipe(num_train=32, num_val=16, epochs=1, batch_size=16, randaugment=False, labels="pairs",
+                            amp=True)
+    path = ensure_pretrained(recipe, tmp_path)
+    manifest = json.loads((path.parent / MANIFEST_NAME).read_text())
+    assert len(manifest["corpus"]["class_names"]) == 76 and math.isfinite(manifest["accuracy"]["mAP"])
+    state = torch.load(path, weights_only=True)
+    assert state["fc.weight"].shape[0] == 76 and all(v.dtype != torch.bfloat16 for v in state.values())
 
 
 def test_corpus_options_are_checked():
@@ -86,8 +130,8 @@ def test_recipe_is_validated():
 
 def test_pretrained_budget_runs_fine_tune_the_cached_backbone(tmp_path):
     spec = RunSpec("bce", "mislabel40", 0)
-    values = run_config(spec, BUDGETS["quick"], tmp_path, pretrain_cache=tmp_path / "cache")
-    recipe = PretrainRecipe(**BUDGETS["quick"].pretrain)
+    values = run_config(spec, BUDGETS["strong_quick"], tmp_path, pretrain_cache=tmp_path / "cache")
+    recipe = PretrainRecipe(**BUDGETS["strong_quick"].pretrain)
     assert values["pretrained_path"] == str(pretrained_dir(recipe, tmp_path / "cache") / "backbone.pth")
     assert values["demo_min_val_positives"] == 40
     assert "pretrained_path" not in run_config(spec, BUDGETS["scratch_quick"], tmp_path)

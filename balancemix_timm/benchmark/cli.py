@@ -24,11 +24,13 @@ DESCRIPTION = "``balancemix-benchmark``: the paper's tables (1, 2, 3, 5, 7) meas
 def build_parser() -> argparse.ArgumentParser:
     """The ``balancemix-benchmark`` argument parser."""
     p = argparse.ArgumentParser(prog="balancemix-benchmark", description=DESCRIPTION)
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="grid size (default quick)")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="strong_quick",
+                   help="regime and grid size (default strong_quick)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the budget's, 0)")
     p.add_argument("--out", default=None, help="runs folder (default runs/benchmark-<budget>)")
     p.add_argument("--report-dir", default=None,
-                   help="where results.md/json/png go (default: docs for full, else --out)")
+                   help="where results.md/json/png go (default: the budget's page folder for a full grid, "
+                        "e.g. docs for strong_full, else --out)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers per run (default 0)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
@@ -63,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = BUDGETS[args.budget]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     out = Path(args.out or f"runs/benchmark-{args.budget}")
-    report_dir = Path(args.report_dir or ("docs" if args.budget == "full" else out))
+    report_dir = Path(args.report_dir or budget.report_dir or out)
     overrides = parse_overrides(args.overrides)
     command = "python -m balancemix_timm.benchmark " + " ".join(
         [f"--budget {args.budget}"] + ([f"--seeds {args.seeds}"] if args.seeds else [])

@@ -2,7 +2,7 @@
 K-fold cross-validated BCE predictions, scored against the known injected noise.
 
 For every label setting of :data:`STAGE_SETTINGS` (mislabel / random flip 20% and 40%) and seed,
-on the pre-trained regime's benchmark data (:data:`~.grid.PRETRAINED_TRAIN`):
+on the strong regime's benchmark data (:data:`~.grid.STRONG_TRAIN`):
 
 (a) **BalanceMix**: the grid's own BalanceMix run (:func:`~.runner.run_config`, trained by
     :func:`~.runner.run_benchmark` with its ``last.pth`` kept; a finished grid run with its
@@ -62,12 +62,12 @@ def stage_budget(base: Budget | None = None) -> Budget:
     """The BalanceMix runs of the stage as a :class:`~.grid.Budget` of the benchmark.
 
     Args:
-        base: The regime (default ``BUDGETS["full"]``, the pre-trained regime); only its
-            ``train`` fields and ``pretrain`` recipe matter, so the runs' configurations (and
-            folder names) are the grid's and a finished grid run is shared.
+        base: The regime (default ``BUDGETS["strong_full"]``); only its ``train`` fields and
+            ``pretrain`` recipe matter, so the runs' configurations (and folder names) are the
+            grid's and a finished grid run is shared.
     """
-    base = BUDGETS["full"] if base is None else base
-    return replace(base, methods=("balancemix",), settings=STAGE_SETTINGS, ablation_settings=(),
+    base = BUDGETS["strong_full"] if base is None else base
+    return replace(base, methods=("balancemix",), settings=STAGE_SETTINGS, ablation_settings=(), partial_settings=(),
                    sampler_variants=(), description="label-issue comparison: BalanceMix runs")
 
 
@@ -370,7 +370,7 @@ def run_stage(out: str | Path, *, budget: Budget | None = None, settings: Sequen
         out: Output folder (the grid's layout: ``data/``, ``runs/``; the stage's own files in
             ``label_issues/``). Pointing it at the grid's ``--out`` shares its finished runs
             that kept ``last.pth``.
-        budget: The regime (default the pre-trained ``BUDGETS["full"]``; see :func:`stage_budget`).
+        budget: The regime (default the strong ``BUDGETS["strong_full"]``; see :func:`stage_budget`).
         settings: Label settings (keys of :data:`~.grid.SETTINGS`). seeds: Seeds.
         folds: Cross-validation folds of cleanlab's predictions.
         threads: Torch threads (``None``: unchanged). jobs: BalanceMix runs trained at once.
@@ -451,6 +451,7 @@ def _score_setting(setting: str, seed: int, budget: Budget, out: Path, folds: in
 def build_parser() -> argparse.ArgumentParser:
     """The ``balancemix-benchmark-label-issues`` argument parser."""
     p = argparse.ArgumentParser(prog="balancemix-benchmark-label-issues", description=__doc__.splitlines()[0])
+    p.add_argument("--budget", default="strong_full", choices=sorted(BUDGETS), help="the regime (default strong_full)")
     p.add_argument("--out", default="runs/benchmark-label-issues",
                    help="runs folder (the full grid's --out shares its finished BalanceMix runs that kept last.pth)")
     p.add_argument("--settings", default=",".join(STAGE_SETTINGS), help="comma-separated label settings")
@@ -473,14 +474,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("balancemix_timm.engine", "balancemix_timm.train", "balancemix_timm.data", "balancemix_timm.noise",
-                  "balancemix_timm.methods"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in ("engine", "train", "data", "noise", "methods"):
+        logging.getLogger(f"balancemix_timm.{noisy}").setLevel(logging.WARNING)
     out = Path(args.out)
     settings = [s for s in args.settings.split(",") if s]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    overrides = parse_overrides(args.overrides)
-    command = " ".join(["balancemix-benchmark-label-issues", f"--out {shlex.quote(str(out))}"]
+    seeds, overrides = [int(s) for s in args.seeds.split(",") if s], parse_overrides(args.overrides)
+    command = " ".join([f"balancemix-benchmark-label-issues --budget {args.budget} --out {shlex.quote(str(out))}"]
                        + ([f"--settings {args.settings}"] if tuple(settings) != STAGE_SETTINGS else [])
                        + [f"--seeds {args.seeds}"] + ([f"--folds {args.folds}"] if args.folds != DEFAULT_FOLDS else [])
                        + ([f"--jobs {args.jobs}"] if args.jobs != 1 else []) + [shlex.quote(o) for o in args.overrides])
@@ -488,8 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = read_json(out / "label_issues" / "comparison.json")
         results["summary"] = summarize(results["records"])  # the verdict by the current rules
     else:
-        results = run_stage(out, settings=settings, seeds=seeds, folds=args.folds, threads=args.threads,
-                            jobs=args.jobs, train_overrides=overrides, pretrain_cache=args.pretrain_cache)
+        results = run_stage(out, budget=BUDGETS[args.budget], settings=settings, seeds=seeds, folds=args.folds,
+                            threads=args.threads, jobs=args.jobs, train_overrides=overrides,
+                            pretrain_cache=args.pretrain_cache)
     paths = write_comparison(results, out / "label_issues", command=command, docs=args.docs or None,
                              figure=args.figure or None)
     _logger.info("wrote %s", ", ".join(str(p) for p in paths))

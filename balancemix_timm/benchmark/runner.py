@@ -50,16 +50,16 @@ def run_config(spec: RunSpec, budget: Budget, out: Path, *, workers: int = 0,
 
     many, few = demo_group_thresholds(int(values["demo_num_train"]))
     values.update(
+        many_threshold=values.get("many_threshold") or many,
+        few_threshold=values.get("few_threshold") or few,
         method=spec.method,
         ablation=spec.ablation,
         seed=spec.seed,
         noise_seed=spec.seed,
         # The demo set is generated once (``_prepare_data``) and then read as COCO-format data,
         # so a run never regenerates it (nor trips over a generator changed since); the class
-        # groups are the demo set's scaled thresholds.
+        # groups are the budget's thresholds, else the demo set's scaled ones.
         data="coco",
-        many_threshold=many,
-        few_threshold=few,
         data_root=str(out / "data"),
         output_dir=str(out / "runs"),
         run_name=spec.key,
