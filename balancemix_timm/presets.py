@@ -5,7 +5,7 @@ The paper fixes Eq. 1-10 but is silent on a few points where its literal form fa
 value in the literal paper is kept reachable as the preset ``"paper"``; the preset
 ``"default"`` holds the values the project trains with (the trainer's, the ML-Decoder plugin's
 and the engine's defaults), each chosen by a paired 3-seed measurement on the four Table 5 label
-settings (``docs/results.md``).
+settings (``docs/weak/results.md``).
 
 A preset is applied first and explicit options win over it: ``balancemix-train preset=paper
 clean_if_agrees=true`` is the paper with that one option changed.

@@ -2,14 +2,15 @@
 
 Usage::
 
-    balancemix-benchmark --budget quick            # 11-run subset -> runs/benchmark-quick/results.md
-    balancemix-benchmark --budget full --seeds 0,1 --out runs/benchmark --jobs 2   # -> docs/results.md
+    balancemix-benchmark --budget strong_quick     # BCE, Mixup, BalanceMix at mislabel 40%, seed 0
+    balancemix-benchmark --budget strong_full --jobs 2   # the strong regime's full grid -> docs/results.md
 
-(``python -m balancemix_timm.benchmark`` is the same.) Budgets (:data:`BUDGETS`): ``quick`` is
-every method and every Table 5 row on mislabel 40% with one seed (11 runs, a subset of the full
-grid with the same settings); ``full`` is every method on every label setting, Table 5's rows on four settings and a
-minority-sampler comparison (63 runs per seed, 6 epochs). Both train ``resnet10t`` from scratch
-on 800 demo images of 32 px; ``docs/results.md`` states the measured run times.
+(``python -m balancemix_timm.benchmark`` is the same.) Budgets (:data:`BUDGETS`) come in regimes:
+``strong_*`` (:data:`~.grid.STRONG_TRAIN`: a backbone pre-trained offline on a corpus of coloured
+digits, fine-tuned on 3,000 images of 48 px until BCE memorises; its page is ``docs/results.md``),
+``weak_*`` (:data:`~.grid.WEAK_TRAIN`: 1,000 images of 32 px; ``docs/weak/results.md``) and
+``scratch_*`` (every method from scratch; ``docs/scratch/results.md``). A ``*_quick`` budget is a
+one-seed subset of its ``*_full`` grid with the same settings; each page states its run times.
 
 Performance: ``--threads`` (default 1) torch threads per run and ``--jobs`` runs at once. On a
 shared 2-core machine one thread per run was 4-9x faster per step than two (oversubscription),

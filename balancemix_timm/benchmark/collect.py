@@ -155,6 +155,39 @@ def memorisation(runs: Mapping[str, Mapping[str, Any]], settings: Sequence[str],
     return out
 
 
+def gmm_input_auc(out: Path, runs: Mapping[str, Mapping[str, Any]],
+                  settings: Sequence[str] = ("mislabel40", "flip40")) -> dict[str, dict[str, dict[str, Any]]]:
+    """How well the GMMs' input loss separates wrong from correct given labels in the BalanceMix runs.
+
+    Per label setting, per snapshot stage (``warmup_end``, ``last``) of the runs'
+    ``label_diagnostics/epoch_*.npz``, per polarity: the mean over classes of the per-class ROC
+    AUC (:func:`~balancemix_timm.diagnostics_readers.wrong_label_auc`), as a cell over seeds.
+
+    Returns:
+        ``setting -> stage -> {"positive": cell, "negative": cell, "epoch": int | None}``.
+    """
+    from ..diagnostics_readers import load_label_diagnostics, wrong_label_auc
+
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    for setting in settings:
+        stages: dict[str, dict[str, Any]] = {}
+        for key, r in runs.items():
+            if (r["method"], r["setting"], r["ablation"], r["variant"]) != ("balancemix", setting, None, None):
+                continue
+            for npz in sorted((out / "runs" / key / "label_diagnostics").glob("epoch_*.npz")):
+                data = load_label_diagnostics(npz)
+                auc = wrong_label_auc(data)
+                epoch = int(data["epoch"]) if "epoch" in data else None
+                for stage in (str(x) for x in data.get("stages", ())):
+                    entry = stages.setdefault(stage, {"positive": _Cell(), "negative": _Cell(), "epoch": epoch})
+                    for polarity in ("positive", "negative"):
+                        entry[polarity].values.append(auc[polarity]["mean"])
+        if stages:
+            result[setting] = {stage: {k: (v.as_dict() if isinstance(v, _Cell) else v) for k, v in entry.items()}
+                               for stage, entry in stages.items()}
+    return result
+
+
 def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """Read every finished run of ``budget`` under ``out`` into the tables' numbers (JSON-ready)."""
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
@@ -198,7 +231,8 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
         return c
 
     main_table: dict[str, dict[str, dict[str, Any]]] = {}
-    settings_main = [s for s in RUN_ORDER if s in budget.settings]
+    partial = dict(budget.partial_settings)
+    settings_main = [s for s in RUN_ORDER if s in budget.settings or s in partial]
     settings_main += [s for s in budget.settings if s not in settings_main]  # settings added since
     for method in budget.methods:
         main_table[method] = {
@@ -218,7 +252,7 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
     lm_keys = ("clean_precision", "clean_recall", "relabel_proportion", "relabel_accuracy")
     table7: dict[str, dict[str, dict[str, Any]]] = {}
     for setting in ("mislabel20", "mislabel40"):
-        if setting not in budget.settings or "balancemix" not in budget.methods:
+        if setting not in settings_main or "balancemix" not in budget.methods:
             continue
         table7[setting] = {}
         for frac in (0.25, 0.5, 1.0):
@@ -279,6 +313,7 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
         data=data_info,
         budget=dict(train=load_config(None, dict(budget.train)).to_dict(), methods=list(budget.methods),
                     settings=list(budget.settings),
+                    partial_settings=[[s, list(m)] for s, m in budget.partial_settings],
                     ablation_settings=list(budget.ablation_settings), ablation_rows=list(budget.ablation_rows),
                     sampler_variants=[[n, dict(o)] for n, o in budget.sampler_variants],
                     seeds=list(budget.seeds if seeds is None else seeds), description=budget.description,
@@ -297,6 +332,7 @@ def collect_results(budget: Budget | str, out: str | Path, *, seeds: Sequence[in
         best=best_table,
         paired=paired,
         memorisation=memorisation(runs, settings_main),
+        gmm_auc=gmm_input_auc(out, runs),
         ablation=ablation_table,
         table7=table7,
         sampler_spread=spread,

