@@ -8,19 +8,20 @@ import pytest
 
 pytest.importorskip("mlxtend")
 
-from balancemix_timm.benchmark.grid import PRETRAIN_RECIPE, PRETRAINED_TRAIN  # noqa: E402
-from balancemix_timm.demo import DEMO_SETTINGS, main  # noqa: E402
+from balancemix_timm.benchmark import BUDGETS, plan_runs, run_config  # noqa: E402
+from balancemix_timm.demo import DEMO_BUDGET, main  # noqa: E402
 from balancemix_timm.pretrain import PretrainRecipe, ensure_pretrained  # noqa: E402
 
 
-def test_demo_settings_are_the_benchmarks_pretrained_regime():
-    for key in ("demo_num_train", "demo_num_val", "demo_min_val_positives", "image_size", "epochs", "lr",
-                "warmup_epochs", "model", "batch_size"):
-        assert DEMO_SETTINGS[key] == PRETRAINED_TRAIN[key], key
-    assert DEMO_SETTINGS["pretrained_path"] == "offline"
-    assert (DEMO_SETTINGS["model"], DEMO_SETTINGS["image_size"]) == (
-        PRETRAIN_RECIPE["model"], PRETRAIN_RECIPE["image_size"])
-    assert (DEMO_SETTINGS["noise"], DEMO_SETTINGS["noise_rate"]) == ("mislabel", 0.4)
+def test_demo_runs_are_the_strong_quick_budgets_runs(tmp_path):
+    demo, quick = plan_runs(DEMO_BUDGET), plan_runs(BUDGETS["strong_quick"])
+    assert [s.key for s in demo] == ["bce-mislabel40-s0", "balancemix-mislabel40-s0"]
+    assert {s.key for s in demo} <= {s.key for s in quick}
+    for spec in demo:  # the same configuration, so the same figures
+        assert run_config(spec, DEMO_BUDGET, tmp_path) == run_config(spec, BUDGETS["strong_quick"], tmp_path)
+    values = run_config(demo[0], DEMO_BUDGET, tmp_path)
+    assert (values["noise"], values["noise_rate"], values["image_size"]) == ("mislabel", 0.4, 48)
+    assert DEMO_BUDGET.pretrain["labels"] == "pairs"
 
 
 def test_demo_prints_both_methods_and_their_difference(tmp_path, monkeypatch, capsys):

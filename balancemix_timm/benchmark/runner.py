@@ -173,9 +173,10 @@ def _prepare_data(values: Mapping[str, Any]) -> None:
 def prepare_inputs(budget: Budget, out: str | Path, *, train_overrides: Mapping[str, Any] | None = None,
                    pretrain_cache: str | Path | None = None) -> None:
     """What every run of ``budget`` under ``out`` reads: the demo set in ``<out>/data`` and, for a
-    pre-trained budget, its backbone in ``pretrain_cache`` (each built once, if missing)."""
+    pre-trained budget whose weights ``train_overrides`` do not replace, its backbone in
+    ``pretrain_cache`` (each built once, if missing)."""
     _prepare_data({**budget.train, **dict(train_overrides or {}), "data_root": str(Path(out) / "data")})
-    if budget.pretrain is not None:
+    if budget.pretrain is not None and "pretrained_path" not in (train_overrides or {}):
         from ..pretrain import PretrainRecipe, ensure_pretrained
 
         ensure_pretrained(PretrainRecipe(**budget.pretrain), pretrain_cache)
