@@ -95,7 +95,11 @@ def test_micro_benchmark_writes_tables_and_resumes(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(benchmark.runner, "train", counting_train)
     out, rep = tmp_path / "bench", tmp_path / "report"
     argv = ["--budget", "micro", "--out", str(out), "--report-dir", str(rep)]
-    assert benchmark.main(argv) == 0
+    # A slice of the grid first: only BCE's run; the report is the whole budget's.
+    assert benchmark.main([*argv, "--methods", "bce", "--settings", "mislabel40"]) == 0
+    assert calls == ["bce-mislabel40-s0"]
+    assert "1 of 3 planned runs finished" in (rep / "results.md").read_text()
+    assert benchmark.main(argv) == 0  # the rest of the grid; the slice's run is finished
     assert sorted(calls) == sorted(s.key for s in plan_runs(MICRO))
 
     md = (rep / "results.md").read_text()

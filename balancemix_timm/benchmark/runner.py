@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -218,8 +218,9 @@ def run_benchmark(
     train_overrides: Mapping[str, Any] | None = None,
     deadline: float | None = None,
     pretrain_cache: str | Path | None = None,
+    only: Callable[[RunSpec], bool] | None = None,
 ) -> dict[str, Any]:
-    """Run every unfinished run of ``budget`` under ``out``.
+    """Run every unfinished run of ``budget`` under ``out`` (those ``only`` accepts, if given).
 
     Args:
         budget: A :class:`Budget` or a key of :data:`BUDGETS`.
@@ -235,13 +236,15 @@ def run_benchmark(
         deadline: ``time.time()`` after which no further run is started.
         pretrain_cache: cache root of the budget's pre-trained backbone (default
             :func:`~balancemix_timm.pretrain.default_cache_dir`); built there if missing.
+        only: a slice of the grid: the runs for which it returns True (their keys and
+            configurations are the whole grid's, so the rest can follow later).
 
     Returns:
         ``{"planned": n, "skipped": n, "trained": n, "failed": [keys], "wall_time": s}``.
     """
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
     out = Path(out)
-    specs = plan_runs(budget, seeds)
+    specs = [spec for spec in plan_runs(budget, seeds) if only is None or only(spec)]
     todo: list[tuple[RunSpec, dict[str, Any]]] = []
     skipped = 0
     for spec in specs:
