@@ -75,8 +75,6 @@ class PretrainRecipe:
         labels: the corpus's label set (:data:`~balancemix_timm.data.pretrain_corpus.LABEL_SETS`):
             ``"separate"`` (digits and hue families) or ``"pairs"`` (also each coloured digit's
             pair).
-        digit_side: side of the corpus's source digits (8: the benchmark's 8x8 digit style; see
-            :func:`~balancemix_timm.data.pretrain_corpus.load_mnist_sources`).
         amp: mixed precision on the training device (:func:`~balancemix_timm.utils.autocast`:
             bfloat16 on CPU) with the weights in channels_last.
     """
@@ -92,12 +90,11 @@ class PretrainRecipe:
     randaugment: bool = True
     seed: int = 0
     labels: str = "separate"
-    digit_side: int = 16
     amp: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range field."""
-        for name in ("image_size", "num_train", "num_val", "epochs", "batch_size", "digit_side"):
+        for name in ("image_size", "num_train", "num_val", "epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"recipe {name} must be an int >= 1, got {value!r}")
@@ -116,7 +113,7 @@ class PretrainRecipe:
         """Short hash of the recipe (with the recipe format version). Fields at the value that
         reproduces the recipe's behaviour before they existed are left out, so a cache entry
         keeps its name."""
-        before = (("labels", "separate"), ("digit_side", 16), ("amp", False))
+        before = (("labels", "separate"), ("amp", False))
         fields = {k: v for k, v in asdict(self).items() if (k, v) not in before}
         text = dumps_json({"version": _RECIPE_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -242,8 +239,7 @@ def ensure_pretrained(recipe: PretrainRecipe | None = None,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         corpus = make_pretrain_corpus(num_train=recipe.num_train, num_val=recipe.num_val,
-                                      image_size=recipe.image_size, seed=recipe.seed, labels=recipe.labels,
-                                      digit_side=recipe.digit_side)
+                                      image_size=recipe.image_size, seed=recipe.seed, labels=recipe.labels)
         _logger.info("pre-training corpus: %d train / %d held-out images, %d labels (digest %s)",
                      recipe.num_train, recipe.num_val, len(corpus.class_names), corpus.digest[:12])
         model, history = _train(recipe, corpus)
@@ -318,7 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--labels", choices=("separate", "pairs"), default=d.labels,
                    help="corpus label set: digits and hue families, or also each coloured digit's pair")
-    p.add_argument("--digit-side", type=int, default=d.digit_side, help="source digits' side (8: 8x8 style)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast and channels_last on CPU")
     return p
 

