@@ -285,9 +285,11 @@ def write_report(
                  f"generator options {dumps_json((results.get('data') or {}).get('options'), sort_keys=True)}.")
         L.append("")
     if th:
-        L.append("Class groups (COCO's 10,000 / 1,000 positive-label thresholds scaled by "
-                 f"{t['demo_num_train']} / 82,081 "
-                 f"training images, counted on the clean training labels): many-shot > {th.get('many')} positives "
+        source = ("set by the budget" if t.get("few_threshold") or t.get("many_threshold") else
+                  f"COCO's 10,000 / 1,000 positive-label thresholds scaled by {t['demo_num_train']} / 82,081 "
+                  "training images")
+        L.append(f"Class groups ({source}, counted on the clean training labels): "
+                 f"many-shot > {th.get('many')} positives "
                  f"({sz.get('many', 0)} classes), medium-shot {th.get('few')}–{th.get('many')} "
                  f"({sz.get('medium', 0)} classes), few-shot < {th.get('few')} ({sz.get('few', 0)} classes).")
         L.append("")
