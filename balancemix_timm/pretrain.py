@@ -18,7 +18,7 @@ loads the weights like any other local file: ``balancemix-train ... pretrained_p
 
 Usage::
 
-    balancemix-pretrain                         # default recipe (resnet10t, 32 px), prints the path
+    balancemix-pretrain                         # default recipe (resnet10t, 32 px, pair labels, bfloat16)
     balancemix-pretrain --model resnet18 --image-size 48 --cache /data/cache
 """
 
@@ -89,8 +89,8 @@ class PretrainRecipe:
     weight_decay: float = 5e-4
     randaugment: bool = True
     seed: int = 0
-    labels: str = "separate"
-    amp: bool = False
+    labels: str = "pairs"
+    amp: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range field."""
@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--labels", choices=("separate", "pairs"), default=d.labels,
                    help="corpus label set: digits and hue families, or also each coloured digit's pair")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast and channels_last on CPU")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d.amp,
+                   help="bfloat16 autocast and channels_last on CPU (default on)")
     return p
 
 

@@ -59,10 +59,11 @@ def test_pair_labels_name_each_coloured_digit_and_leave_the_images_alone():
         make_pretrain_corpus(num_train=4, num_val=2, labels="colours")
 
 
-def test_recipe_fields_added_later_keep_the_cache_name_at_their_old_behaviour():
-    base = PretrainRecipe()
-    assert base.digest() == PretrainRecipe(labels="separate", amp=False).digest()
-    assert len({base.digest(), PretrainRecipe(labels="pairs").digest(), PretrainRecipe(amp=True).digest()}) == 3
+def test_recipe_digest_names_each_label_set_and_precision():
+    assert PretrainRecipe().digest() == PretrainRecipe(labels="pairs", amp=True).digest()  # the defaults
+    recipes = [PretrainRecipe(labels=labels, amp=amp) for labels in ("separate", "pairs") for amp in (False, True)]
+    names = {r.digest() for r in recipes}
+    assert len(names) == 4
     with pytest.raises(ValueError, match="labels"):
         PretrainRecipe(labels="x").validate()
 
