@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the budget's, 0)")
     p.add_argument("--out", default=None, help="runs folder (default runs/benchmark-<budget>)")
     p.add_argument("--methods", default=None,
-                   help="train only these methods' runs (comma-separated; balancemix includes its Table 5 rows); "
-                        "the report is still the whole budget's")
+                   help="train only these methods' runs (comma-separated; a Table 5 row by its ablation name, "
+                        "e.g. minority); the report is still the whole budget's")
     p.add_argument("--settings", default=None, help="train only these label settings' runs (comma-separated)")
     p.add_argument("--report-dir", default=None,
                    help="where results.md/json/png go (default: the budget's page folder for a full grid, "
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stats = run_benchmark(budget, out, seeds=seeds, workers=args.workers, jobs=args.jobs, threads=args.threads,
                               keep_checkpoints=args.keep_checkpoints, train_overrides=overrides, deadline=deadline,
                               pretrain_cache=args.pretrain_cache,
-                              only=lambda spec: ((methods is None or spec.method in methods)
+                              only=lambda spec: ((methods is None or (spec.ablation or spec.method) in methods)
                                                  and (settings is None or spec.setting in settings)))
         _logger.info("benchmark: %s", {k: v for k, v in stats.items()})
     if overrides:
