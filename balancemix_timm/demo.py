@@ -98,7 +98,7 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
                           (("mAP", "mAP"), ("many", "mAP_many"), ("medium", "mAP_medium"), ("few", "mAP_few"))
                           if key in m and key in b)
         lines.append(f"BalanceMix - BCE (last epoch): {diffs}. One seed: each seed draws other noisy labels; "
-                     "docs/results.md has the 3-seed paired figures.")
+                     "docs/results.md has the grid's paired figures.")
     bm = results.get("balancemix", {}).get("last", {})
     if "clean_precision" in bm:
         relabel = (f"re-labeled {100 * bm['relabel_proportion']:.2f}% of labels at "
