@@ -12,9 +12,11 @@ colour-digit classes) with plain multi-label BCE, and writes
 * ``manifest.json`` beside it: the recipe, the corpus digest (SHA-256 of its images and labels),
   the timm model name, the held-out mAP and label accuracy reached, the wall time and versions.
 
-Both are written into a temporary folder that is renamed into place, so a cache entry is either
-complete or absent. A call whose recipe is already cached returns at once. The fine-tuning side
-loads the weights like any other local file: ``balancemix-train ... pretrained_path=<path>``.
+Training runs on one torch thread, so the weights are the same bytes whatever the machine's core
+count (on the same kind of CPU). Both are written into a temporary folder that is renamed into
+place, so a cache entry is either complete or absent. A call whose recipe is already cached
+returns at once. The fine-tuning side loads the weights like any other local file:
+``balancemix-train ... pretrained_path=<path>``.
 
 Usage::
 
@@ -236,13 +238,20 @@ def ensure_pretrained(recipe: PretrainRecipe | None = None,
         return entry / WEIGHTS_NAME
 
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)
-        corpus = make_pretrain_corpus(num_train=recipe.num_train, num_val=recipe.num_val,
-                                      image_size=recipe.image_size, seed=recipe.seed, labels=recipe.labels)
-        _logger.info("pre-training corpus: %d train / %d held-out images, %d labels (digest %s)",
-                     recipe.num_train, recipe.num_val, len(corpus.class_names), corpus.digest[:12])
-        model, history = _train(recipe, corpus)
+    threads = torch.get_num_threads()
+    # One thread: float reductions split over threads add up in another order, so the weights
+    # would depend on the machine's core count; with one they are the same bytes everywhere.
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            corpus = make_pretrain_corpus(num_train=recipe.num_train, num_val=recipe.num_val,
+                                          image_size=recipe.image_size, seed=recipe.seed, labels=recipe.labels)
+            _logger.info("pre-training corpus: %d train / %d held-out images, %d labels (digest %s)",
+                         recipe.num_train, recipe.num_val, len(corpus.class_names), corpus.digest[:12])
+            model, history = _train(recipe, corpus)
+    finally:
+        torch.set_num_threads(threads)
     manifest = {
         "recipe": asdict(recipe),
         "recipe_digest": recipe.digest(),

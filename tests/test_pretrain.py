@@ -150,3 +150,17 @@ def test_offline_pretrained_path_resolves_to_the_cached_backbone(tmp_path):
     torch.save(create_model("resnet10t", num_classes=16).state_dict(), entry / "backbone.pth")
     (entry / MANIFEST_NAME).write_text(json.dumps({"recipe": recipe.__dict__, "accuracy": {"mAP": 50.0}}))
     assert resolve_pretrained_path(OFFLINE, "resnet10t", 32, tmp_path) == str(entry / "backbone.pth")
+
+
+def test_pretraining_gives_the_same_weights_whatever_the_thread_count(tmp_path):
+    recipe = PretrainRecipe(num_train=48, num_val=16, epochs=1, batch_size=16, randaugment=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = torch.load(ensure_pretrained(recipe, tmp_path / "a"), weights_only=True)
+        assert torch.get_num_threads() == 2  # restored
+        torch.set_num_threads(1)
+        b = torch.load(ensure_pretrained(recipe, tmp_path / "b"), weights_only=True)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a[k], b[k]) for k in a)
