@@ -55,6 +55,18 @@ def load_label_diagnostics(source: Source) -> dict[str, Any]:
     return data
 
 
+def _label_arrays(data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(losses float64 (N, K), given bool (N, K), clean bool (N, K), seen bool (N,))`` of a
+    snapshot; ``seen`` defaults to every sample. Raises ``ValueError`` on mismatched shapes."""
+    losses = np.asarray(data["losses"], dtype=np.float64)
+    given = np.asarray(data["given_labels"]).astype(bool)
+    clean = np.asarray(data["clean_labels"]).astype(bool)
+    if losses.shape != given.shape or clean.shape != given.shape:
+        raise ValueError(f"losses {losses.shape}, given_labels {given.shape} and clean_labels {clean.shape} must match")
+    seen = np.asarray(data.get("seen", np.ones(len(losses), bool))).astype(bool)
+    return losses, given, clean, seen
+
+
 def loss_split(data: Mapping[str, Any]) -> dict[str, Any]:
     """The losses as the GMMs decide on them, split by polarity and correctness.
 
@@ -74,12 +86,7 @@ def loss_split(data: Mapping[str, Any]) -> dict[str, Any]:
         ``clean_prob``), ``thresholds`` (the K per-class thresholds of that polarity, NaN
         dropped) and ``n_groups_fallback``.
     """
-    losses = np.asarray(data["losses"], dtype=np.float64)
-    given = np.asarray(data["given_labels"]).astype(bool)
-    clean = np.asarray(data["clean_labels"]).astype(bool)
-    if losses.shape != given.shape or clean.shape != given.shape:
-        raise ValueError(f"losses {losses.shape}, given_labels {given.shape} and clean_labels {clean.shape} must match")
-    seen = np.asarray(data.get("seen", np.ones(len(losses), bool))).astype(bool)
+    losses, given, clean, seen = _label_arrays(data)
     normalize = str(_scalar(data.get("gmm_normalize"), "minmax"))
     shift, scale = data.get("gmm_shift"), data.get("gmm_scale")
     have_groups = shift is not None and scale is not None and np.isfinite(np.asarray(shift, float)).any()
@@ -153,12 +160,7 @@ def wrong_label_auc(data: Mapping[str, Any], min_per_kind: int = 2) -> dict[str,
     """
     from sklearn.metrics import roc_auc_score
 
-    losses = np.asarray(data["losses"], dtype=np.float64)
-    given = np.asarray(data["given_labels"]).astype(bool)
-    clean = np.asarray(data["clean_labels"]).astype(bool)
-    if losses.shape != given.shape or clean.shape != given.shape:
-        raise ValueError(f"losses {losses.shape}, given_labels {given.shape} and clean_labels {clean.shape} must match")
-    seen = np.asarray(data.get("seen", np.ones(len(losses), bool))).astype(bool)
+    losses, given, clean, seen = _label_arrays(data)
     out = {}
     for polarity, name in ((1, "positive"), (0, "negative")):
         per_class = np.full(losses.shape[1], np.nan)
