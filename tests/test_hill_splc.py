@@ -302,5 +302,5 @@ def test_benchmark_titles_and_budgets():
             assert budget.methods == paper, name
         elif name.startswith("weak_"):
             assert set(budget.methods) == set(paper) | {"hill", "splc", "balancemix_paper"}, name
-    assert set(BUDGETS["strong_full"].methods) == set(paper) | {"hill", "balancemix_paper"}
+    assert set(BUDGETS["strong_full"].methods) == set(paper) | {"hill"}
     assert set(BUDGETS["strong_quick"].methods) == {"bce", "mixup", "balancemix"}
