@@ -45,16 +45,6 @@ from .sampling import (
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    """Deprecated public names (``BalanceMix``: :class:`BalanceMixEngine`), with a warning."""
-    if name == "BalanceMix":
-        import warnings
-
-        warnings.warn("balancemix_timm.BalanceMix is deprecated; use BalanceMixEngine", DeprecationWarning,
-                      stacklevel=2)
-        return BalanceMixEngine
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 __all__ = [
     "PRESETS",
     "engine_preset",

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from .engine import ABLATIONS
-from .options import LEGACY_OPTION_VALUES, BalanceMixOptions, check_option, check_options_together, option_specs
+from .options import BalanceMixOptions, check_option, check_options_together, option_specs
 from .presets import PRESETS, preset_options
 from .textfiles import dumps_json
 from .utils import resolve_device
@@ -249,10 +249,6 @@ class TrainConfig:
             check_option(spec.name, getattr(self, spec.name), where="config ")
         check_options_together({spec.name: getattr(self, spec.name) for spec in option_specs()}, where="config ")
 
-
-#: For each key a saved config may lack: the value that reproduces how such a config ran (which
-#: can differ from the current default).
-LEGACY_VALUES: dict[str, Any] = {"preset": None, "voc_difficult_eval": "negative", **LEGACY_OPTION_VALUES}
 
 #: Keys only the BalanceMix method reads: they cannot make another method's run differ.
 BALANCEMIX_ONLY_KEYS = frozenset({"preset", *PRESETS["default"]})

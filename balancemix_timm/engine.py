@@ -495,20 +495,3 @@ class BalanceMixEngine(EngineState):
         self.history.append(report.as_dict())
         _logger.info("refresh: %s", report.as_dict())
         return report
-
-
-
-
-#: Public names renamed: former name -> current name.
-_DEPRECATED = {"BalanceMix": "BalanceMixEngine"}
-
-
-def __getattr__(name: str) -> Any:
-    """``BalanceMix``, the engine's former name: the same class, with a ``DeprecationWarning``."""
-    if name in _DEPRECATED:
-        import warnings
-
-        new = _DEPRECATED[name]
-        warnings.warn(f"balancemix_timm.engine.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2)
-        return globals()[new]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

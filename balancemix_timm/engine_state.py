@@ -15,12 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .options import ENGINE_OPTIONS, LEGACY_OPTION_VALUES
-
 __all__ = ["EngineState", "RefreshReport"]
-
-#: Engine options added after the first checkpoint format, with the value an older checkpoint had.
-_ADDED_OPTION_DEFAULTS: dict[str, Any] = {k: v for k, v in LEGACY_OPTION_VALUES.items() if k in ENGINE_OPTIONS}
 
 
 @dataclass
@@ -159,7 +154,6 @@ class EngineState:
         """Restore from :meth:`state_dict`; refuses a checkpoint of another configuration."""
         cfg = dict(state_dict.get("config", {}))
         mine = self.config()
-        cfg = {**_ADDED_OPTION_DEFAULTS, **cfg}
         diff = {k: (cfg.get(k), v) for k, v in mine.items() if cfg.get(k) != v}
         if diff:
             pretty = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())

@@ -53,6 +53,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from .models.checkpoints import ML_DECODER_CHECKPOINT_FORMAT, TRAIN_CHECKPOINT_FORMAT, check_checkpoint_format
 from .refine import LabelState
 from .textfiles import atomic_write, write_text
 
@@ -77,8 +78,6 @@ RANKED_BY = SCORE_METHODS
 #: Values of ``filter_by`` of :func:`find_label_issues`.
 FILTER_BY = ("label_state", "relabeled", "threshold", "both")
 
-_TRAIN_FORMAT = "balancemix-timm/1"  # train.py's last.pth
-_ML_DECODER_FORMAT = "balancemix-ml-decoder/1"  # integrations/ml_decoder.py's checkpoint
 _RUN_FILES = ("last.pth", "balancemix-last.pth")
 
 
@@ -202,7 +201,10 @@ def _load(path: Path, weights_only: bool) -> Any:
 
 def _from_mapping(ckpt: Mapping[str, Any], origin: str) -> LabelIssueState:
     fmt = ckpt.get("format")
-    if fmt == _TRAIN_FORMAT:
+    if isinstance(fmt, str) and fmt.split("/")[0] in ("balancemix-timm", "balancemix-ml-decoder"):
+        expected = TRAIN_CHECKPOINT_FORMAT if fmt.startswith("balancemix-timm/") else ML_DECODER_CHECKPOINT_FORMAT
+        check_checkpoint_format(ckpt, expected, f"source {origin}", what="BalanceMix checkpoint")
+    if fmt == TRAIN_CHECKPOINT_FORMAT:
         method = ckpt.get("method")
         engine = method.get("engine") if isinstance(method, Mapping) else None
         if engine is None:
@@ -211,7 +213,7 @@ def _from_mapping(ckpt: Mapping[str, Any], origin: str) -> LabelIssueState:
                 f"{ckpt.get('config', {}).get('method')!r}, which keeps no BalanceMix engine"
             )
         return _from_engine_state(engine, origin)
-    if fmt == _ML_DECODER_FORMAT or "balancemix" in ckpt:
+    if fmt == ML_DECODER_CHECKPOINT_FORMAT or "balancemix" in ckpt:
         plugin = ckpt.get("balancemix")
         if not isinstance(plugin, Mapping) or "engine" not in plugin:
             raise ValueError(f"source {origin} holds no BalanceMix plugin state")

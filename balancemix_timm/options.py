@@ -30,7 +30,7 @@ from .gmm import LabelGMM
 
 __all__ = [
     "BalanceMixOptions", "OptionSpec", "option_specs", "option_spec", "OPTION_DEFAULTS", "ENGINE_OPTIONS",
-    "GMM_OPTIONS", "LEGACY_OPTION_VALUES", "check_option", "check_options_together", "gmm_options", "options_markdown",
+    "GMM_OPTIONS", "check_option", "check_options_together", "gmm_options", "options_markdown",
 ]
 
 _GMM_DEFAULTS = {
@@ -272,15 +272,6 @@ OPTION_DEFAULTS: dict[str, Any] = {spec.name: spec.default for spec in option_sp
 ENGINE_OPTIONS: tuple[str, ...] = tuple(spec.name for spec in option_specs() if spec.group == "engine")
 #: ``gmm_<name>`` options, passed to the GMM as ``<name>``.
 GMM_OPTIONS: tuple[str, ...] = tuple(spec.name for spec in option_specs() if spec.group == "gmm")
-
-
-#: For each option a saved state (a run's config, an engine or plugin checkpoint) may lack: the
-#: value that reproduces how it ran, which can differ from the current default. The GMM's two
-#: options held LabelGMM's defaults before they were options.
-LEGACY_OPTION_VALUES: dict[str, Any] = {
-    "confidence_input": "views", "clean_if_agrees": False, "record_momentum": 0.0, "managed_labels": "all",
-    "gmm_init": OPTION_DEFAULTS["gmm_init"], "gmm_min_group_size": OPTION_DEFAULTS["gmm_min_group_size"],
-}
 
 
 def gmm_options(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from balancemix_timm.methods.testimator import (
     select_clean,
     true_flip_rates,
 )
-from balancemix_timm.train import Trainer, train
+from balancemix_timm.trainer import Trainer, train
 from tests._tiny import tiny
 
 

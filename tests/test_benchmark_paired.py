@@ -51,15 +51,15 @@ def test_no_table5_mean_without_all_four_settings():
 
 
 def test_finished_runs_compare_by_the_options_their_method_reads(tmp_path):
-    """A run saved before an option existed holds the option's earlier behaviour (LEGACY_VALUES),
-    not today's default; options only BalanceMix reads, and ``voc_*`` off VOC, never make another
-    run stale; ``preset`` is compared through the options it sets."""
+    """A run whose saved configuration lacks a key its method reads (an option added after it)
+    is stale; options only BalanceMix reads, and ``voc_*`` off VOC, never make another run stale;
+    ``preset`` is compared through the options it sets."""
     import json
 
     import yaml
 
     from balancemix_timm.benchmark.runner import is_finished
-    from balancemix_timm.config import LEGACY_VALUES, TrainConfig, load_config
+    from balancemix_timm.config import load_config
 
     def saved(run: str, values: dict, drop: tuple[str, ...]) -> None:
         d = tmp_path / run
@@ -70,17 +70,13 @@ def test_finished_runs_compare_by_the_options_their_method_reads(tmp_path):
         (d / "config.yaml").write_text(yaml.safe_dump(cfg))
         (d / "summary.json").write_text(json.dumps({"last": {}}))
 
-    new_keys = tuple(LEGACY_VALUES)
-    saved("bce", {"method": "bce", "data": "coco"}, new_keys)
+    later_keys = ("preset", "confidence_input", "clean_if_agrees", "voc_difficult_eval")
+    saved("bce", {"method": "bce", "data": "coco"}, later_keys)
     assert is_finished(tmp_path / "bce", {"method": "bce", "data": "coco"})
-    # BalanceMix saved before the options: it ran the legacy behaviour, so today's default
-    # (different) makes it stale, and the legacy values make it finished.
-    saved("bm", {"method": "balancemix", "data": "coco", **{k: v for k, v in LEGACY_VALUES.items()}}, new_keys)
-    default = TrainConfig()
-    changed = any(getattr(default, k) != v for k, v in LEGACY_VALUES.items() if k != "voc_difficult_eval")
-    assert is_finished(tmp_path / "bm", {"method": "balancemix", "data": "coco"}) is (not changed)
-    legacy = {k: v for k, v in LEGACY_VALUES.items() if k not in ("preset", "voc_difficult_eval")}
-    assert is_finished(tmp_path / "bm", {"method": "balancemix", "data": "coco", **legacy})
+    saved("bm", {"method": "balancemix", "data": "coco"}, ("clean_if_agrees",))
+    assert not is_finished(tmp_path / "bm", {"method": "balancemix", "data": "coco"})
+    saved("bm-voc", {"method": "balancemix", "data": "coco"}, ("voc_difficult_eval",))
+    assert is_finished(tmp_path / "bm-voc", {"method": "balancemix", "data": "coco"})
     # preset=paper and its explicit options are the same run.
     saved("paper", {"method": "balancemix", "data": "coco", "preset": "paper"}, ())
     from balancemix_timm.presets import PRESETS

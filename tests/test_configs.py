@@ -90,7 +90,7 @@ def test_recipe_resolves_by_name_from_an_empty_working_folder(tmp_path, monkeypa
 
 
 def test_train_cli_lists_recipes(capsys):
-    from balancemix_timm.train import main
+    from balancemix_timm.trainer import main
 
     assert main(["--list-recipes"]) == 0
     out = capsys.readouterr().out
@@ -163,7 +163,7 @@ def test_an_ablation_row_sets_its_switches_and_refuses_a_contradicting_key():
 
 
 def test_cli_reports_a_bad_config_value_in_one_line(capsys):
-    from balancemix_timm.train import main
+    from balancemix_timm.trainer import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["eps=0.3"])
@@ -179,7 +179,7 @@ def test_cli_reports_a_bad_config_value_in_one_line(capsys):
 ])
 def test_a_config_file_that_is_not_yaml_is_refused_naming_file_line_and_column(tmp_path, capsys, text, line,
                                                                                 column, problem):
-    from balancemix_timm.train import main
+    from balancemix_timm.trainer import main
 
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -239,7 +239,7 @@ def test_benchmark_runner_counts_a_run_with_an_unreadable_config_as_not_finished
 def test_a_device_this_machine_lacks_is_refused_at_config_time(monkeypatch, capsys, gpus, device, problem):
     import torch
 
-    from balancemix_timm.train import main
+    from balancemix_timm.trainer import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)

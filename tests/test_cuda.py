@@ -16,7 +16,7 @@ import torch
 
 from balancemix_timm.config import load_config
 from balancemix_timm.methods import METHODS
-from balancemix_timm.train import Trainer
+from balancemix_timm.trainer import Trainer
 from tests._tiny import tiny
 
 pytestmark = pytest.mark.gpu

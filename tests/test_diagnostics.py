@@ -17,7 +17,7 @@ from balancemix_timm.diagnostics import wrong_label_auc
 from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.gmm import LabelGMM
 from balancemix_timm.refine import LabelState
-from balancemix_timm.train import Trainer
+from balancemix_timm.trainer import Trainer
 from tests._tiny import tiny
 
 

@@ -42,7 +42,8 @@ def _worker(rank: int, world: int, port: int, values: dict, out: str, frozen: bo
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank))
         torch.set_num_threads(1)
-        from balancemix_timm.train import Trainer, _init_distributed
+        from balancemix_timm.trainer import Trainer
+        from balancemix_timm.trainer.distributed import init_distributed as _init_distributed
 
         cfg = load_config(None, values)
         _init_distributed(cfg)

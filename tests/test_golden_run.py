@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from balancemix_timm.config import load_config
-from balancemix_timm.train import train
+from balancemix_timm.trainer import train
 from tests._tiny import tiny
 
 GOLDEN = Path(__file__).parent / "data" / "golden_run.json"

@@ -23,7 +23,7 @@ from balancemix_timm.losses_mlml import (
 from balancemix_timm.methods import METHODS, MethodContext
 from balancemix_timm.methods.hill import HillMethod
 from balancemix_timm.methods.splc import SPLCMethod
-from balancemix_timm.train import train
+from balancemix_timm.trainer import train
 from tests._tiny import tiny
 
 # Logits with edge cases: 0 (p = 1/2), the margin (p_m = 1/2), large |x| both ways.

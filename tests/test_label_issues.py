@@ -25,6 +25,7 @@ from balancemix_timm.label_issues import (
     label_quality_scores,
     load_label_state,
 )
+from balancemix_timm.models.checkpoints import TRAIN_CHECKPOINT_FORMAT
 from balancemix_timm.refine import LabelState
 
 C, R, U = int(LabelState.CLEAN), int(LabelState.RELABELED), int(LabelState.AMBIGUOUS)
@@ -176,8 +177,8 @@ def test_every_source_type_gives_the_same_answer(engine, tmp_path):
     # A balancemix-train checkpoint (the trainer's format) in a run folder.
     run = tmp_path / "run"
     run.mkdir()
-    torch.save(dict(format="balancemix-timm/1", method=dict(epoch=1, engine=sd), rng=dict(numpy=np.random.get_state())),
-               run / "last.pth")
+    torch.save(dict(format=TRAIN_CHECKPOINT_FORMAT, method=dict(epoch=1, engine=sd),
+                    rng=dict(numpy=np.random.get_state())), run / "last.pth")
     # An ML-Decoder plugin checkpoint, written by the plugin itself.
     plugin = BalanceMixPlugin(list(range(8)), labels=engine.given_labels, eps=0.9, warmup_epochs=0,
                               label_source="epoch_pass", device="cpu")
@@ -208,7 +209,7 @@ class _Opaque:  # pickled as a class reference: not loadable with weights_only=T
 
 def test_weights_only_is_the_default(engine, tmp_path):
     path = tmp_path / "last.pth"
-    torch.save(dict(format="balancemix-timm/1", method=dict(engine=engine.state_dict()), extra=_Opaque()), path)
+    torch.save(dict(format=TRAIN_CHECKPOINT_FORMAT, method=dict(engine=engine.state_dict()), extra=_Opaque()), path)
     with pytest.raises(ValueError, match="weights_only"):
         find_label_issues(path)
     st = load_label_state(path, weights_only=False)  # explicitly trusted
@@ -229,7 +230,7 @@ def test_bad_sources_name_the_argument(engine, tmp_path):
     with pytest.raises(ValueError, match="source.*never refreshed"):
         label_quality_scores(fresh.state_dict())
     with pytest.raises(ValueError, match="source.*no BalanceMix engine"):
-        find_label_issues(dict(format="balancemix-timm/1", config=dict(method="bce"), method=dict(epoch=0)))
+        find_label_issues(dict(format=TRAIN_CHECKPOINT_FORMAT, config=dict(method="bce"), method=dict(epoch=0)))
     with pytest.raises(ValueError, match="source"):
         find_label_issues(dict(weights=torch.zeros(2)))
 
@@ -267,14 +268,14 @@ def test_exported_from_the_package():
 # ---------------------------------------------------------------------------- a real run
 def test_tiny_run_folder_engine_and_csv_agree(tmp_path, caplog):
     from balancemix_timm.config import load_config
-    from balancemix_timm.train import Trainer
+    from balancemix_timm.trainer import Trainer
     from tests._tiny import tiny
 
     cfg = load_config(None, dict(tiny(eps=0.6), data_root=str(tmp_path / "demo"), output_dir=str(tmp_path),
                                  run_name="bm"))
     trainer = Trainer(cfg)
     # other tests may quiet these loggers
-    with caplog.at_level(logging.INFO, logger="balancemix_timm.train"), \
+    with caplog.at_level(logging.INFO, logger="balancemix_timm.trainer"), \
             caplog.at_level(logging.INFO, logger="balancemix_timm.label_issues"):
         trainer.fit()
     live, folder = trainer.method.engine, trainer.run_dir

@@ -110,7 +110,7 @@ TINY = Budget(
 
 def test_trainer_trains_on_part_of_the_images(tmp_path):
     from balancemix_timm.config import load_config
-    from balancemix_timm.train import Trainer
+    from balancemix_timm.trainer import Trainer
 
     cfg = load_config(None, dict(TINY.train, method="bce", noise="mislabel", noise_rate=0.4,
                                  data_root=str(tmp_path / "data"), output_dir=str(tmp_path / "runs")))

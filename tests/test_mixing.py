@@ -359,7 +359,7 @@ def test_minority_items_read_without_views() -> None:
 
 def test_trainer_reads_minority_items_through_the_views(tmp_path) -> None:
     from balancemix_timm.config import load_config
-    from balancemix_timm.train import Trainer
+    from balancemix_timm.trainer import Trainer
     from tests._tiny import tiny
 
     trainer = Trainer(load_config(None, tiny(data_root=str(tmp_path / "demo"), output_dir=str(tmp_path))))

@@ -21,7 +21,7 @@ import pytest
 from balancemix_timm.config import load_config
 from balancemix_timm.models.checkpoints import read_state_dict
 from balancemix_timm.textfiles import read_json, read_json_lines, read_text
-from balancemix_timm.train import Trainer, train
+from balancemix_timm.trainer import Trainer, train
 
 #: A run in which the EMA (decay 0.5, so it moves fast) scores above the regular weights after
 #: one epoch at a high learning rate (checked by the test, which needs it).
@@ -97,7 +97,7 @@ def c_locale_run(tmp_path_factory) -> dict:
     for name, extra in (("first", []), ("resumed", ["--resume", "auto"])):
         log = tmp / f"{name}.log"
         with log.open("wb") as fh:  # a file, not a terminal
-            res = subprocess.run([sys.executable, "-m", "balancemix_timm.train", *args, *extra], stdout=fh,
+            res = subprocess.run([sys.executable, "-m", "balancemix_timm.trainer", *args, *extra], stdout=fh,
                                  stderr=subprocess.STDOUT, env=env, timeout=600)
         out[name] = (res.returncode, log.read_bytes())
     out["run"] = tmp / "runs" / "run"
@@ -149,7 +149,7 @@ def test_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(caplog):
     assert "\r" in term.getvalue()  # tqdm's bar
 
     plain = io.StringIO()
-    caplog.set_level("INFO", logger="balancemix_timm.train")
+    caplog.set_level("INFO", logger="balancemix_timm.trainer")
     bar = progress(range(4), 4, "epoch 2/5", True, stream=plain, interval=0.0)
     for _ in bar:
         bar.set_postfix(loss="0.250")

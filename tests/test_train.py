@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from balancemix_timm.config import load_config
-from balancemix_timm.train import Trainer, main, train
+from balancemix_timm.trainer import Trainer, main, train
 from tests._tiny import tiny
 
 TINY = tiny(eps=0.6)
@@ -121,7 +121,7 @@ def test_class_groups_scale_with_any_data_set_and_absent_groups_are_never_nan(da
     assert t.group_thresholds == scaled_group_thresholds(len(t.train_set)) == (19, 2)
     assert all(len(idx) for idx in t.groups.values())
     # Thresholds no class can meet: the many- and few-shot groups are empty, reported as absent.
-    with caplog.at_level("INFO", logger="balancemix_timm.train"):
+    with caplog.at_level("INFO", logger="balancemix_timm.trainer"):
         summary = train(_cfg(data_root, tmp_path, run_name="absent", data="coco", method="bce", epochs=1,
                              max_steps_per_epoch=1, many_threshold=100000, few_threshold=1))
     run = tmp_path / "absent"
@@ -197,7 +197,7 @@ def test_batch_of_one_refused_before_training(data_root, tmp_path):
 def test_splits_with_different_categories_refused(tmp_path):
     from PIL import Image
 
-    from balancemix_timm.train import build_datasets
+    from balancemix_timm.trainer import build_datasets
 
     for split, cats in (("train", [(1, "person"), (2, "bicycle"), (3, "car")]),
                         ("val", [(1, "person"), (3, "car"), (4, "motorcycle")])):
@@ -269,7 +269,7 @@ def test_confidence_input_image_records_the_unaugmented_image(data_root, tmp_pat
 
 def _damaged_checkpoint(path: Path, kind: str) -> Path:
     """A checkpoint file cut short (``truncated``) or left empty (``empty``) at ``path``."""
-    torch.save(dict(format="balancemix-timm/1", model={"w": torch.zeros(256)}), path)
+    torch.save(dict(format="balancemix-timm/2", model={"w": torch.zeros(256)}), path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if kind == "truncated" else b"")
     return path

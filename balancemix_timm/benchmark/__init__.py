@@ -16,7 +16,7 @@ Performance: ``--threads`` (default 1) torch threads per run and ``--jobs`` runs
 shared 2-core machine one thread per run was 4-9x faster per step than two (oversubscription),
 so ``--jobs 2 --threads 1`` is the recommended setting there.
 
-Every (method, label setting, seed) is one :func:`~balancemix_timm.train.train` run in
+Every (method, label setting, seed) is one :func:`~balancemix_timm.trainer.train` run in
 ``<out>/runs/<key>/``; a run whose ``summary.json`` exists (and whose ``config.yaml`` matches)
 is finished and skipped, an interrupted one continues from its ``last.pth``. After the runs
 (or with ``--report-only``) the tables are written as Markdown (``results.md``), JSON

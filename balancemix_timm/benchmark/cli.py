@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("balancemix_timm.engine", "balancemix_timm.train", "balancemix_timm.data.datasets",
+    for noisy in ("balancemix_timm.engine", "balancemix_timm.trainer", "balancemix_timm.data.datasets",
                   "balancemix_timm.noise", "balancemix_timm.data.demo", "balancemix_timm.methods"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     budget = BUDGETS[args.budget]

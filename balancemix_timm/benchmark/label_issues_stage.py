@@ -249,7 +249,7 @@ def _known_labels(values: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     from ..config import load_config
-    from ..train import build_datasets, noisy_labels
+    from ..trainer import build_datasets, noisy_labels
 
     cfg = load_config(None, dict(values))
     train_set, _ = build_datasets(cfg)
@@ -277,7 +277,7 @@ def _train_fold(values: Mapping[str, Any], run_dir: Path, train_idx: np.ndarray,
                 held_idx: np.ndarray) -> np.ndarray:
     """Train one fold (unless finished) and return its held-out (M, K) probabilities."""
     from ..config import load_config
-    from ..train import Trainer
+    from ..trainer import Trainer
 
     done = run_dir / "heldout.npz"
     if done.is_file() and is_finished(run_dir, values):

@@ -11,9 +11,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import config_diff, load_config
+from ..models.checkpoints import TRAIN_CHECKPOINT_FORMAT, check_checkpoint_format
 from ..textfiles import write_json
-from ..train import train
+from ..trainer import train
 from .grid import BUDGETS, METHOD_OVERRIDES, METHOD_SETTING_OVERRIDES, SETTINGS, Budget, RunSpec, plan_runs
 
 _logger = logging.getLogger(__name__)
@@ -83,10 +86,9 @@ def _expected_config(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
-    """A run's ``config.yaml``; a key it lacks (an option added after the run) holds the value
-    of the behaviour before it existed (:data:`~balancemix_timm.config.LEGACY_VALUES`). None if
-    the file is missing or unreadable."""
-    from ..config import LEGACY_VALUES, read_yaml
+    """A run's ``config.yaml`` (a key it lacks, e.g. an option added after the run, makes the run
+    stale), or None if the file is missing or unreadable."""
+    from ..config import read_yaml
 
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -98,7 +100,7 @@ def _saved_config(run_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(saved, dict):
         return None
-    return {**LEGACY_VALUES, **saved}
+    return saved
 
 
 def _ignored_keys(expected: Mapping[str, Any]) -> frozenset[str]:
@@ -137,8 +139,15 @@ def _prepare_run_dir(run_dir: Path, values: Mapping[str, Any]) -> str | None:
     expected = _expected_config(values)
     if (saved is not None and not config_diff(saved, expected, ignore=_ignored_keys(expected))
             and (run_dir / "last.pth").is_file() and not (run_dir / "summary.json").is_file()):
-        _logger.info("%s: continuing the interrupted run", run_dir.name)
-        return "auto"
+        try:
+            ckpt = torch.load(run_dir / "last.pth", map_location="cpu", weights_only=False)
+            check_checkpoint_format(ckpt, TRAIN_CHECKPOINT_FORMAT, run_dir / "last.pth", what="training checkpoint")
+        except Exception as err:  # a damaged file, or one another version wrote
+            _logger.warning("%s: the interrupted run cannot be continued (%s); starting it over", run_dir.name,
+                            str(err).splitlines()[0] if str(err) else type(err).__name__)
+        else:
+            _logger.info("%s: continuing the interrupted run", run_dir.name)
+            return "auto"
     shutil.rmtree(run_dir)
     return None
 

@@ -271,16 +271,6 @@ class LabelGMM:
         p = torch.where(pick(self.fallback_.to(device)), torch.full_like(p, self.fallback), p)
         return p.to(dtype=torch.float32, device=losses.device)
 
-    def fit_predict_clean_proba(self, losses: Tensor, labels: Tensor) -> Tensor:
-        """Deprecated name of :meth:`fit_predict_clean_probability` (warns)."""
-        _deprecated("fit_predict_clean_proba", "fit_predict_clean_probability")
-        return self.fit_predict_clean_probability(losses, labels)
-
-    def predict_clean_proba(self, losses: Tensor, labels: Tensor) -> Tensor:
-        """Deprecated name of :meth:`predict_clean_probability` (warns)."""
-        _deprecated("predict_clean_proba", "predict_clean_probability")
-        return self.predict_clean_probability(losses, labels)
-
     def decision_thresholds(self) -> Tensor:
         """Where each group's clean probability crosses 0.5, in normalised-loss units.
 
@@ -382,9 +372,3 @@ def clean_probability(
         dtype=dtype, device=device,
     )
     return gmm.fit_predict_clean_probability(losses, labels)
-
-
-def _deprecated(old: str, new: str) -> None:
-    import warnings
-
-    warnings.warn(f"LabelGMM.{old} is deprecated; use LabelGMM.{new}", DeprecationWarning, stacklevel=3)

@@ -13,15 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import check_checkpoint_file
+from ..models.checkpoints import ML_DECODER_CHECKPOINT_FORMAT, check_checkpoint_file, check_checkpoint_format
 from ..utils import atomic_save
 
-__all__ = ["Attached", "ScriptCheckpoint", "CHECKPOINT_NAME", "CHECKPOINT_FORMAT", "check_resume_file"]
+__all__ = ["Attached", "ScriptCheckpoint", "CHECKPOINT_NAME", "check_resume_file"]
 
 _logger = logging.getLogger("balancemix_timm.integrations.ml_decoder")
 
 CHECKPOINT_NAME = "balancemix-last.pth"
-CHECKPOINT_FORMAT = "balancemix-ml-decoder/1"
 
 
 class Attached:
@@ -80,7 +79,7 @@ class ScriptCheckpoint:
         """Everything needed to resume after ``epoch``: attached objects and our state."""
         a = self._attached
         out: dict[str, Any] = dict(
-            format=CHECKPOINT_FORMAT,
+            format=ML_DECODER_CHECKPOINT_FORMAT,
             epoch=int(epoch) + 1,
             highest_mAP=None if highest_map is None else float(highest_map),  # ML-Decoder's is numpy
             balancemix=self.state_dict(),
@@ -135,8 +134,8 @@ class ScriptCheckpoint:
                 raise _damaged(path, full_err) from full_err
         except (EOFError, RuntimeError) as err:
             raise _damaged(path, err) from err
-        if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a BalanceMix checkpoint of the patched ML-Decoder script")
+        check_checkpoint_format(ckpt, ML_DECODER_CHECKPOINT_FORMAT, path,
+                                what="BalanceMix checkpoint of the patched ML-Decoder script")
         a = self._attached
         for name in ("model", "ema", "optimizer", "scheduler", "scaler"):
             obj = getattr(a, name)

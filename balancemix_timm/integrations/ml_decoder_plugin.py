@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..engine import BalanceMixEngine, RefreshReport
 from ..loss import asl_elementwise
 from ..mixing import MixedBatch, MixupCollate, PairedDataset
-from ..options import LEGACY_OPTION_VALUES, BalanceMixOptions
+from ..options import BalanceMixOptions
 from ..recipe import BalanceMixRecipe
 from ..sampling import PairedBatchSampler
 from ..utils import EPOCH_PASS_STREAM, TRAIN_LOADER_STREAM, epoch_seed, seed_worker, view_probabilities
@@ -470,8 +470,7 @@ class BalanceMixPlugin(ScriptCheckpoint):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; refuses another configuration."""
-        # A state written before confidence_input existed took f(x) from the views.
-        cfg = {"confidence_input": LEGACY_OPTION_VALUES["confidence_input"], **dict(state_dict.get("config", {}))}
+        cfg = dict(state_dict.get("config", {}))
         diff = {k: (cfg.get(k), v) for k, v in self.config().items() if cfg.get(k) != v}
         if diff:
             pretty = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())

@@ -125,14 +125,6 @@ class TrainingMethod:
         return {}
 
     # ---------------------------------------------------------------- state
-    def upgrade_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
-        """A training checkpoint of an earlier layout of this method, in the current one.
-
-        Called by the trainer before it loads anything from ``checkpoint`` (the whole file:
-        ``optimizer``, ``scheduler``, ``method``, ...). The default returns it unchanged.
-        """
-        return checkpoint
-
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch}
 

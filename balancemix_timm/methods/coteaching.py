@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -25,7 +24,6 @@ __all__ = [
     "coteaching_losses",
 ]
 
-_logger = logging.getLogger(__name__)
 
 SELECTIONS = ("instance", "label")
 """Multi-label forms of the small-loss selection: whole instances by their summed BCE, or the
@@ -263,36 +261,6 @@ class CoTeachingMethod(MixupMethod):
         return out
 
     # ---------------------------------------------------------------- state
-    def upgrade_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
-        """Merge the second network's own optimiser of an earlier checkpoint layout into the
-        trainer's one optimiser (the layout :func:`~balancemix_timm.trainer.optim.build_optimizer`
-        builds: per group, the first network's parameters then the second's).
-
-        Both optimisers had the same recipe and schedule, so the merged groups keep the first
-        one's hyper-parameters and the schedule's state loads as it is; each parameter keeps
-        its own state (momentum, Adam moments), so the resumed run steps as the earlier one.
-        """
-        method = checkpoint.get("method", {})
-        if "optimizer2" not in method:
-            return checkpoint
-        first, second = checkpoint["optimizer"], method["optimizer2"]
-        if len(first["param_groups"]) != len(second["param_groups"]):
-            raise ValueError("checkpoint's two Co-teaching optimisers have different parameter groups")
-        groups, state, new_id = [], {}, 0
-        for g1, g2 in zip(first["param_groups"], second["param_groups"]):
-            ids = []
-            for source, old_ids in ((first, g1["params"]), (second, g2["params"])):
-                for old in old_ids:
-                    if old in source["state"]:
-                        state[new_id] = source["state"][old]
-                    ids.append(new_id)
-                    new_id += 1
-            groups.append({**g1, "params": ids})
-        out = dict(checkpoint, optimizer={"state": state, "param_groups": groups})
-        out["method"] = {k: v for k, v in method.items() if k not in ("optimizer2", "scheduler2")}
-        _logger.info("Co-teaching checkpoint of the two-optimiser layout merged into one optimiser")
-        return out
-
     def state_dict(self) -> dict[str, Any]:
         return dict(super().state_dict(), model2=self.model2.state_dict())
 

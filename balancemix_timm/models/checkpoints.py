@@ -23,6 +23,9 @@ from torch import Tensor, nn
 from balancemix_timm.models.head import MLDecoderClassifier, MLDecoderHead
 
 __all__ = [
+    "TRAIN_CHECKPOINT_FORMAT",
+    "ML_DECODER_CHECKPOINT_FORMAT",
+    "check_checkpoint_format",
     "LoadReport",
     "check_checkpoint_file",
     "checkpoint_safe_globals",
@@ -33,6 +36,37 @@ __all__ = [
 
 # The package's one logger: log filters name ``balancemix_timm.models``.
 _logger = logging.getLogger("balancemix_timm.models")
+
+#: ``format`` of a ``balancemix-train`` training checkpoint (``last.pth``); the number after the
+#: slash changes whenever the layout does, and a file of another number is refused.
+TRAIN_CHECKPOINT_FORMAT = "balancemix-timm/2"
+#: ``format`` of the patched ML-Decoder script's checkpoint (``balancemix-last.pth``).
+ML_DECODER_CHECKPOINT_FORMAT = "balancemix-ml-decoder/2"
+
+
+def check_checkpoint_format(ckpt: Any, expected: str, path: str | os.PathLike[str], *, what: str) -> None:
+    """Refuse a checkpoint whose ``format`` is not ``expected``.
+
+    Args:
+        ckpt: The loaded checkpoint.
+        expected: :data:`TRAIN_CHECKPOINT_FORMAT` or :data:`ML_DECODER_CHECKPOINT_FORMAT`.
+        path: The file it was read from (named in the error).
+        what: What the file should be, for the error (e.g. ``"balancemix-train checkpoint"``).
+
+    Raises:
+        ValueError: not a mapping with ``format == expected``; a file of the same kind in another
+            layout version names both versions (such a file cannot be resumed: train again).
+    """
+    found = ckpt.get("format") if isinstance(ckpt, Mapping) else None
+    if found == expected:
+        return
+    family = expected.split("/")[0]
+    if isinstance(found, str) and found.split("/")[0] == family:
+        raise ValueError(
+            f"{path} is a {what} in layout {found!r}, written by another version of balancemix-timm; "
+            f"this version reads {expected!r} only: train again (or use the version that wrote it)"
+        )
+    raise ValueError(f"{path} is not a {what} (format {found!r}, expected {expected!r})")
 
 
 # Prefixes under which ML-Decoder checkpoints store the head: ``model.head`` for TResNets,

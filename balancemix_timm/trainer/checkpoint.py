@@ -10,19 +10,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import LEGACY_VALUES, TrainConfig, config_diff
+from ..config import TrainConfig, config_diff
 from ..methods import TrainingMethod
-from ..models import check_checkpoint_file
+from ..models.checkpoints import TRAIN_CHECKPOINT_FORMAT, check_checkpoint_file, check_checkpoint_format
 from ..sampling import ShardedRandomSampler
 from ..utils import ModelEma, rng_state
 
-__all__ = ["FORMAT", "CheckpointMixin", "run_dir_of", "check_run_files"]
-
-#: The ``format`` entry of a training checkpoint.
-FORMAT = "balancemix-timm/1"
+__all__ = ["CheckpointMixin", "run_dir_of", "check_run_files"]
 
 #: The run's log channel (one name for the whole trainer: log filters use it).
-_logger = logging.getLogger("balancemix_timm.train")
+_logger = logging.getLogger("balancemix_timm.trainer")
 
 
 def run_dir_of(cfg: TrainConfig, run_dir: str | Path | None = None) -> Path:
@@ -103,7 +100,7 @@ class CheckpointMixin:
     def state_dict(self, epoch: int) -> dict[str, Any]:
         """The checkpoint after ``epoch`` (0-based): everything :meth:`load_checkpoint` restores."""
         return dict(
-            format=FORMAT,
+            format=TRAIN_CHECKPOINT_FORMAT,
             epoch=epoch,
             config=self.cfg.to_dict(),
             model=self.model.state_dict(),
@@ -135,12 +132,8 @@ class CheckpointMixin:
                 f"resume checkpoint {str(path)!r} is damaged or incomplete ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else 'it ends early'}): {_resume_advice(path)}"
             ) from err
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a balancemix-timm training checkpoint")
-        ckpt = self.method.upgrade_checkpoint(ckpt)
-        # A key the saved config lacks holds the behaviour from before the key existed.
-        saved = {**LEGACY_VALUES, **ckpt["config"]}
-        diff = config_diff(saved, self.cfg.to_dict())
+        check_checkpoint_format(ckpt, TRAIN_CHECKPOINT_FORMAT, path, what="balancemix-train checkpoint")
+        diff = config_diff(ckpt["config"], self.cfg.to_dict())
         if diff:
             pretty = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"checkpoint {path} was written with another configuration: {pretty}")

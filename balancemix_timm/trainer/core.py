@@ -49,7 +49,7 @@ from .outputs import plot_metrics, progress
 __all__ = ["Trainer", "scored_weights", "train"]
 
 #: The run's log channel (one name for the whole trainer: log filters use it).
-_logger = logging.getLogger("balancemix_timm.train")
+_logger = logging.getLogger("balancemix_timm.trainer")
 
 
 class Trainer(CheckpointMixin):

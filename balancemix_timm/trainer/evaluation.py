@@ -18,7 +18,7 @@ from .distributed import gather_rows
 __all__ = ["predict", "MapFigures"]
 
 #: The run's log channel (one name for the whole trainer: log filters use it).
-_logger = logging.getLogger("balancemix_timm.train")
+_logger = logging.getLogger("balancemix_timm.trainer")
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from typing import IO, Any
 __all__ = ["LOG_INTERVAL_S", "plot_metrics", "progress"]
 
 #: The run's log channel (one name for the whole trainer: log filters use it).
-_logger = logging.getLogger("balancemix_timm.train")
+_logger = logging.getLogger("balancemix_timm.trainer")
 
 
 def plot_metrics(metrics: Sequence[dict[str, Any]], path: str | Path) -> bool:
