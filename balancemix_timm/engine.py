@@ -52,7 +52,7 @@ from ._checks import (
 from .engine_state import EngineState, RefreshReport, _move
 from .gmm import LabelGMM
 from .loss import balancemix_loss
-from .mixing import _check_lam, _interpolate
+from .mixing.interpolate import _check_lam, _interpolate
 from .options import OPTION_DEFAULTS
 from .refine import LabelState, clean_if_agrees, refine_labels
 from .sampling import (

@@ -130,7 +130,7 @@ def test_wheel_ships_every_recipe_and_script_and_resolves_them_without_a_checkou
         assert f"balancemix_timm/configs/{path.name}" in names, path.name
     for path in SCRIPTS:
         assert f"balancemix_timm/configs/ml_decoder/{path.name}" in names, path.name
-    assert "balancemix_timm/integrations/ml_decoder_train.patch" in names
+    assert "balancemix_timm/patches/ml_decoder_train.patch" in names
     # From an empty folder, with only the unpacked wheel on the path: a recipe resolves by name.
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -138,16 +138,17 @@ def test_wheel_ships_every_recipe_and_script_and_resolves_them_without_a_checkou
         "import balancemix_timm, balancemix_timm.recipes as r; from balancemix_timm.config import load_config; "
         "print(balancemix_timm.__file__); print(r.recipe_dir()); "
         "print(load_config('table6_tresnet_l_640').image_size); "
-        "print(len(r.list_scripts()))"
+        "print(len(r.list_scripts())); from balancemix_timm.integrations import patch_ml_decoder as pm; "
+        "print(len(pm.parse_patch(pm.patch_text())))"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(tmp_path / "site")
     run = subprocess.run([sys.executable, "-c", code], cwd=empty, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    module, folder, size, scripts = run.stdout.split()
+    module, folder, size, scripts, hunks = run.stdout.split()
     assert Path(module).is_relative_to(tmp_path / "site")
     assert Path(folder) == tmp_path / "site" / "balancemix_timm" / "configs"
-    assert size == "640" and int(scripts) == len(SCRIPTS)
+    assert size == "640" and int(scripts) == len(SCRIPTS) and int(hunks) == 7
 
 
 def test_an_ablation_row_sets_its_switches_and_refuses_a_contradicting_key():

@@ -1,7 +1,7 @@
 """``balancemix-patch-ml-decoder PATH``: apply BalanceMix's patch to ML-Decoder's ``train.py``.
 
-The patch (``ml_decoder_train.patch``, shipped in this package and identical to the
-repository's ``patches/ml_decoder_train.patch``) is a unified diff against ``train.py`` of
+The patch (the repository's ``patches/ml_decoder_train.patch``, which a wheel ships as
+``balancemix_timm/patches/ml_decoder_train.patch``) is a unified diff against ``train.py`` of
 Alibaba-MIIL/ML_Decoder at commit 8a9e984. The command
 
 1. checks that the target is exactly that file (SHA-256 of its text, line endings
@@ -25,7 +25,6 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 __all__ = [
@@ -47,8 +46,12 @@ __all__ = [
 ML_DECODER_COMMIT = "8a9e984"
 #: SHA-256 of ``train.py`` at that commit (LF line endings).
 ORIGINAL_SHA256 = "2b1bfd2242e4a242cfccae86c68b93665a6a9b72151c91f8b4e112d69104e23f"
-#: File name of the patch inside this package.
+#: File name of the patch (in ``patches/``).
 PATCH_NAME = "ml_decoder_train.patch"
+#: Where the patch is: shipped in a wheel (``setup.cfg`` maps ``patches/`` into the package), or
+#: in the checkout of an editable install.
+_PACKAGED = Path(__file__).resolve().parents[1] / "patches" / PATCH_NAME
+_CHECKOUT = Path(__file__).resolve().parents[2] / "patches" / PATCH_NAME
 
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
@@ -107,8 +110,15 @@ class PatchResult:
 
 
 def patch_text() -> str:
-    """The patch shipped with the package (``balancemix_timm/integrations/ml_decoder_train.patch``)."""
-    return resources.files("balancemix_timm.integrations").joinpath(PATCH_NAME).read_text(encoding="utf-8")
+    """The patch: the wheel's ``balancemix_timm/patches/`` copy, else the checkout's ``patches/``.
+
+    Raises:
+        FileNotFoundError: neither exists (a broken install).
+    """
+    for path in (_PACKAGED, _CHECKOUT):
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    raise FileNotFoundError(f"the ML-Decoder patch is missing: neither {_PACKAGED} nor {_CHECKOUT} exists; reinstall")
 
 
 def parse_patch(text: str) -> list[Hunk]:

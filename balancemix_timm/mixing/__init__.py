@@ -20,36 +20,14 @@ Two ways to mix:
 One concern per module: :mod:`~balancemix_timm.mixing.lambdas` (drawing ``lambda``),
 :mod:`~balancemix_timm.mixing.interpolate` (Eq. 5 on images and targets),
 :mod:`~balancemix_timm.mixing.minority_mixup` (mixing on the main process) and
-:mod:`~balancemix_timm.mixing.collate` (mixing in the DataLoader workers). Every name is
-importable from ``balancemix_timm.mixing``.
+:mod:`~balancemix_timm.mixing.collate` (mixing in the DataLoader workers). The public names
+(``__all__``) are importable from ``balancemix_timm.mixing``.
 """
 
 # Private names keep importing from this path too.
-from balancemix_timm.mixing.collate import (
-    MixedBatch,
-    MixupCollate,
-    PairedDataset,
-    _split_views,  # noqa: F401
-)
-from balancemix_timm.mixing.interpolate import (  # noqa: F401
-    _check_lam,
-    _check_pair,
-    _float_dtype,
-    _interpolate,
-    mix,
-    mix_targets,
-)
-from balancemix_timm.mixing.lambdas import (  # noqa: F401
-    _MODES,
-    _check_alpha,
-    _check_options,
-    _device_of,
-    _draw_lam,
-    _log_standard_gamma,
-    sample_beta,
-    sample_lambda,
-    sample_lambdas,
-)
+from balancemix_timm.mixing.collate import MixedBatch, MixupCollate, PairedDataset
+from balancemix_timm.mixing.interpolate import mix, mix_targets
+from balancemix_timm.mixing.lambdas import sample_beta, sample_lambda, sample_lambdas
 from balancemix_timm.mixing.minority_mixup import MinorityMixup
 
 __all__ = [

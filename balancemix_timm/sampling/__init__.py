@@ -12,38 +12,15 @@ global stream on every rank, sharded by position); the contract is stated once, 
 One concern per module: :mod:`~balancemix_timm.sampling.scores` (Eq. 2-4 probabilities),
 :mod:`~balancemix_timm.sampling.sharded` (the epoch-seeded sharded base and the random sampler),
 :mod:`~balancemix_timm.sampling.minority` (the minority sampler) and
-:mod:`~balancemix_timm.sampling.batch` (pairing and batch samplers). Every name is importable
-from ``balancemix_timm.sampling``.
+:mod:`~balancemix_timm.sampling.batch` (pairing and batch samplers). The public names
+(``__all__``) are importable from ``balancemix_timm.sampling``.
 """
 
 # Names outside ``__all__`` keep importing from this path too.
-from balancemix_timm.sampling.batch import (  # noqa: F401
-    _T,
-    PairedBatchSampler,
-    PairedSampler,
-    TailMergingBatchSampler,
-    _batched,
-    num_batches,
-)
-from balancemix_timm.sampling.minority import (
-    MULTINOMIAL_MAX_CATEGORIES,  # noqa: F401
-    MinoritySampler,
-)
-from balancemix_timm.sampling.scores import (  # noqa: F401
-    _SCORES,
-    _check_probs_labels,
-    _check_weights,
-    class_confidences,
-    instance_scores,
-    minority_sampling_probs,
-    weight_spread,
-)
-from balancemix_timm.sampling.sharded import (  # noqa: F401
-    ShardedRandomSampler,
-    _check_int,
-    _derive_seed,
-    _EpochShardedSampler,
-)
+from balancemix_timm.sampling.batch import PairedBatchSampler, PairedSampler, TailMergingBatchSampler, num_batches
+from balancemix_timm.sampling.minority import MinoritySampler
+from balancemix_timm.sampling.scores import class_confidences, instance_scores, minority_sampling_probs, weight_spread
+from balancemix_timm.sampling.sharded import ShardedRandomSampler
 
 __all__ = [
     "class_confidences",
