@@ -250,11 +250,6 @@ class BalanceMixEngine(EngineState):
 
     # ------------------------------------------------------------------ epoch control
     @property
-    def in_warmup(self) -> bool:
-        """True while the current epoch is a warm-up epoch."""
-        return self.epoch < self.warmup_epochs
-
-    @property
     def epoch_records(self) -> int:
         """Samples recorded on this rank since :meth:`set_epoch` (reads the device once)."""
         return int(self._epoch_seen.sum())

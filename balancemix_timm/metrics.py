@@ -271,7 +271,7 @@ def group_absence_reasons(
 
 
 def group_mean_average_precision(
-    scores: Tensor, targets: Tensor, groups: Mapping[str, Tensor]
+    scores: Tensor, targets: Tensor, groups: Mapping[str, Tensor], ignore: Tensor | None = None
 ) -> dict[str, float]:
     """mAP (x100) over all classes and over each class group.
 
@@ -280,6 +280,8 @@ def group_mean_average_precision(
         targets: ``(N, K)`` binary ground truth.
         groups: name -> class indices (``LongTensor``) or ``(K,)`` bool mask, e.g. the output
             of :func:`class_groups`.
+        ignore: ``(N, K)`` bool mask of labels left out of every AP (see
+            :func:`average_precision`), or None.
 
     Returns:
         ``{"all": mAP, **{name: mAP of the group}}``. A group with no class, or whose classes
@@ -290,7 +292,7 @@ def group_mean_average_precision(
         raise ValueError(f"groups must be a mapping of name -> class indices, got {type(groups)}")
     if "all" in groups:
         raise ValueError('groups must not contain the reserved key "all"')
-    ap = average_precision(scores, targets)
+    ap = average_precision(scores, targets, ignore)
     k = ap.numel()
     n_nan = int(torch.isnan(ap).sum())
     if n_nan:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..metrics import average_precision
+from ..metrics import group_mean_average_precision
 from ..utils import autocast
 from .distributed import gather_rows
 
@@ -61,12 +61,6 @@ def predict(
     return s, t
 
 
-def _nanmean100(ap: Tensor) -> float:
-    """Mean of the non-NaN entries of ``ap`` times 100 (NaN when there are none)."""
-    ap = ap[~torch.isnan(ap)]
-    return float(ap.mean() * 100) if ap.numel() else float("nan")
-
-
 class MapFigures:
     """mAP (x100) of all classes and of each class group that can be scored.
 
@@ -80,7 +74,7 @@ class MapFigures:
             difficult-only labels), or None.
     """
 
-    def __init__(self, groups: Mapping[str, Sequence[int] | Tensor], group_absent: Mapping[str, str],
+    def __init__(self, groups: Mapping[str, Tensor], group_absent: Mapping[str, str],
                  ignore: Tensor | None = None) -> None:
         self.groups = groups
         self.group_absent = group_absent
@@ -89,11 +83,11 @@ class MapFigures:
 
     def __call__(self, scores: Tensor, targets: Tensor, prefix: str = "") -> dict[str, float]:
         """Figures ``{prefix}mAP`` and ``{prefix}mAP_<group>`` of ``(N_val, K)`` scores and targets."""
-        ap = average_precision(scores, targets, self.ignore)
-        out = {f"{prefix}mAP": _nanmean100(ap)}
-        for name, idx in self.groups.items():
+        figures = group_mean_average_precision(scores, targets, self.groups, self.ignore)
+        out = {f"{prefix}mAP": figures.pop("all")}
+        for name, value in figures.items():
+            idx = self.groups[name]
             key = f"{prefix}mAP_{name}"
-            value = _nanmean100(ap[idx]) if len(idx) else float("nan")
             if math.isnan(value):
                 if key not in self._absent_logged:
                     self._absent_logged.add(key)
