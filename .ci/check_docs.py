@@ -1,20 +1,23 @@
-"""The docs stand alone: every relative link resolves inside the repository, and no page points
-at material outside it (``../shared``, absolute ``/work/`` paths) or at numbered issues instead
-of stating the rule.
+"""CI step: the docs stand alone.
+
+Every relative link of ``README.md`` and ``docs/*.md`` resolves inside the repository (files and
+heading anchors), and no page points at material outside it (``../shared``, absolute ``/work/``
+paths), at numbered issues instead of stating the rule, or at a working session's history.
 
 Pages written by the benchmark's report commands (``docs/results.md``, ``docs/results_variants.md``,
 the label-issue block of ``docs/label-issues.md``) are checked too: fix their wording in the
 generator (``balancemix_timm/benchmark/report.py``, ``benchmarks/study_variants.py``,
 ``balancemix_timm/benchmark/label_issues_report.py``) or in ``docs/results_discussion.md``, which
 ``balancemix-benchmark --notes`` appends, then regenerate.
+
+Usage: ``python .ci/check_docs.py`` (exit status 1 and one line per problem when any).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,11 +33,7 @@ FORBIDDEN = [
 ]
 
 
-def _pages() -> list[Path]:
-    return [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
-
-
-def _anchors(text: str) -> set[str]:
+def anchors(text: str) -> set[str]:
     """GitHub-style heading anchors (loosely: lower case, punctuation dropped, spaces to -)."""
     out = set()
     for line in text.splitlines():
@@ -45,16 +44,8 @@ def _anchors(text: str) -> set[str]:
     return out
 
 
-PAGES = _pages()
-IDS = [p.relative_to(ROOT).as_posix() for p in PAGES]
-
-
-def test_pages_found():
-    assert (ROOT / "README.md") in PAGES and len(PAGES) >= 5
-
-
-@pytest.mark.parametrize("page", PAGES, ids=IDS)
-def test_relative_links_resolve(page: Path):
+def link_problems(page: Path) -> list[str]:
+    """Relative links of ``page`` that point at no file, outside the repository or at no heading."""
     text = page.read_text(encoding="utf-8")
     bad = []
     for m in LINK.finditer(text):
@@ -71,19 +62,32 @@ def test_relative_links_resolve(page: Path):
         except ValueError:
             bad.append(f"{target}: outside the repository")
             continue
-        if anchor and dest.suffix == ".md" and anchor.lower() not in _anchors(dest.read_text(encoding="utf-8")):
+        if anchor and dest.suffix == ".md" and anchor.lower() not in anchors(dest.read_text(encoding="utf-8")):
             bad.append(f"{target}: no heading with anchor #{anchor}")
-    assert not bad, f"{page.relative_to(ROOT)}: " + "; ".join(bad)
+    return bad
 
 
-@pytest.mark.parametrize("page", PAGES, ids=IDS)
-def test_no_references_outside_the_repository(page: Path):
+def reference_problems(page: Path) -> list[str]:
+    """Lines of ``page`` naming material outside the repository, issue numbers or session history."""
     text = page.read_text(encoding="utf-8")
-    text = LINK.sub(lambda m: m.group(0).split("](")[0] + "]()", text)  # link targets checked above
+    text = LINK.sub(lambda m: m.group(0).split("](")[0] + "]()", text)  # link targets: link_problems
     text = URL.sub("", text)                                              # public URLs are fine
     bad = []
     for n, line in enumerate(text.splitlines(), 1):
         for pattern, why in FORBIDDEN:
-            for m in pattern.finditer(line):
-                bad.append(f"line {n}: {m.group(0)!r} ({why})")
-    assert not bad, f"{page.relative_to(ROOT)}:\n" + "\n".join(bad)
+            bad += [f"line {n}: {m.group(0)!r} ({why})" for m in pattern.finditer(line)]
+    return bad
+
+
+def main() -> int:
+    pages = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+    problems = [f"{page.relative_to(ROOT)}: {p}"
+                for page in pages for p in link_problems(page) + reference_problems(page)]
+    for line in problems:
+        print(line)
+    print(f"check_docs: {len(pages)} pages, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
