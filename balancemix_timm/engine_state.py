@@ -172,8 +172,7 @@ class EngineState:
         self.state = load("state", torch.int8)
         self.clean_prob = load("clean_prob", torch.float32)
         self.probs = load("probs", torch.float32)
-        # Checkpoints written before f(x) and the view mean were told apart hold one table.
-        self.view_mean = load("view_mean" if "view_mean" in state_dict else "probs", torch.float32)
+        self.view_mean = load("view_mean", torch.float32)
         self.losses = load("losses", torch.float32)
         self.seen = load("seen", torch.bool)
         self._epoch_seen = load("epoch_seen", torch.bool)

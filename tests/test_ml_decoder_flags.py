@@ -22,7 +22,10 @@ def test_add_args_keeps_ml_decoder_flags_and_adds_ours():
     assert {k: ours[k] for k in base} == base
     new = set(ours) - set(base)
     assert all(k == "balancemix" or k.startswith("bm_") for k in new)
-    assert ours["balancemix"] is False and ours["bm_minority_sampler"] is True
+    assert ours["balancemix"] is False and ours["bm_minority_sampler"] is None  # not given: the preset's
+    from balancemix_timm.integrations.ml_decoder_flags import option_values_from_args
+
+    assert option_values_from_args(with_ours.parse_args([]))["minority_sampler"] is True
     a = parse(["--balancemix", "--no-bm-minority-sampler", "--bm-label-management", "clean", "--bm-alpha", "0",
                "--bm-base-loss", "asl", "--bm-reduction", "mean", "--bm-label-source", "epoch_pass", "--bm-seed", "3"])
     assert (a.balancemix, a.bm_minority_sampler, a.bm_label_management, a.bm_alpha) == (True, False, "clean", 0.0)
@@ -49,9 +52,11 @@ def test_option_flags_parse_and_reach_the_engine(train_set, capsys):
     from balancemix_timm.presets import PRESETS
 
     default, paper = PRESETS["default"], PRESETS["paper"]
-    a = parse([])
-    assert (a.bm_clean_if_agrees, a.bm_record_momentum, a.bm_managed_labels, a.bm_confidence_input) == (
-        default["clean_if_agrees"], default["record_momentum"], default["managed_labels"], default["confidence_input"])
+    from balancemix_timm.integrations.ml_decoder_flags import option_values_from_args
+
+    a = option_values_from_args(parse([]))
+    assert (a["clean_if_agrees"], a["record_momentum"], a["managed_labels"]) == (
+        default["clean_if_agrees"], default["record_momentum"], default["managed_labels"])
     plugin = bm.setup(parse(["--balancemix"]), train_set, image_transform=IMAGE_TF)
     eng = plugin.engine
     assert (eng.clean_if_agrees, eng.record_momentum, eng.managed_labels) == (
@@ -112,5 +117,8 @@ def test_table6_configs_parse():
         bm.add_args(p)
         args = p.parse_args(argv)
         assert args.balancemix and args.image_size == size and args.batch_size == 56
-        assert args.bm_warmup_epochs == 10 and args.bm_alpha == 4 and args.bm_eps == 0.975
+        from balancemix_timm.integrations.ml_decoder_flags import option_values_from_args
+
+        opts = option_values_from_args(args)
+        assert opts["warmup_epochs"] == 10 and opts["alpha"] == 4 and opts["eps"] == 0.975
         assert args.bm_model == (None if model.startswith("tresnet") else "resnet101")

@@ -37,25 +37,6 @@ ASL_DEFAULTS = dict(gamma_neg=4.0, gamma_pos=0.0, clip=0.05)
 #: Flags that act without --balancemix (model building); the others are ignored without it.
 MODEL_FLAGS = ("bm_model", "bm_normalize")
 
-#: Namespace attribute listing the option flags given on the command line.
-_GIVEN = "bm_given_options_"
-
-
-def _remember(action_cls: type[argparse.Action]) -> type[argparse.Action]:
-    """``action_cls`` that also adds its ``dest`` to the namespace's set of given flags."""
-
-    class Given(action_cls):  # type: ignore[misc, valid-type]
-        def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
-            super().__call__(parser, namespace, values, option_string)
-            given = set(getattr(namespace, _GIVEN, ()))
-            given.add(self.dest)
-            setattr(namespace, _GIVEN, given)
-
-    return Given
-
-
-_STORE = _remember(argparse._StoreAction)
-_BOOLEAN = _remember(argparse.BooleanOptionalAction)
 _TYPES = {"int": int, "float": float, "str": str}
 
 
@@ -76,13 +57,14 @@ def _parse_number(spec: OptionSpec) -> Any:
 
 
 def _add_option(group: argparse._ArgumentGroup, spec: OptionSpec) -> None:
+    """The option's flag, parsed to None when not given (so that a preset can fill it)."""
     flag = "--bm-" + spec.name.replace("_", "-")
-    help_text = f"{spec.help} (default {spec.default})"
+    help_text = f"{spec.help} (default {spec.default}, or --bm-preset's value)"
     if spec.type == "bool":
-        group.add_argument(flag, action=_BOOLEAN, default=spec.default, help=help_text)
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
     else:
         kind = _TYPES[spec.type] if spec.choices is not None or spec.type == "str" else _parse_number(spec)
-        group.add_argument(flag, action=_STORE, type=kind, choices=spec.choices, default=spec.default, help=help_text)
+        group.add_argument(flag, type=kind, choices=spec.choices, default=None, help=help_text)
 
 
 def add_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -150,7 +132,8 @@ def add_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 
 def flag_defaults() -> dict[str, Any]:
-    """``{dest: default}`` of every flag of :func:`add_args`."""
+    """``{dest: default}`` of every flag of :func:`add_args` (None for the option flags: their
+    values come from :func:`option_values_from_args`)."""
     p = argparse.ArgumentParser(add_help=False)
     add_args(p)
     return vars(p.parse_args([]))
@@ -159,28 +142,25 @@ def flag_defaults() -> dict[str, Any]:
 def option_values_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The BalanceMix options of parsed flags, ``--bm-preset`` applied.
 
-    A preset sets the options whose flag was not given. For a namespace not made by a parser
-    carrying :func:`add_args`'s actions, a flag counts as given when it differs from its
-    default. Option flags absent from ``args`` take their defaults.
+    An option flag counts as given when its value is not None (:func:`add_args` parses an
+    absent flag to None); a preset sets the options whose flag was not given, the option's
+    default the rest.
 
     Returns:
         ``{option name: value}`` of every option; ``confidence_input`` only when its flag was
         given (or its value differs from the default), so that the plugin's fallback without an
         evaluation transform applies to the default.
     """
-    given = getattr(args, _GIVEN, None)
-    if given is None:  # a namespace not made by add_args' parser: a flag off its default was given
-        given = {k for k, v in flag_defaults().items() if hasattr(args, k) and getattr(args, k) != v}
     preset = preset_options(args.bm_preset) if getattr(args, "bm_preset", None) is not None else {}
     out: dict[str, Any] = {}
     for spec in option_specs():
-        dest = "bm_" + spec.name
-        if dest in given:
-            out[spec.name] = getattr(args, dest)
+        value = getattr(args, "bm_" + spec.name, None)
+        if value is not None:
+            out[spec.name] = value
         elif spec.name in preset and (spec.name != "confidence_input" or preset[spec.name] != spec.default):
             out[spec.name] = preset[spec.name]
         elif spec.name != "confidence_input":
-            out[spec.name] = getattr(args, dest, spec.default)
+            out[spec.name] = spec.default
     return out
 
 
