@@ -76,9 +76,8 @@ def view_probabilities(model: nn.Module, views: torch.Tensor, device: torch.devi
         device: where the model runs.
         amp: mixed precision (float16 on CUDA, bfloat16 on CPU).
         count: only the first ``count`` samples of each view (default: all ``B``). The views
-            are moved whole and sliced on ``device``: a slice along ``B`` is strided, and a
-            strided host tensor is copied to pageable memory and then moved synchronously
-            (measured on an H200: half the views cost more than all of them).
+            are moved whole and sliced on ``device`` (a strided host slice would be copied to
+            pageable memory and moved synchronously; ``docs/performance.md``).
 
     Returns:
         ``(V, count, K)`` float32 probabilities.

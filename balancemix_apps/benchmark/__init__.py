@@ -12,9 +12,8 @@ digits, fine-tuned on 3,000 images of 48 px until BCE memorises; its page is ``d
 ``scratch_*`` (every method from scratch; ``docs/scratch/results.md``). A ``*_quick`` budget is a
 one-seed subset of its ``*_full`` grid with the same settings; each page states its run times.
 
-Performance: ``--threads`` (default 1) torch threads per run and ``--jobs`` runs at once. On a
-shared 2-core machine one thread per run was 4-9x faster per step than two (oversubscription),
-so ``--jobs 2 --threads 1`` is the recommended setting there.
+Performance: ``--threads`` (default 1) torch threads per run and ``--jobs`` runs at once; on a
+machine of C cores, ``--jobs C --threads 1`` avoids oversubscription (``docs/performance.md``).
 
 Every (method, label setting, seed) is one :func:`~balancemix_apps.trainer.train` run in
 ``<out>/runs/<key>/``; a run whose ``summary.json`` exists (and whose ``config.yaml`` matches)

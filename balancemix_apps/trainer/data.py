@@ -129,9 +129,8 @@ def train_loader(
         collate.set_epoch(epoch)
         batch_sampler = PairedBatchSampler(method.paired_sampler, cfg.batch_size, drop_last=False,
                                            merge_single_tail=True)
-        # Minority items are read through the views too (their extra views are dropped).
-        # Reading them without views makes no measured difference on the demo
-        # (docs/performance.md §4); reading them through the views keeps the published figures.
+        # Minority items are read through the views too (their extra views are dropped;
+        # the alternative's cost and effect: docs/performance.md §4).
         return DataLoader(PairedDataset(train_set), batch_sampler=batch_sampler, collate_fn=collate, **common)
     if sampler is None:
         raise ValueError(f"method {method.name!r} is not paired: its training loader needs a sampler")

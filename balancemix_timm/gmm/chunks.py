@@ -56,8 +56,7 @@ class _Chunks:
     over at most ``CH`` terms, followed by a float64 sum over each group's chunks. Squares are
     formed slab by slab, never stored: the values stay one tensor of about ``4 * N * K`` bytes
     in float32, which the C allocator can recycle from one fit to the next (glibc maps every
-    allocation above 32 MB afresh: on the 2-core test machine, filling a fresh 56 MB tensor
-    took 15.8 ms, a recycled 27 MB one 0.24 ms).
+    allocation above 32 MB afresh; the cost is in ``docs/performance.md``).
 
     Args:
         x: ``(M, CH)`` values in the working dtype.

@@ -29,10 +29,9 @@ class PairedDataset(Dataset):
         minority_dataset: Where the minority items are read from (default: ``dataset``), same
             length and sample order. With views (for Eq. 9), the same data set with the plain
             training transform saves building the minority items' views, which
-            :class:`MixupCollate` drops (a third of the augmentation work with two views), with
-            no measured effect on accuracy (docs/performance.md §4). The ML-Decoder
-            plugin uses it; the trainer keeps its published setting (minority items read
-            through the views).
+            :class:`MixupCollate` drops (its cost and accuracy effect: ``docs/performance.md``
+            §4). The ML-Decoder plugin uses it; the trainer reads the minority items through
+            the views.
     """
 
     def __init__(self, dataset: Dataset, minority_dataset: Dataset | None = None) -> None:
