@@ -16,7 +16,7 @@ $(STAMP): setup.py setup.cfg pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m balancemix_apps.demo --out runs/demo
+	$(PY) -m balancemix_timm.demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .

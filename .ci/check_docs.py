@@ -6,8 +6,8 @@ paths), at numbered issues instead of stating the rule, or at a working session'
 
 Pages written by the benchmark's report commands (``docs/results.md``, ``docs/results_variants.md``,
 the label-issue block of ``docs/label-issues.md``) are checked too: fix their wording in the
-generator (``balancemix_apps/benchmark/report.py``, ``benchmarks/study_variants.py``,
-``balancemix_apps/benchmark/label_issues_report.py``) or in ``docs/results_discussion.md``, which
+generator (``balancemix_timm/benchmark/report.py``, ``benchmarks/study_variants.py``,
+``balancemix_timm/benchmark/label_issues_report.py``) or in ``docs/results_discussion.md``, which
 ``balancemix-benchmark --notes`` appends, then regenerate.
 
 Usage: ``python .ci/check_docs.py`` (exit status 1 and one line per problem when any).

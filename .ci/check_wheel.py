@@ -28,7 +28,7 @@ def check(work: Path) -> list[str]:
     for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for folder in ("balancemix_timm", "balancemix_apps", "configs", "patches"):
+    for folder in ("balancemix_timm", "configs", "patches"):
         shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
     out = work / "wheel"
     build = subprocess.run(
@@ -43,14 +43,14 @@ def check(work: Path) -> list[str]:
         zf.extractall(work / "site")
     configs = sorted((ROOT / "configs").glob("*.yaml"))
     scripts = sorted((ROOT / "configs" / "ml_decoder").glob("*.sh"))
-    expected = ([f"balancemix_apps/configs/{p.name}" for p in configs]
-                + [f"balancemix_apps/configs/ml_decoder/{p.name}" for p in scripts]
+    expected = ([f"balancemix_timm/configs/{p.name}" for p in configs]
+                + [f"balancemix_timm/configs/ml_decoder/{p.name}" for p in scripts]
                 + [f"balancemix_timm/patches/{p.name}" for p in sorted((ROOT / "patches").glob("*.patch"))])
     problems = [f"the wheel lacks {name}" for name in expected if name not in names]
     empty = work / "empty"
     empty.mkdir()
     code = (
-        "import balancemix_timm, balancemix_apps.recipes as r; from balancemix_apps.config import load_config; "
+        "import balancemix_timm, balancemix_timm.recipes as r; from balancemix_timm.config import load_config; "
         "from balancemix_timm.integrations import patch_ml_decoder as pm; "
         "print(balancemix_timm.__file__); print(r.recipe_dir()); "
         "print(load_config('table6_tresnet_l_640').image_size); print(len(r.list_scripts())); "
@@ -65,7 +65,7 @@ def check(work: Path) -> list[str]:
     site = work / "site"
     if not Path(module).is_relative_to(site):
         problems.append(f"balancemix_timm imported from {module}, not from the wheel")
-    if Path(folder) != site / "balancemix_apps" / "configs":
+    if Path(folder) != site / "balancemix_timm" / "configs":
         problems.append(f"recipes resolved to {folder}, not to the wheel's configs/")
     if (size, int(n_scripts)) != ("640", len(scripts)):
         problems.append(f"recipe image_size {size} (expected 640), {n_scripts} scripts (expected {len(scripts)})")

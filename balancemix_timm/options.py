@@ -2,7 +2,7 @@
 
 :class:`BalanceMixOptions` is the one declaration. The front ends are generated from it:
 
-- the trainer's :class:`~balancemix_apps.config.TrainConfig` carries one flat field per option
+- the trainer's :class:`~balancemix_timm.config.TrainConfig` carries one flat field per option
   (``balancemix-train alpha=2 gmm_tol=1e-3``);
 - the ML-Decoder plugin's flags are ``--bm-<name>`` with ``_`` written ``-``
   (:func:`~balancemix_timm.integrations.ml_decoder.add_args`);

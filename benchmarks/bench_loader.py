@@ -64,8 +64,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from balancemix_apps.synthetic.demo import make_demo_dataset
     from balancemix_timm.data.datasets import CocoMultiLabel
+    from balancemix_timm.data.demo import make_demo_dataset
     from balancemix_timm.data.transforms import MultiView, build_train_transform
     from balancemix_timm.mixing import MixupCollate, PairedDataset
     from balancemix_timm.sampling import MinoritySampler, PairedBatchSampler, PairedSampler, ShardedRandomSampler

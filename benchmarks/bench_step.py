@@ -49,12 +49,12 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from balancemix_timm.train import Trainer  # noqa: E402
 
-from balancemix_apps.config import load_config  # noqa: E402
-from balancemix_apps.methods import build_method  # noqa: E402
+from balancemix_timm.config import load_config  # noqa: E402
 from balancemix_timm.loss import asl_elementwise  # noqa: E402
+from balancemix_timm.methods import build_method  # noqa: E402
 from balancemix_timm.textfiles import write_json  # noqa: E402
+from balancemix_timm.train import Trainer  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "mixup_asl": dict(method="asl"),
@@ -92,7 +92,7 @@ def _median_time(fn: Callable[[], Any], device: torch.device, repeat: int, warmu
 
 
 def build(args: argparse.Namespace) -> tuple[Trainer, Any, Any, list[Any]]:
-    from balancemix_apps.synthetic.demo import make_demo_dataset
+    from balancemix_timm.data.demo import make_demo_dataset
 
     root = Path(args.data_root)
     make_demo_dataset(root, num_train=args.num_train, num_val=64, num_classes=args.num_classes,

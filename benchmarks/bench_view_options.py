@@ -28,10 +28,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from balancemix_timm.train import train  # noqa: E402
 
-from balancemix_apps.config import load_config, parse_overrides  # noqa: E402
+from balancemix_timm.config import load_config, parse_overrides  # noqa: E402
 from balancemix_timm.textfiles import read_json_lines, write_json  # noqa: E402
+from balancemix_timm.train import train  # noqa: E402
 
 #: The measurement's settings (``docs/performance.md``, "Cheaper views"): the demo set at 40% mislabeling.
 SETTINGS: dict[str, object] = dict(

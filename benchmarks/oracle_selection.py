@@ -34,11 +34,11 @@ ORACLES = ("oracle_drop", "oracle_fix")
 
 def _run(values: dict[str, Any], oracle: str, resume: str | None) -> float:  # pragma: no cover - subprocess
     import torch
-    from balancemix_timm.train import Trainer
 
-    from balancemix_apps.config import load_config
+    from balancemix_timm.config import load_config
     from balancemix_timm.engine import BalanceMixEngine
     from balancemix_timm.refine import LabelState
+    from balancemix_timm.train import Trainer
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -69,8 +69,8 @@ def _run(values: dict[str, Any], oracle: str, resume: str | None) -> float:  # p
 
 
 def main(argv: list[str] | None = None) -> None:
-    from balancemix_apps.benchmark.grid import BUDGETS, RunSpec
-    from balancemix_apps.benchmark.runner import _after_run, _prepare_run_dir, is_finished, prepare_inputs, run_config
+    from balancemix_timm.benchmark.grid import BUDGETS, RunSpec
+    from balancemix_timm.benchmark.runner import _after_run, _prepare_run_dir, is_finished, prepare_inputs, run_config
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)

@@ -22,9 +22,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from balancemix_apps.benchmark.grid import BUDGETS, RunSpec
-from balancemix_apps.benchmark.runner import run_benchmark
-from balancemix_apps.config import parse_overrides
+from balancemix_timm.benchmark.grid import BUDGETS, RunSpec
+from balancemix_timm.benchmark.runner import run_benchmark
+from balancemix_timm.config import parse_overrides
 from balancemix_timm.textfiles import read_json, write_text
 
 _logger = logging.getLogger("study_variants")

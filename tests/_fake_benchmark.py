@@ -106,7 +106,7 @@ def golden_report(work: Path) -> str:
 
     The caller chdirs into ``work`` and replaces the report's plotting by :func:`fake_plots`.
     """
-    from balancemix_apps.benchmark import BUDGETS, main, plan_runs
+    from balancemix_timm.benchmark import BUDGETS, main, plan_runs
 
     specs = plan_runs(BUDGETS["scratch_full"], GOLDEN_SEEDS)
     write_fake_runs(work / "fake", [(s.key, s.method) for s in specs])

@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # fixtures: torchvision's import is not paid by sessions that need none of them.
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from balancemix_apps.synthetic.demo import make_demo_dataset
+    from balancemix_timm.data.demo import make_demo_dataset
     from tests._ml_decoder import N_TRAIN, K
 
     root = tmp_path_factory.mktemp("mld_demo")

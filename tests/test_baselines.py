@@ -10,23 +10,23 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from balancemix_apps.config import TrainConfig, load_config
-from balancemix_apps.methods import METHODS, MethodContext
-from balancemix_apps.methods.asl import ASLMethod
-from balancemix_apps.methods.coteaching import (
+from balancemix_timm.config import TrainConfig, load_config
+from balancemix_timm.methods import METHODS, MethodContext
+from balancemix_timm.methods.asl import ASLMethod
+from balancemix_timm.methods.coteaching import (
     coteaching_forget_rate,
     coteaching_losses,
     num_remember,
     small_loss_selection,
 )
-from balancemix_apps.methods.large_loss import (
+from balancemix_timm.methods.large_loss import (
     LLCtMethod,
     LLRMethod,
     large_loss_count,
     large_loss_modification,
     large_loss_rate,
 )
-from balancemix_apps.methods.testimator import (
+from balancemix_timm.methods.testimator import (
     TEstimatorMethod,
     estimate_flip_rates,
     reweighted_bce_elementwise,
@@ -34,7 +34,7 @@ from balancemix_apps.methods.testimator import (
     select_clean,
     true_flip_rates,
 )
-from balancemix_apps.trainer import Trainer, train
+from balancemix_timm.trainer import Trainer, train
 from tests._tiny import tiny
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from balancemix_apps import benchmark
-from balancemix_apps.benchmark import BUDGETS, Budget, RunSpec, _Cell, _row_at_fraction, plan_runs
+from balancemix_timm import benchmark
+from balancemix_timm.benchmark import BUDGETS, Budget, RunSpec, _Cell, _row_at_fraction, plan_runs
 
 MICRO = Budget(
     train=dict(
@@ -106,7 +106,7 @@ def test_micro_benchmark_writes_tables_and_resumes(tmp_path, monkeypatch, capsys
     for heading in ("## Table 1: mislabeling", "## Table 5: component analysis", "## Table 7:", "## Headline"):
         assert heading in md
     assert "| Method | All 40% | Many 40% | Medium 40% | Few 40% |" in md
-    assert "python -m balancemix_apps.benchmark --budget micro" in md
+    assert "python -m balancemix_timm.benchmark --budget micro" in md
     # The seed-0 BalanceMix run on mislabel 40% saved label diagnostics: its figures sit next to the report.
     if importlib.util.find_spec("matplotlib") is not None:
         assert "## Diagnostics" in md and "](diagnostics_mislabel40_loss_distributions.png)" in md
@@ -168,7 +168,7 @@ def test_report_of_fixed_fake_runs_is_golden(tmp_path, monkeypatch):
 def test_budget_and_method_added_as_data_only(tmp_path, monkeypatch, capsys):
     """A new budget (three seeds, its own training fields) and a new method are rows of
     ``grid``'s tables: planned, configured and reported without touching the runner."""
-    from balancemix_apps.benchmark import METHOD_OVERRIDES, METHOD_TITLES, grid
+    from balancemix_timm.benchmark import METHOD_OVERRIDES, METHOD_TITLES, grid
     from tests._fake_benchmark import write_fake_runs
 
     monkeypatch.setitem(METHOD_TITLES, "hill", "Hill")

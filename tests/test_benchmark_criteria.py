@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from balancemix_apps.benchmark.criteria import CRITERIA, criteria_section, regime_criteria
+from balancemix_timm.benchmark.criteria import CRITERIA, criteria_section, regime_criteria
 
 
 def _cell(*values):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from balancemix_apps.benchmark.collect import paired_differences
-from balancemix_apps.benchmark.grid import TABLE5_SETTINGS
+from balancemix_timm.benchmark.collect import paired_differences
+from balancemix_timm.benchmark.grid import TABLE5_SETTINGS
 
 
 def _runs(table: dict[tuple[str, str, int], float]) -> dict[str, dict]:
@@ -58,8 +58,8 @@ def test_finished_runs_compare_by_the_options_their_method_reads(tmp_path):
 
     import yaml
 
-    from balancemix_apps.benchmark.runner import is_finished
-    from balancemix_apps.config import load_config
+    from balancemix_timm.benchmark.runner import is_finished
+    from balancemix_timm.config import load_config
 
     def saved(run: str, values: dict, drop: tuple[str, ...]) -> None:
         d = tmp_path / run

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from balancemix_apps.config import load_config
+from balancemix_timm.config import load_config
 from balancemix_timm.models.checkpoints import (
     ML_DECODER_CHECKPOINT_FORMAT,
     TRAIN_CHECKPOINT_FORMAT,
@@ -35,8 +35,8 @@ def _older(path, fmt: str) -> None:
 
 
 def test_resume_and_label_issues_refuse_a_checkpoint_of_another_layout(tmp_path):
-    from balancemix_apps.trainer import Trainer
     from balancemix_timm.label_issues import load_label_state
+    from balancemix_timm.trainer import Trainer
 
     values = tiny(data_root=str(tmp_path / "demo"), output_dir=str(tmp_path / "runs"), run_name="r", epochs=2,
                   method="balancemix", device="cpu", label_diagnostics=False)
@@ -67,8 +67,8 @@ def test_the_ml_decoder_plugin_refuses_a_checkpoint_of_another_layout(train_set,
 
 
 def test_the_benchmark_starts_over_an_interrupted_run_of_another_layout(tmp_path, caplog):
-    from balancemix_apps.benchmark import runner
-    from balancemix_apps.trainer import Trainer
+    from balancemix_timm.benchmark import runner
+    from balancemix_timm.trainer import Trainer
 
     values = tiny(data_root=str(tmp_path / "demo"), output_dir=str(tmp_path / "runs"), run_name="r", epochs=2,
                   device="cpu", label_diagnostics=False)

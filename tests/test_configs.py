@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from balancemix_apps.benchmark import plan_runs, run_config
-from balancemix_apps.config import load_config, parse_overrides
-from balancemix_apps.demo import DEMO_BUDGET
+from balancemix_timm.benchmark import plan_runs, run_config
+from balancemix_timm.config import load_config, parse_overrides
+from balancemix_timm.demo import DEMO_BUDGET
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -72,7 +72,7 @@ SCRIPTS = sorted((REPO / "configs" / "ml_decoder").glob("*.sh"))
 
 
 def test_recipe_resolves_by_name_from_an_empty_working_folder(tmp_path, monkeypatch):
-    from balancemix_apps.recipes import list_recipes, resolve_recipe
+    from balancemix_timm.recipes import list_recipes, resolve_recipe
 
     monkeypatch.chdir(tmp_path)
     assert list_recipes() == sorted(p.stem for p in CONFIGS)
@@ -89,7 +89,7 @@ def test_recipe_resolves_by_name_from_an_empty_working_folder(tmp_path, monkeypa
 
 
 def test_train_cli_lists_recipes(capsys):
-    from balancemix_apps.trainer import main
+    from balancemix_timm.trainer import main
 
     assert main(["--list-recipes"]) == 0
     out = capsys.readouterr().out
@@ -112,7 +112,7 @@ def test_an_ablation_row_sets_its_switches_and_refuses_a_contradicting_key():
 
 
 def test_cli_reports_a_bad_config_value_in_one_line(capsys):
-    from balancemix_apps.trainer import main
+    from balancemix_timm.trainer import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["eps=0.3"])
@@ -128,7 +128,7 @@ def test_cli_reports_a_bad_config_value_in_one_line(capsys):
 ])
 def test_a_config_file_that_is_not_yaml_is_refused_naming_file_line_and_column(tmp_path, capsys, text, line,
                                                                                 column, problem):
-    from balancemix_apps.trainer import main
+    from balancemix_timm.trainer import main
 
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -158,7 +158,7 @@ def test_a_config_file_that_gives_a_key_twice_is_refused_naming_key_file_and_lin
 
 
 def test_merge_keys_may_be_overridden_and_override_values_refuse_a_key_twice(tmp_path):
-    from balancemix_apps.config import read_yaml
+    from balancemix_timm.config import read_yaml
 
     path = tmp_path / "merge.yaml"
     path.write_text("base: &b {lr: 0.1, epochs: 2}\nrun:\n  <<: *b\n  lr: 0.5\n")
@@ -168,7 +168,7 @@ def test_merge_keys_may_be_overridden_and_override_values_refuse_a_key_twice(tmp
 
 
 def test_benchmark_runner_counts_a_run_with_an_unreadable_config_as_not_finished(tmp_path, caplog):
-    from balancemix_apps.benchmark.runner import _saved_config
+    from balancemix_timm.benchmark.runner import _saved_config
 
     (tmp_path / "config.yaml").write_text("lr: 0.1\nlr: 0.2\n")
     with caplog.at_level("WARNING"):
@@ -188,7 +188,7 @@ def test_benchmark_runner_counts_a_run_with_an_unreadable_config_as_not_finished
 def test_a_device_this_machine_lacks_is_refused_at_config_time(monkeypatch, capsys, gpus, device, problem):
     import torch
 
-    from balancemix_apps.trainer import main
+    from balancemix_timm.trainer import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)

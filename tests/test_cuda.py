@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from balancemix_apps.config import load_config
-from balancemix_apps.methods import METHODS
-from balancemix_apps.trainer import Trainer
+from balancemix_timm.config import load_config
+from balancemix_timm.methods import METHODS
+from balancemix_timm.trainer import Trainer
 from tests._tiny import tiny
 
 pytestmark = pytest.mark.gpu

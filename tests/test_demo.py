@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("mlxtend")
 
-from balancemix_apps.benchmark import BUDGETS, plan_runs, run_config  # noqa: E402
-from balancemix_apps.demo import DEMO_BUDGET, main  # noqa: E402
-from balancemix_apps.pretrain import PretrainRecipe, ensure_pretrained  # noqa: E402
+from balancemix_timm.benchmark import BUDGETS, plan_runs, run_config  # noqa: E402
+from balancemix_timm.demo import DEMO_BUDGET, main  # noqa: E402
+from balancemix_timm.pretrain import PretrainRecipe, ensure_pretrained  # noqa: E402
 
 
 def test_demo_runs_are_the_strong_quick_budgets_runs(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of the offline demo data set (balancemix_apps.synthetic.demo).
+"""Tests of the offline demo data set (balancemix_timm.data.demo).
 
 Every property is recomputed from the written PNG / JSON files (and scikit-learn's digits), not
 from the generator's own bookkeeping.
@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from balancemix_apps.synthetic.demo import (
+from balancemix_timm.data.demo import (
     DemoDatasetInfo,
     class_definitions,
     demo_group_thresholds,

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from balancemix_apps import diagnostics
-from balancemix_apps.config import load_config
-from balancemix_apps.diagnostics import wrong_label_auc
-from balancemix_apps.trainer import Trainer
+from balancemix_timm import diagnostics
+from balancemix_timm.config import load_config
+from balancemix_timm.diagnostics import wrong_label_auc
 from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.gmm import LabelGMM
 from balancemix_timm.refine import LabelState
+from balancemix_timm.trainer import Trainer
 from tests._tiny import tiny
 
 
@@ -202,7 +202,7 @@ def test_cli_writes_the_three_figures_of_a_run_folder(tmp_path, capsys):
 
 @needs_mpl
 def test_report_links_diagnostics_only_when_a_snapshot_exists(tmp_path):
-    from balancemix_apps.benchmark import diagnostics_runs, report
+    from balancemix_timm.benchmark import diagnostics_runs, report
 
     out = tmp_path / "bench"
     _fake_run(out / "runs" / "balancemix-mislabel40-s0")

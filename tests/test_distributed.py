@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from balancemix_apps.config import load_config
+from balancemix_timm.config import load_config
 from tests._tiny import tiny
 
 # The shared tiny trainer config, smaller and with the trainer's default optimiser settings
@@ -42,8 +42,8 @@ def _worker(rank: int, world: int, port: int, values: dict, out: str, frozen: bo
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank))
         torch.set_num_threads(1)
-        from balancemix_apps.trainer import Trainer
-        from balancemix_apps.trainer.distributed import init_distributed as _init_distributed
+        from balancemix_timm.trainer import Trainer
+        from balancemix_timm.trainer.distributed import init_distributed as _init_distributed
 
         cfg = load_config(None, values)
         _init_distributed(cfg)
@@ -92,7 +92,7 @@ def _run(world: int, values: dict, out: Path, *, frozen: bool = False, resume: s
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> str:
-    from balancemix_apps.synthetic.demo import make_demo_dataset
+    from balancemix_timm.data.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("ddp-demo")
     make_demo_dataset(root, num_train=TINY["demo_num_train"], num_val=TINY["demo_num_val"], num_classes=20,

@@ -185,7 +185,7 @@ def test_presets_are_the_defaults_of_every_front_end():
     import argparse
     import inspect
 
-    from balancemix_apps.config import TrainConfig
+    from balancemix_timm.config import TrainConfig
     from balancemix_timm.integrations import ml_decoder
 
     default = PRESETS["default"]
@@ -208,7 +208,7 @@ def test_presets_are_the_defaults_of_every_front_end():
 
 
 def test_trainer_preset_paper_and_explicit_keys_win():
-    from balancemix_apps.config import load_config
+    from balancemix_timm.config import load_config
 
     cfg = load_config(None, {"preset": "paper"})
     assert {k: getattr(cfg, k) for k in PRESETS["paper"]} == PRESETS["paper"]

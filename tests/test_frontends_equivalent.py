@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from balancemix_apps.config import load_config
-from balancemix_apps.trainer import Trainer
+from balancemix_timm.config import load_config
 from balancemix_timm.data import transforms as bm_transforms
 from balancemix_timm.data.datasets import CocoMultiLabel
 from balancemix_timm.integrations import ml_decoder as bm
+from balancemix_timm.trainer import Trainer
 from balancemix_timm.utils import epoch_seed, seed_everything
 from tests._tiny import tiny
 

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import torch
 
-from balancemix_apps.config import load_config
-from balancemix_apps.trainer import train
+from balancemix_timm.config import load_config
+from balancemix_timm.trainer import train
 from tests._tiny import tiny
 
 GOLDEN = Path(__file__).parent / "data" / "golden_run.json"

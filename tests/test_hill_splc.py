@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from balancemix_apps.config import TrainConfig, load_config
-from balancemix_apps.losses_mlml import (
+from balancemix_timm.config import TrainConfig, load_config
+from balancemix_timm.losses_mlml import (
     focal_margin_positive,
     hill_elementwise,
     hill_negative,
     splc_corrected,
     splc_elementwise,
 )
-from balancemix_apps.methods import METHODS, MethodContext
-from balancemix_apps.methods.hill import HillMethod
-from balancemix_apps.methods.splc import SPLCMethod
-from balancemix_apps.trainer import train
+from balancemix_timm.methods import METHODS, MethodContext
+from balancemix_timm.methods.hill import HillMethod
+from balancemix_timm.methods.splc import SPLCMethod
+from balancemix_timm.trainer import train
 from tests._tiny import tiny
 
 # Logits with edge cases: 0 (p = 1/2), the margin (p_m = 1/2), large |x| both ways.
@@ -291,7 +291,7 @@ def test_benchmark_titles_and_budgets():
     """Hill and SPLC have table titles and run in the weak pre-trained budgets, Hill in the strong
     full grid (SPLC leaves it: the weak page shows it dominated); the from-scratch budgets run
     exactly the paper's methods."""
-    from balancemix_apps.benchmark import BUDGETS, METHOD_TITLES
+    from balancemix_timm.benchmark import BUDGETS, METHOD_TITLES
 
     assert METHOD_TITLES["hill"] == "Hill" and METHOD_TITLES["splc"] == "SPLC"
     # "balancemix_paper" is BalanceMix under preset=paper (a grid method, not a trainer method).

@@ -267,15 +267,15 @@ def test_exported_from_the_package():
 
 # ---------------------------------------------------------------------------- a real run
 def test_tiny_run_folder_engine_and_csv_agree(tmp_path, caplog):
-    from balancemix_apps.config import load_config
-    from balancemix_apps.trainer import Trainer
+    from balancemix_timm.config import load_config
+    from balancemix_timm.trainer import Trainer
     from tests._tiny import tiny
 
     cfg = load_config(None, dict(tiny(eps=0.6), data_root=str(tmp_path / "demo"), output_dir=str(tmp_path),
                                  run_name="bm"))
     trainer = Trainer(cfg)
     # other tests may quiet these loggers
-    with caplog.at_level(logging.INFO, logger="balancemix_apps.trainer"), \
+    with caplog.at_level(logging.INFO, logger="balancemix_timm.trainer"), \
             caplog.at_level(logging.INFO, logger="balancemix_timm.label_issues"):
         trainer.fit()
     live, folder = trainer.method.engine, trainer.run_dir

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from balancemix_apps.benchmark import Budget
-from balancemix_apps.benchmark import label_issues_report as report
-from balancemix_apps.benchmark import label_issues_stage as stage
+from balancemix_timm.benchmark import Budget
+from balancemix_timm.benchmark import label_issues_report as report
+from balancemix_timm.benchmark import label_issues_stage as stage
 
 # 2 images x 3 classes. Wrong labels: (0, 1) removed (given 0, clean 1), (0, 2) added (given 1,
 # clean 0), (1, 2) removed. Flagged: (0, 1) and (0, 2) rightly, (1, 0) wrongly (a given-0 label).
@@ -109,8 +109,8 @@ TINY = Budget(
 
 
 def test_trainer_trains_on_part_of_the_images(tmp_path):
-    from balancemix_apps.config import load_config
-    from balancemix_apps.trainer import Trainer
+    from balancemix_timm.config import load_config
+    from balancemix_timm.trainer import Trainer
 
     cfg = load_config(None, dict(TINY.train, method="bce", noise="mislabel", noise_rate=0.4,
                                  data_root=str(tmp_path / "data"), output_dir=str(tmp_path / "runs")))

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from balancemix_apps.config import load_config
-from balancemix_apps.trainer import Trainer
+from balancemix_timm.config import load_config
+from balancemix_timm.trainer import Trainer
 from balancemix_timm.utils import amp_enabled, autocast, autocast_dtype, view_probabilities
 from tests._tiny import tiny
 

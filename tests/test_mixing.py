@@ -358,8 +358,8 @@ def test_minority_items_read_without_views() -> None:
 
 
 def test_trainer_reads_minority_items_through_the_views(tmp_path) -> None:
-    from balancemix_apps.config import load_config
-    from balancemix_apps.trainer import Trainer
+    from balancemix_timm.config import load_config
+    from balancemix_timm.trainer import Trainer
     from tests._tiny import tiny
 
     trainer = Trainer(load_config(None, tiny(data_root=str(tmp_path / "demo"), output_dir=str(tmp_path))))
@@ -391,8 +391,6 @@ def _flip(y: torch.Tensor) -> torch.Tensor:
 
 def _label_calls() -> dict:
     """Every public function taking labels/targets, as ``labels -> result`` on fixed inputs."""
-    from balancemix_apps.losses_mlml import hill_elementwise, splc_corrected, splc_elementwise
-    from balancemix_apps.methods.testimator import reweighted_bce_elementwise, select_clean, true_flip_rates
     from balancemix_timm import (
         BalanceMixEngine,
         BalanceMixLoss,
@@ -406,6 +404,8 @@ def _label_calls() -> dict:
         minority_sampling_probs,
         refine_labels,
     )
+    from balancemix_timm.losses_mlml import hill_elementwise, splc_corrected, splc_elementwise
+    from balancemix_timm.methods.testimator import reweighted_bce_elementwise, select_clean, true_flip_rates
     from balancemix_timm.metrics import (
         average_precision,
         group_mean_average_precision,

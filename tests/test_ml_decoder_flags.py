@@ -97,7 +97,7 @@ def test_option_flags_parse_and_reach_the_engine(train_set, capsys):
 
 
 def test_table6_configs_parse():
-    from balancemix_apps.config import load_config
+    from balancemix_timm.config import load_config
 
     for key, size, model in (("tresnet_l_640", 640, "tresnet_l_mldecoder"),
                              ("tresnet_l_448", 448, "tresnet_l_mldecoder"),

@@ -11,7 +11,7 @@ import inspect
 import pytest
 import torch
 
-from balancemix_apps.config import TrainConfig, load_config
+from balancemix_timm.config import TrainConfig, load_config
 from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.gmm import LabelGMM
 from balancemix_timm.integrations import ml_decoder as bm

@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
-from balancemix_apps.config import load_config
-from balancemix_apps.trainer import Trainer
+from balancemix_timm.config import load_config
 from balancemix_timm.engine import BalanceMixEngine
 from balancemix_timm.refine import LabelState
 from balancemix_timm.sampling import ShardedRandomSampler
+from balancemix_timm.trainer import Trainer
 from tests._tiny import tiny
 
 TINY = tiny(epochs=1)

@@ -11,16 +11,16 @@ import torch
 
 pytest.importorskip("mlxtend")
 
-from balancemix_apps.benchmark import BUDGETS, RunSpec, run_config  # noqa: E402
-from balancemix_apps.pretrain import MANIFEST_NAME, PretrainRecipe, ensure_pretrained, pretrained_dir  # noqa: E402
-from balancemix_apps.synthetic.demo import class_definitions  # noqa: E402
-from balancemix_apps.synthetic.pretrain_corpus import (  # noqa: E402
+from balancemix_timm.benchmark import BUDGETS, RunSpec, run_config  # noqa: E402
+from balancemix_timm.data.demo import class_definitions  # noqa: E402
+from balancemix_timm.data.pretrain_corpus import (  # noqa: E402
     HUE_FAMILIES,
     PAIR_CLASS_NAMES,
     PRETRAIN_CLASS_NAMES,
     make_pretrain_corpus,
 )
 from balancemix_timm.models import create_model  # noqa: E402
+from balancemix_timm.pretrain import MANIFEST_NAME, PretrainRecipe, ensure_pretrained, pretrained_dir  # noqa: E402
 
 
 def test_corpus_is_deterministic_and_labels_are_its_own():
@@ -97,7 +97,7 @@ def test_pretraining_is_cached_with_a_manifest_and_loads_as_pretrained_path(tmp_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
     # A second call trains nothing: same file, same bytes.
     before = path.read_bytes()
-    with caplog.at_level("INFO", logger="balancemix_apps.pretrain"):
+    with caplog.at_level("INFO", logger="balancemix_timm.pretrain"):
         assert ensure_pretrained(recipe, tmp_path) == path
     assert "cached" in caplog.text and path.read_bytes() == before
     # The fine-tuning side loads the backbone (its 16-class classifier is ignored).
@@ -139,7 +139,7 @@ def test_pretrained_budget_runs_fine_tune_the_cached_backbone(tmp_path):
 
 
 def test_offline_pretrained_path_resolves_to_the_cached_backbone(tmp_path):
-    from balancemix_apps.pretrain import OFFLINE, resolve_pretrained_path
+    from balancemix_timm.pretrain import OFFLINE, resolve_pretrained_path
 
     assert resolve_pretrained_path(None, "resnet10t", 32) is None
     assert resolve_pretrained_path("/weights/x.pth", "resnet10t", 32) == "/weights/x.pth"

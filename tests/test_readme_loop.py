@@ -8,8 +8,8 @@ from pathlib import Path
 import timm
 import torch
 
-from balancemix_apps.synthetic.demo import make_demo_dataset
 from balancemix_timm.data.datasets import CocoMultiLabel
+from balancemix_timm.data.demo import make_demo_dataset
 from balancemix_timm.data.transforms import build_eval_transform, build_train_transform
 
 README = Path(__file__).resolve().parents[1] / "README.md"

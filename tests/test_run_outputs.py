@@ -18,10 +18,10 @@ import sys
 
 import pytest
 
-from balancemix_apps.config import load_config
-from balancemix_apps.trainer import Trainer, train
+from balancemix_timm.config import load_config
 from balancemix_timm.models.checkpoints import read_state_dict
 from balancemix_timm.textfiles import read_json, read_json_lines, read_text
+from balancemix_timm.trainer import Trainer, train
 
 #: A run in which the EMA (decay 0.5, so it moves fast) scores above the regular weights after
 #: one epoch at a high learning rate (checked by the test, which needs it).
@@ -38,7 +38,7 @@ def reject(token: str) -> None:
 
 # ---------------------------------------------------------------- best.pth
 def test_scored_weights_picks_the_higher_of_regular_and_ema():
-    from balancemix_apps.trainer.core import scored_weights
+    from balancemix_timm.trainer.core import scored_weights
 
     assert scored_weights({"mAP": 30.0}) == "regular"
     assert scored_weights({"mAP": 30.0, "ema_mAP": 31.0}) == "ema"
@@ -74,7 +74,7 @@ def c_locale_run(tmp_path_factory) -> dict:
     """A BalanceMix run in a subprocess under ``LC_ALL=C`` (Python's UTF-8 mode off), its output
     redirected to a file, on a COCO set with non-ASCII class names and a UTF-8 config file whose
     comment is not ASCII; then ``--resume auto`` of the finished run."""
-    from balancemix_apps.synthetic.demo import make_demo_dataset
+    from balancemix_timm.data.demo import make_demo_dataset
 
     tmp = tmp_path_factory.mktemp("c_locale")
     root = tmp / "data"
@@ -97,7 +97,7 @@ def c_locale_run(tmp_path_factory) -> dict:
     for name, extra in (("first", []), ("resumed", ["--resume", "auto"])):
         log = tmp / f"{name}.log"
         with log.open("wb") as fh:  # a file, not a terminal
-            res = subprocess.run([sys.executable, "-m", "balancemix_apps.trainer", *args, *extra], stdout=fh,
+            res = subprocess.run([sys.executable, "-m", "balancemix_timm.trainer", *args, *extra], stdout=fh,
                                  stderr=subprocess.STDOUT, env=env, timeout=600)
         out[name] = (res.returncode, log.read_bytes())
     out["run"] = tmp / "runs" / "run"
@@ -138,7 +138,7 @@ def test_a_run_logged_to_a_file_writes_no_progress_frames(c_locale_run):
 def test_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(caplog):
     import io
 
-    from balancemix_apps.trainer.outputs import progress
+    from balancemix_timm.trainer.outputs import progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -149,7 +149,7 @@ def test_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(caplog):
     assert "\r" in term.getvalue()  # tqdm's bar
 
     plain = io.StringIO()
-    caplog.set_level("INFO", logger="balancemix_apps.trainer")
+    caplog.set_level("INFO", logger="balancemix_timm.trainer")
     bar = progress(range(4), 4, "epoch 2/5", True, stream=plain, interval=0.0)
     for _ in bar:
         bar.set_postfix(loss="0.250")
@@ -162,7 +162,7 @@ def test_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(caplog):
 
 # ---------------------------------------------------------------- one output failing
 def test_an_output_that_cannot_be_written_does_not_lose_the_others(tmp_path, monkeypatch):
-    import balancemix_apps.methods.standard as standard
+    import balancemix_timm.methods.standard as standard
 
     def fail(*args, **kwargs):
         raise UnicodeEncodeError("ascii", "Straße", 4, 5, "ordinal not in range(128)")

@@ -143,7 +143,7 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path):
     path.write_bytes("# caf\xe9\nepochs: 1\n".encode("cp1252"))
     with pytest.raises(ValueError, match="cp1252.yaml is not a UTF-8 text file"):
         read_text(path)
-    from balancemix_apps.config import load_config
+    from balancemix_timm.config import load_config
 
     with pytest.raises(ValueError, match="cp1252.yaml"):
         load_config(str(path))

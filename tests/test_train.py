@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from balancemix_apps.config import load_config
-from balancemix_apps.trainer import Trainer, main, train
+from balancemix_timm.config import load_config
+from balancemix_timm.trainer import Trainer, main, train
 from tests._tiny import tiny
 
 TINY = tiny(eps=0.6)
@@ -121,7 +121,7 @@ def test_class_groups_scale_with_any_data_set_and_absent_groups_are_never_nan(da
     assert t.group_thresholds == scaled_group_thresholds(len(t.train_set)) == (19, 2)
     assert all(len(idx) for idx in t.groups.values())
     # Thresholds no class can meet: the many- and few-shot groups are empty, reported as absent.
-    with caplog.at_level("INFO", logger="balancemix_apps.trainer"):
+    with caplog.at_level("INFO", logger="balancemix_timm.trainer"):
         summary = train(_cfg(data_root, tmp_path, run_name="absent", data="coco", method="bce", epochs=1,
                              max_steps_per_epoch=1, many_threshold=100000, few_threshold=1))
     run = tmp_path / "absent"
@@ -197,7 +197,7 @@ def test_batch_of_one_refused_before_training(data_root, tmp_path):
 def test_splits_with_different_categories_refused(tmp_path):
     from PIL import Image
 
-    from balancemix_apps.trainer import build_datasets
+    from balancemix_timm.trainer import build_datasets
 
     for split, cats in (("train", [(1, "person"), (2, "bicycle"), (3, "car")]),
                         ("val", [(1, "person"), (3, "car"), (4, "motorcycle")])):
@@ -279,7 +279,7 @@ def _damaged_checkpoint(path: Path, kind: str) -> Path:
 @pytest.mark.parametrize("target", ["resume_auto", "resume_path", "pretrained_path"])
 def test_a_damaged_checkpoint_is_refused_before_data_and_model_are_built(data_root, tmp_path, monkeypatch, capsys,
                                                                           kind, target):
-    import balancemix_apps.trainer.core as core
+    import balancemix_timm.trainer.core as core
 
     def built(*args, **kwargs):
         raise AssertionError("the data set was built before the checkpoint was checked")
@@ -313,7 +313,7 @@ def test_a_damaged_checkpoint_is_refused_before_data_and_model_are_built(data_ro
 
 
 def test_a_damaged_resume_checkpoint_names_the_best_weights_as_a_way_out(data_root, tmp_path):
-    from balancemix_apps.trainer.checkpoint import check_run_files
+    from balancemix_timm.trainer.checkpoint import check_run_files
 
     last = _damaged_checkpoint(tmp_path / "last.pth", "truncated")
     torch.save({"model": {}}, tmp_path / "best.pth")

@@ -1,1 +1,1 @@
-"""Data sets (COCO, VOC) and transforms (the offline demo data: :mod:`balancemix_apps.synthetic`)."""
+"""Data sets, transforms and the offline multi-label demo data set (COCO-format)."""

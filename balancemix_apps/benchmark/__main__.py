@@ -1,8 +1,0 @@
-"""``python -m balancemix_apps.benchmark``: the benchmark's command line."""
-
-import sys
-
-from balancemix_apps.benchmark.cli import main
-
-if __name__ == "__main__":  # importing this module (a tool walking the package) runs nothing
-    sys.exit(main())
