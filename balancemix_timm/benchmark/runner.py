@@ -21,6 +21,9 @@ from .grid import BUDGETS, METHOD_OVERRIDES, METHOD_SETTING_OVERRIDES, SETTINGS,
 
 _logger = logging.getLogger(__name__)
 
+STALE_DIR = ".stale"
+"""Folder under ``<out>/runs`` that keeps the run folders trained again (:func:`set_aside`)."""
+
 
 def pretrained_weights(budget: Budget, cache_dir: str | Path | None = None) -> Path | None:
     """Where ``budget``'s pre-trained backbone lives (``None`` for a from-scratch budget).
@@ -117,15 +120,36 @@ def _ignored_keys(expected: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(ignored)
 
 
-def is_finished(run_dir: Path, values: Mapping[str, Any]) -> bool:
-    """``summary.json`` exists and ``config.yaml`` holds the same configuration."""
-    if not (run_dir / "summary.json").is_file():
-        return False
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with its file locations in one spelling: ``pretrained_path`` resolved to an
+    absolute path, and ``data_root`` dropped (the runner always points it at ``<out>/data``, whose
+    content the ``demo_*`` options fix), so a grid reached through another spelling of its folder
+    (relative, absolute, a link) keeps its finished runs."""
+    config = dict(config)
+    config.pop("data_root", None)
+    if config.get("pretrained_path"):
+        config["pretrained_path"] = str(Path(config["pretrained_path"]).expanduser().resolve())
+    return config
+
+
+def _config_change(run_dir: Path, values: Mapping[str, Any]) -> dict[str, tuple[Any, Any]] | None:
+    """The options in which ``run_dir``'s saved configuration differs from ``values``'s (empty
+    when the same run), or ``None`` when it has no readable ``config.yaml``."""
     saved = _saved_config(run_dir)
     if saved is None:
-        return False
+        return None
     expected = _expected_config(values)
-    diff = config_diff(saved, expected, ignore=_ignored_keys(expected))
+    return config_diff(_comparable(saved), _comparable(expected), ignore=_ignored_keys(expected))
+
+
+def is_finished(run_dir: Path, values: Mapping[str, Any]) -> bool:
+    """``summary.json`` exists and ``config.yaml`` holds the same configuration (file locations
+    compared as :func:`_comparable` spells them)."""
+    if not (run_dir / "summary.json").is_file():
+        return False
+    diff = _config_change(run_dir, values)
+    if diff is None:
+        return False
     if diff:
         _logger.warning("%s was run with another configuration (%s): running it again", run_dir.name, sorted(diff))
     return not diff
@@ -135,9 +159,8 @@ def _prepare_run_dir(run_dir: Path, values: Mapping[str, Any]) -> str | None:
     """``"auto"`` resume when ``run_dir`` holds a compatible interrupted run; else clear it."""
     if not run_dir.exists():
         return None
-    saved = _saved_config(run_dir)
-    expected = _expected_config(values)
-    if (saved is not None and not config_diff(saved, expected, ignore=_ignored_keys(expected))
+    diff = _config_change(run_dir, values)
+    if (diff is not None and not diff
             and (run_dir / "last.pth").is_file() and not (run_dir / "summary.json").is_file()):
         try:
             ckpt = torch.load(run_dir / "last.pth", map_location="cpu", weights_only=False)
@@ -148,8 +171,20 @@ def _prepare_run_dir(run_dir: Path, values: Mapping[str, Any]) -> str | None:
         else:
             _logger.info("%s: continuing the interrupted run", run_dir.name)
             return "auto"
-    shutil.rmtree(run_dir)
+    set_aside(run_dir)
     return None
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a run folder that is about to be trained again to ``<runs>/.stale/<name>.<UTC time>``
+    (never deleted: a stale finished run may still be the only copy of its figures); returns the
+    new location."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = run_dir.parent / STALE_DIR / f"{run_dir.name}.{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(run_dir), str(target))
+    _logger.warning("%s: set aside in %s before training it again", run_dir.name, target)
+    return target
 
 
 def _train_values(values: Mapping[str, Any], resume: str | None) -> dict[str, Any]:
@@ -191,15 +226,18 @@ def prepare_inputs(budget: Budget, out: str | Path, *, train_overrides: Mapping[
         ensure_pretrained(PretrainRecipe(**budget.pretrain), pretrain_cache)
 
 
-def _worker(values: dict[str, Any], resume: str | None, threads: int,
+def _worker(values: dict[str, Any], run_dir: Path, threads: int,
             deadline: float | None = None) -> tuple[float, float] | None:  # pragma: no cover - subprocess
-    """One run in a pool process; ``(wall, cpu)`` seconds, or ``None`` past ``deadline``."""
+    """One run in a pool process, its folder prepared when it starts (:func:`_prepare_run_dir`),
+    so a grid stopped early leaves the runs it never started untouched; ``(wall, cpu)`` seconds,
+    or ``None`` past ``deadline``."""
     import torch
 
     if deadline is not None and time.time() > deadline:
         return None
     torch.set_num_threads(max(1, threads))
     logging.basicConfig(level=logging.WARNING)
+    resume = _prepare_run_dir(run_dir, values)
     t0, c0 = time.perf_counter(), time.process_time()
     _train_values(values, resume)
     return time.perf_counter() - t0, time.process_time() - c0
@@ -306,8 +344,7 @@ def run_benchmark(
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
             futures = {}
             for spec, values in todo:
-                resume = _prepare_run_dir(out / "runs" / spec.key, values)
-                futures[pool.submit(_worker, values, resume, threads, deadline)] = spec
+                futures[pool.submit(_worker, values, out / "runs" / spec.key, threads, deadline)] = spec
             for i, fut in enumerate(as_completed(futures)):
                 spec = futures[fut]
                 try:
