@@ -71,6 +71,12 @@ class BalanceMixRecipe:
         num_replicas, rank: Distributed sharding of the sampler streams.
         device: Where the engine's tables live (default CPU; give the training device).
         gmm_device: Where the GMM fits compute (default: where the tables live).
+        identical_views: The front end's training transform augments nothing (it is its
+            evaluation transform, e.g. the trainer with ``randaugment=False, cutout=False``), so
+            every view and the image are one tensor: one input per recorded item is forwarded
+            and its probabilities stand for the ``num_views`` views (whose mean they are,
+            exactly) and for the image. Eq. 2, 6 and 9 read the same values at
+            ``1 / num_recorded_views`` of the no-grad forwards (``docs/performance.md``).
 
     Attributes:
         engine: The :class:`~balancemix_timm.engine.BalanceMixEngine` engine.
@@ -89,7 +95,9 @@ class BalanceMixRecipe:
         rank: int = 0,
         device: str | torch.device | None = None,
         gmm_device: str | torch.device | None = None,
+        identical_views: bool = False,
     ) -> None:
+        self.identical_views = bool(identical_views)
         self.options = BalanceMixOptions() if options is None else options
         if not isinstance(self.options, BalanceMixOptions):
             raise ValueError(f"options must be BalanceMixOptions, got {type(self.options).__name__}")
@@ -117,8 +125,9 @@ class BalanceMixRecipe:
 
     @property
     def num_recorded_views(self) -> int:
-        """Inputs forwarded per recorded sample: ``num_views`` views, then the image if f(x)."""
-        return self.options.num_views + int(self.image_view)
+        """Inputs forwarded per recorded sample: ``num_views`` views, then the image if f(x);
+        one with ``identical_views``."""
+        return 1 if self.identical_views else self.options.num_views + int(self.image_view)
 
     @property
     def num_extra_views(self) -> int:
@@ -127,8 +136,11 @@ class BalanceMixRecipe:
 
     def view_transforms(self, train_transform: Any, eval_transform: Any) -> list[Any]:
         """The transforms of the recorded inputs: ``num_views`` times ``train_transform``, then
-        ``eval_transform`` (the un-augmented image) with ``confidence_input="image"``. The items
-        of an epoch pass's data set carry these."""
+        ``eval_transform`` (the un-augmented image) with ``confidence_input="image"``; only
+        ``eval_transform`` with ``identical_views``. The items of an epoch pass's data set carry
+        these."""
+        if self.identical_views:
+            return [eval_transform]
         return [train_transform] * self.options.num_views + ([eval_transform] if self.image_view else [])
 
     def extra_view_transforms(self, train_transform: Any, eval_transform: Any) -> list[Any]:
@@ -156,18 +168,22 @@ class BalanceMixRecipe:
     # ------------------------------------------------------------------ recording
     def record(self, index: Tensor, probs: Tensor) -> None:
         """Record ``(V, B, K)`` probabilities of ``index`` ``(B,)``: the ``num_views`` views,
-        then, with ``confidence_input="image"``, the image (Eq. 2 and 6's f(x)).
+        then, with ``confidence_input="image"``, the image (Eq. 2 and 6's f(x)); with
+        ``identical_views`` the one input's ``(1, B, K)``, which stands for all of them.
 
         Raises:
             ValueError: ``V`` is not :attr:`num_recorded_views` (e.g. the trained view passed
                 along, or the image missing).
         """
         if probs.ndim != 3 or probs.shape[0] != self.num_recorded_views:
-            raise ValueError(
-                f"probs must be (V, B, K) with V = {self.num_recorded_views} ({self.options.num_views} views"
-                f"{' then the image' if self.image_view else ''}), got shape {tuple(probs.shape)}"
-            )
-        if self.image_view:
+            what = ("the image, which stands for every view (identical_views)" if self.identical_views else
+                    f"{self.options.num_views} views{' then the image' if self.image_view else ''}")
+            raise ValueError(f"probs must be (V, B, K) with V = {self.num_recorded_views} ({what}), "
+                             f"got shape {tuple(probs.shape)}")
+        if self.identical_views:
+            # The mean of num_views copies of p is p, bit for bit, and f(x) is p.
+            self.engine.record(index, probs[0])
+        elif self.image_view:
             self.engine.record(index, probs[:-1], image_probs=probs[-1])
         else:
             self.engine.record(index, probs)

@@ -44,6 +44,8 @@ class MethodContext:
         train_set: The training data set (its ``image_ids`` / ``image_paths`` / ``classes``
             name rows in outputs; its items carry the method's extra views).
         eval_transform: The evaluation transform (no augmentation).
+        unaugmented_training: The training transform augments nothing (it is
+            ``eval_transform``): every view of an item is the same tensor.
         predict: ``predict(model, dataset) -> (scores, targets)``, both ``(len(dataset), K)``
             float32 on the host: sigmoid scores of every item in order, no gradient, with the
             rows of all ranks gathered under DDP. Leaves ``model`` in eval mode.
@@ -73,6 +75,7 @@ class MethodContext:
     num_classes: int
     train_set: Dataset | None = None
     eval_transform: Any = None
+    unaugmented_training: bool = False
     predict: Callable[[nn.Module, Dataset], tuple[Tensor, Tensor]] | None = None
     build_view_set: Callable[..., Dataset] | None = None
     run_dir: Path = field(default_factory=Path)

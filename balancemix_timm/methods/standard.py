@@ -83,12 +83,15 @@ class BalanceMixMethod(TrainingMethod):
         super().__init__(ctx)
         cfg = self.cfg
         self.recipe = BalanceMixRecipe(ctx.given_labels, cfg.balancemix_options(), seed=cfg.seed,
-                                       num_replicas=ctx.world_size, rank=ctx.rank, device=ctx.device)
+                                       num_replicas=ctx.world_size, rank=ctx.rank, device=ctx.device,
+                                       identical_views=ctx.unaugmented_training)
         if cfg.label_source == "epoch_pass" and ctx.build_view_set is None:
             raise ValueError("label_source='epoch_pass' needs a MethodContext with build_view_set")
         self.view_set = None
         if cfg.label_source == "epoch_pass":
-            self.view_set = ctx.build_view_set(cfg.num_views, image_view=self.recipe.image_view)
+            recipe = self.recipe
+            self.view_set = (ctx.build_view_set(1) if recipe.identical_views  # the image stands for every view
+                             else ctx.build_view_set(cfg.num_views, image_view=recipe.image_view))
 
     @property
     def engine(self) -> BalanceMixEngine:
@@ -105,7 +108,8 @@ class BalanceMixMethod(TrainingMethod):
         return self.recipe.num_extra_views
 
     def extra_view_transforms(self, train_transform: Any, eval_transform: Any) -> list[Any]:
-        """``num_views`` RandAugment views, then the un-augmented image with ``confidence_input="image"``."""
+        """``num_views`` RandAugment views, then the un-augmented image with ``confidence_input="image"``;
+        the image alone when training is unaugmented (:attr:`MethodContext.unaugmented_training`)."""
         return self.recipe.extra_view_transforms(train_transform, eval_transform)
 
     @property

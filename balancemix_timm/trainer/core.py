@@ -90,9 +90,11 @@ class Trainer(CheckpointMixin):
         normalize = cfg.normalize
         if normalize == "auto":
             normalize = "imagenet" if model_default_normalization(cfg.model) is not None else None
-        self._train_tf = build_train_transform(cfg.image_size, randaugment=cfg.randaugment, cutout=cfg.cutout,
-                                               normalize=normalize)
         self._eval_tf = build_eval_transform(cfg.image_size, normalize=normalize)
+        #: Without RandAugment and Cutout the training transform is the evaluation transform.
+        self.unaugmented_training = not (cfg.randaugment or cfg.cutout)
+        self._train_tf = self._eval_tf if self.unaugmented_training else build_train_transform(
+            cfg.image_size, randaugment=cfg.randaugment, cutout=cfg.cutout, normalize=normalize)
         self.train_set, self.val_set = build_datasets(cfg, self._train_tf, self._eval_tf)
         self.num_classes = self.train_set.num_classes
         #: (N_val, K) bool mask of validation labels left out of the AP (VOC's difficult-only
@@ -162,7 +164,8 @@ class Trainer(CheckpointMixin):
             cfg=cfg, model=self.model, ddp_model=self.ddp_model, device=self.device,
             given_labels=self.given_labels, clean_labels=self.clean_labels,
             true_labels_known=self.true_labels_known, num_classes=self.num_classes,
-            train_set=self.train_set, eval_transform=self._eval_tf, predict=self.predict,
+            train_set=self.train_set, eval_transform=self._eval_tf, unaugmented_training=self.unaugmented_training,
+            predict=self.predict,
             build_view_set=self.build_view_set, run_dir=self.run_dir, pretrained_path=self.pretrained_path,
             amp=self.amp, world_size=self.world_size, rank=self.dist_rank, worker_init_fn=self.worker_init_fn,
         )
