@@ -4,7 +4,7 @@ The YAML recipes and Table 6 scripts have one source, ``configs/`` at the reposi
 paths the docs use from a checkout). setup.cfg maps that folder to the package
 ``balancemix_timm.configs`` (``package_dir``) and ships ``*.yaml`` and ``ml_decoder/*.sh`` as its
 package data, so a wheel holds them under ``balancemix_timm/configs/``, where
-``balancemix_timm.recipes`` finds them by name; ``patches/`` (the ML-Decoder patch) is mapped and
+``balancemix_timm.config.resolve_recipe`` finds them by name; ``patches/`` (the ML-Decoder patch) is mapped and
 shipped the same way. ``find_packages`` cannot see mapped folders (they have no ``__init__.py``),
 hence the explicit names here.
 """

@@ -1,8 +1,10 @@
-"""Training configuration: one flat dataclass, loaded from YAML plus ``key=value`` overrides."""
+"""Training configuration: one flat dataclass, loaded from YAML (a file or a shipped recipe's
+name) plus ``key=value`` overrides."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -12,13 +14,13 @@ import yaml
 
 from .engine import ABLATIONS
 from .options import BalanceMixOptions, check_option, check_options_together, option_specs
-from .presets import PRESETS, preset_options
+from .options import PRESETS, preset_options
 from .textfiles import dumps_json
 from .utils import resolve_device
 
 __all__ = [
     "TrainConfig", "load_config", "parse_overrides", "read_yaml", "UniqueKeyLoader", "DuplicateKeyError",
-    "RESUME_IGNORED_KEYS",
+    "RESUME_IGNORED_KEYS", "recipe_dir", "list_recipes", "list_scripts", "resolve_recipe",
 ]
 
 
@@ -163,7 +165,7 @@ class TrainConfig:
     # --- method ---------------------------------------------------------------------------
     method: str = "balancemix"  # "bce" | "balancemix" (+ baselines)
     ablation: str | None = None  # "mixup" | "minority" | "clean" | "relabel" | "full" (Table 5)
-    preset: str | None = None  # "paper" | "default": named option sets (balancemix_timm.presets)
+    preset: str | None = None  # "paper" | "default": named option sets (balancemix_timm.options.PRESETS)
     # Here the fields of balancemix_timm.options.BalanceMixOptions are inserted (alpha, eps, ...,
     # gmm_min_group_size): each BalanceMix option is declared once, there.
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -352,7 +354,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
     Args:
         path: YAML file with a flat mapping of :class:`TrainConfig` fields, the name of a
             shipped recipe (``table6_tresnet_l_640``, ``configs/demo_bce.yaml``: see
-            :func:`~balancemix_timm.recipes.resolve_recipe`), or None.
+            :func:`resolve_recipe`), or None.
         overrides: ``key=value`` strings or an already-parsed mapping.
 
     Returns:
@@ -363,8 +365,6 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
             recipe names), is not valid YAML or gives a key twice (:func:`read_yaml`), or a
             value is invalid.
     """
-    from .recipes import resolve_recipe
-
     values: dict[str, Any] = {}
     if path is not None:
         path = resolve_recipe(path)
@@ -391,3 +391,77 @@ def config_diff(
     keys = (set(a) | set(b)) - ignore
     norm = lambda v: dumps_json(v, sort_keys=True, default=str)  # noqa: E731
     return {k: (a.get(k), b.get(k)) for k in sorted(keys) if norm(a.get(k)) != norm(b.get(k))}
+
+
+# ---------------------------------------------------------------------- shipped recipes
+# The ``balancemix-train`` recipes (YAML) and Table 6 scripts have one source, the repository's
+# ``configs/`` folder. A wheel ships it as package data under ``balancemix_timm/configs/``
+# (``setup.py`` maps the folder into the package); a checkout or an editable install reads
+# ``configs/`` at the repository root. :func:`recipe_dir` returns whichever exists, so
+# ``balancemix-train table6_tresnet_l_640`` and ``load_config("configs/demo_bce.yaml")`` work with
+# or without a checkout. An existing file is used as given; otherwise a name ``NAME``,
+# ``NAME.yaml`` or ``configs/NAME.yaml`` is looked up among the shipped recipes
+# (:func:`resolve_recipe`).
+
+_PACKAGED = Path(__file__).resolve().parent / "configs"
+_CHECKOUT = Path(__file__).resolve().parents[1] / "configs"
+_SUFFIXES = (".yaml", ".yml")
+
+
+def recipe_dir() -> Path:
+    """The folder of the shipped recipes: the package's ``configs/`` when installed from a
+    wheel, else the checkout's ``configs/``.
+
+    Raises:
+        FileNotFoundError: Neither folder exists (a broken installation).
+    """
+    for folder in (_PACKAGED, _CHECKOUT):
+        if folder.is_dir() and any(folder.glob("*.yaml")):
+            return folder
+    raise FileNotFoundError(
+        f"no shipped recipes: neither {_PACKAGED} nor {_CHECKOUT} holds configs/*.yaml; "
+        "reinstall balancemix-timm"
+    )
+
+
+def list_recipes() -> list[str]:
+    """Names of the shipped recipes (``configs/*.yaml`` without the suffix), sorted."""
+    return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+
+
+def list_scripts() -> list[Path]:
+    """The shipped Table 6 scripts for the patched ML-Decoder (``configs/ml_decoder/*.sh``)."""
+    return sorted((recipe_dir() / "ml_decoder").glob("*.sh"))
+
+
+def resolve_recipe(config: str | os.PathLike[str]) -> Path:
+    """The YAML file meant by ``config``: a path, or the name of a shipped recipe.
+
+    Args:
+        config: An existing file (used as given), or ``NAME`` / ``NAME.yaml`` /
+            ``configs/NAME.yaml`` of a shipped recipe (looked up when no such file exists in the
+            working folder).
+
+    Returns:
+        The file's path.
+
+    Raises:
+        ValueError: ``config`` is neither an existing file nor a shipped recipe; the message
+            lists the recipe names.
+    """
+    path = Path(config)
+    if path.is_file():
+        return path
+    name = path.name
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    parent = path.parent.as_posix()
+    if name and parent in (".", "configs"):
+        shipped = recipe_dir() / f"{name}.yaml"
+        if shipped.is_file():
+            return shipped
+    raise ValueError(
+        f"config {str(config)!r}: no such file, and not a shipped recipe; give a YAML file or one "
+        f"of the recipe names {list_recipes()} (shipped in {recipe_dir()})"
+    )

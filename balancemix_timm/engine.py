@@ -111,7 +111,7 @@ class BalanceMixEngine(EngineState):
             whatever its p_G (see :func:`~balancemix_timm.refine.clean_if_agrees`). The paper
             has no such rule (preset ``"paper"``: False); the default preset's value is the
             default. The defaults of this option and the next two are the ``"default"``
-            preset's (:mod:`balancemix_timm.presets`; ``engine_preset("paper")`` gives the paper's).
+            preset's (:data:`balancemix_timm.options.PRESETS`; ``engine_preset("paper")`` gives the paper's).
         record_momentum: m in [0, 1): a sample's recorded probabilities become
             ``m * previous + (1 - m) * new`` once it has a record (an exponential moving
             average over epochs, a temporal ensemble); 0 keeps the latest only (the paper).

@@ -79,7 +79,7 @@ def test_finished_runs_compare_by_the_options_their_method_reads(tmp_path):
     assert is_finished(tmp_path / "bm-voc", {"method": "balancemix", "data": "coco"})
     # preset=paper and its explicit options are the same run.
     saved("paper", {"method": "balancemix", "data": "coco", "preset": "paper"}, ())
-    from balancemix_timm.presets import PRESETS
+    from balancemix_timm.options import PRESETS
 
     assert is_finished(tmp_path / "paper", {"method": "balancemix", "data": "coco", **PRESETS["paper"]})
     assert not is_finished(tmp_path / "paper", {"method": "balancemix", "data": "coco", "clean_if_agrees": True,

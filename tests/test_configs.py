@@ -72,7 +72,7 @@ SCRIPTS = sorted((REPO / "configs" / "ml_decoder").glob("*.sh"))
 
 
 def test_recipe_resolves_by_name_from_an_empty_working_folder(tmp_path, monkeypatch):
-    from balancemix_timm.recipes import list_recipes, resolve_recipe
+    from balancemix_timm.config import list_recipes, resolve_recipe
 
     monkeypatch.chdir(tmp_path)
     assert list_recipes() == sorted(p.stem for p in CONFIGS)

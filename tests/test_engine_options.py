@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from balancemix_timm.engine import BalanceMixEngine
-from balancemix_timm.presets import PRESETS, engine_preset
+from balancemix_timm.options import PRESETS, engine_preset
 from balancemix_timm.refine import LabelState, clean_if_agrees
 
 

@@ -49,7 +49,7 @@ def test_setup_is_none_without_balancemix(train_set, caplog):
 
 
 def test_option_flags_parse_and_reach_the_engine(train_set, capsys):
-    from balancemix_timm.presets import PRESETS
+    from balancemix_timm.options import PRESETS
 
     default, paper = PRESETS["default"], PRESETS["paper"]
     from balancemix_timm.integrations.ml_decoder_flags import option_values_from_args

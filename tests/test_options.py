@@ -24,7 +24,7 @@ from balancemix_timm.options import (
     option_spec,
     option_specs,
 )
-from balancemix_timm.presets import PRESETS
+from balancemix_timm.options import PRESETS
 from balancemix_timm.recipe import BalanceMixRecipe
 
 

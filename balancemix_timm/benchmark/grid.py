@@ -69,7 +69,7 @@ ABLATION_ROWS: tuple[tuple[str, str, str | None], ...] = (
 METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "llr": {"method_options": {"reduction": "sum_mean"}},
     "llct": {"method_options": {"reduction": "sum_mean"}},
-    # BalanceMix as the paper writes it (balancemix_timm.presets); "balancemix" is the default preset.
+    # BalanceMix as the paper writes it (balancemix_timm.options.PRESETS); "balancemix" is the default preset.
     "balancemix_paper": {"method": "balancemix", "preset": "paper"},
 }
 #: The paper's re-labeling threshold for the single-positive setting.

@@ -5,7 +5,7 @@ Every BalanceMix option of :class:`~balancemix_timm.options.BalanceMixOptions` b
 boolean option is ``--bm-<name>`` / ``--no-bm-<name>``. The flags declared here are the
 plugin's own (loss scale, ASL gammas, devices, seed, checkpoints, logging, model building).
 
-``--bm-preset NAME`` applies a named option set (:mod:`balancemix_timm.presets`) to every option
+``--bm-preset NAME`` applies a named option set (:data:`balancemix_timm.options.PRESETS`) to every option
 flag not given on the command line; a given flag wins, even when it repeats the default.
 """
 
@@ -23,7 +23,7 @@ from ..options import (
     check_option,
     option_specs,
 )
-from ..presets import PRESETS, preset_options
+from ..options import PRESETS, preset_options
 
 __all__ = [
     "add_args", "option_values_from_args", "flag_defaults", "resolve_plugin_options", "MODEL_FLAGS", "ASL_DEFAULTS",
@@ -93,7 +93,7 @@ def add_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--balancemix", action="store_true",
                    help="train with BalanceMix (minority-augmented mixing + label-wise management)")
     g.add_argument("--bm-preset", choices=sorted(PRESETS), default=None,
-                   help="named option set (balancemix_timm.presets): paper (the literal paper) or "
+                   help="named option set (balancemix_timm.options.PRESETS): paper (the literal paper) or "
                         "default; option flags not given take the preset's value")
     for spec in option_specs():
         _add_option(g, spec)

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_recipes:
-        from ..recipes import list_recipes, list_scripts, recipe_dir
+        from ..config import list_recipes, list_scripts, recipe_dir
 
         print(f"recipes in {recipe_dir()}:")
         for name in list_recipes():
