@@ -139,6 +139,11 @@ def test_micro_benchmark_writes_tables_and_resumes(tmp_path, monkeypatch, capsys
                                                "done", "balancemix-abl-minority-mislabel40-s0"]
     assert benchmark.main(argv + ["--dry-run", "lr=0.002"]) == 0
     assert capsys.readouterr().out.split()[::2] == ["todo"] * 3
+    # --methods / --settings select the same runs in a dry run as in a training one.
+    assert benchmark.main(argv + ["--dry-run", "--methods", "minority"]) == 0
+    assert capsys.readouterr().out.split() == ["done", "balancemix-abl-minority-mislabel40-s0"]
+    assert benchmark.main(argv + ["--dry-run", "--settings", "flip40"]) == 0
+    assert capsys.readouterr().out.split() == []
 
 
 def test_report_marks_missing_runs(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..textfiles import read_text
 from .collect import collect_results, diagnostics_runs, label_management_curves
-from .grid import BUDGETS, Budget, plan_runs
+from .grid import BUDGETS, Budget, RunSpec, plan_runs
 from .report import write_report
 from .runner import is_finished, run_benchmark, run_config
 
@@ -80,8 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ([f"--notes {shlex.quote(args.notes)}"] if args.notes else [])
         + [shlex.quote(o) for o in args.overrides]
     )
+    methods = set(args.methods.split(",")) if args.methods else None
+    settings = set(args.settings.split(",")) if args.settings else None
+
+    def selected(spec: RunSpec) -> bool:
+        """Whether ``--methods`` / ``--settings`` select ``spec`` (both unset: every run)."""
+        return ((methods is None or (spec.ablation or spec.method) in methods)
+                and (settings is None or spec.setting in settings))
+
     if args.dry_run:
-        for spec in plan_runs(budget, seeds):
+        for spec in filter(selected, plan_runs(budget, seeds)):
             values = run_config(spec, budget, out, workers=args.workers, train_overrides=overrides,
                                 pretrain_cache=args.pretrain_cache)
             print(("done " if is_finished(out / "runs" / spec.key, values) else "todo ") + spec.key)
@@ -89,13 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = None
     if not args.report_only:
         deadline = time.time() + 60 * args.deadline_minutes if args.deadline_minutes else None
-        methods = set(args.methods.split(",")) if args.methods else None
-        settings = set(args.settings.split(",")) if args.settings else None
         stats = run_benchmark(budget, out, seeds=seeds, workers=args.workers, jobs=args.jobs, threads=args.threads,
                               keep_checkpoints=args.keep_checkpoints, train_overrides=overrides, deadline=deadline,
-                              pretrain_cache=args.pretrain_cache,
-                              only=lambda spec: ((methods is None or (spec.ablation or spec.method) in methods)
-                                                 and (settings is None or spec.setting in settings)))
+                              pretrain_cache=args.pretrain_cache, only=selected)
         _logger.info("benchmark: %s", {k: v for k, v in stats.items()})
     if overrides:
         budget = Budget(**{**budget.__dict__, "train": dict(budget.train, **overrides)})
