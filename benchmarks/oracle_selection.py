@@ -32,9 +32,12 @@ _logger = logging.getLogger("oracle_selection")
 ORACLES = ("oracle_drop", "oracle_fix")
 
 
-def _run(values: dict[str, Any], oracle: str, resume: str | None) -> float:  # pragma: no cover - subprocess
+def _run(values: dict[str, Any], oracle: str, run_dir: Path) -> tuple[float, float, bool]:  # pragma: no cover
+    """Train one oracle run in this (pool) process, its folder prepared when it starts; returns
+    ``(wall, cpu, resumed)`` seconds."""
     import torch
 
+    from balancemix_timm.benchmark.runner import _prepare_run_dir
     from balancemix_timm.config import load_config
     from balancemix_timm.engine import BalanceMixEngine
     from balancemix_timm.refine import LabelState
@@ -42,6 +45,7 @@ def _run(values: dict[str, Any], oracle: str, resume: str | None) -> float:  # p
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
+    resume = _prepare_run_dir(run_dir, values)
     cfg = load_config(None, {k: v for k, v in values.items() if k != "oracle"})
     trainer = Trainer(cfg)
     engine = trainer.method.engine
@@ -63,14 +67,14 @@ def _run(values: dict[str, Any], oracle: str, resume: str | None) -> float:  # p
         return report
 
     engine.refresh = refresh.__get__(engine, BalanceMixEngine)  # type: ignore[method-assign]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.fit(resume=resume)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0, resume is not None
 
 
 def main(argv: list[str] | None = None) -> None:
     from balancemix_timm.benchmark.grid import BUDGETS, RunSpec
-    from balancemix_timm.benchmark.runner import _after_run, _prepare_run_dir, is_finished, prepare_inputs, run_config
+    from balancemix_timm.benchmark.runner import _after_run, is_finished, prepare_inputs, run_config
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -96,11 +100,10 @@ def main(argv: list[str] | None = None) -> None:
                 todo.append((spec, values, oracle))
     _logger.info("%d oracle runs to train", len(todo))
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_run, values, oracle, _prepare_run_dir(out / "runs" / spec.key, values)): spec
-                   for spec, values, oracle in todo}
+        futures = {pool.submit(_run, values, oracle, out / "runs" / spec.key): spec for spec, values, oracle in todo}
         for fut, spec in futures.items():
-            wall = fut.result()
-            _after_run(out / "runs" / spec.key, wall, keep_checkpoints=False)
+            wall, cpu, resumed = fut.result()
+            _after_run(out / "runs" / spec.key, wall, keep_checkpoints=False, cpu=cpu, resumed=resumed)
             _logger.info("%s done in %.0f s", spec.key, wall)
 
 

@@ -227,10 +227,11 @@ def prepare_inputs(budget: Budget, out: str | Path, *, train_overrides: Mapping[
 
 
 def _worker(values: dict[str, Any], run_dir: Path, threads: int,
-            deadline: float | None = None) -> tuple[float, float] | None:  # pragma: no cover - subprocess
+            deadline: float | None = None) -> tuple[float, float, bool] | None:  # pragma: no cover - subprocess
     """One run in a pool process, its folder prepared when it starts (:func:`_prepare_run_dir`),
-    so a grid stopped early leaves the runs it never started untouched; ``(wall, cpu)`` seconds,
-    or ``None`` past ``deadline``."""
+    so a grid stopped early leaves the runs it never started untouched; ``(wall, cpu, resumed)``
+    (seconds of this process's part of the run; whether it continued an interrupted one), or
+    ``None`` past ``deadline``."""
     import torch
 
     if deadline is not None and time.time() > deadline:
@@ -240,13 +241,16 @@ def _worker(values: dict[str, Any], run_dir: Path, threads: int,
     resume = _prepare_run_dir(run_dir, values)
     t0, c0 = time.perf_counter(), time.process_time()
     _train_values(values, resume)
-    return time.perf_counter() - t0, time.process_time() - c0
+    return time.perf_counter() - t0, time.process_time() - c0, resume is not None
 
 
-def _after_run(run_dir: Path, wall: float, keep_checkpoints: bool, cpu: float | None = None) -> None:
-    """Record the run's times in ``bench.json`` and drop its checkpoints unless kept."""
+def _after_run(run_dir: Path, wall: float, keep_checkpoints: bool, cpu: float | None = None,
+               resumed: bool = False) -> None:
+    """Record the run's times in ``bench.json`` and drop its checkpoints unless kept. The times
+    of a ``resumed`` run cover only the part after its resume (so they are no run's cost)."""
     write_json(run_dir / "bench.json", dict(
-        wall_time=wall, cpu_time=cpu, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        wall_time=wall, cpu_time=cpu, resumed=resumed,
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     ))
     if not keep_checkpoints:
         for name in ("last.pth", "best.pth"):
@@ -328,7 +332,7 @@ def run_benchmark(
                     failed.append(spec.key)
                     continue
                 wall = time.perf_counter() - t0
-                _after_run(run_dir, wall, keep_checkpoints, time.process_time() - c0)
+                _after_run(run_dir, wall, keep_checkpoints, time.process_time() - c0, resumed=resume is not None)
                 trained += 1
                 _logger.info("[%d/%d] %s: mAP %.2f in %.0f s (elapsed %.1f min)", i + 1, len(todo), spec.key,
                              summary.get("last", {}).get("mAP", float("nan")), wall,
@@ -356,8 +360,8 @@ def run_benchmark(
                 if timing is None:
                     _logger.warning("deadline reached: %s not started", spec.key)
                     continue
-                wall, cpu = timing
-                _after_run(out / "runs" / spec.key, wall, keep_checkpoints, cpu)
+                wall, cpu, resumed = timing
+                _after_run(out / "runs" / spec.key, wall, keep_checkpoints, cpu, resumed=resumed)
                 trained += 1
                 _logger.info("[%d/%d] %s done in %.0f s (elapsed %.1f min)", i + 1, len(todo), spec.key, wall,
                              (time.perf_counter() - t_start) / 60)
