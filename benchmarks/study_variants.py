@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = [(v[0], parse_overrides(v[1:])) for v in args.variant]
     if not args.report_only and variants:
         budget = dataclasses.replace(
-            BUDGETS[args.budget], methods=(), settings=(), ablation_settings=(),
+            BUDGETS[args.budget], methods=(), settings=(), ablation_settings=(), partial_settings=(),
             sampler_variants=tuple(variants), sampler_settings=tuple(settings),
         )
         result = run_benchmark(budget, out, seeds=seeds, jobs=args.jobs, threads=1)

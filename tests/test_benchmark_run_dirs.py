@@ -55,3 +55,12 @@ def test_a_stale_run_is_set_aside_when_it_starts_never_before(tmp_path):
     (kept,) = (tmp_path / "grid" / "runs" / STALE_DIR).iterdir()
     assert kept.name.startswith(key + ".")
     assert json.loads((kept / "summary.json").read_text())["last"]["mAP"] == 50.0
+
+
+def test_a_run_finished_by_another_process_since_the_plan_is_not_trained_again(tmp_path):
+    key, values = _values(tmp_path / "grid", tmp_path / "cache")
+    run_dir = tmp_path / "grid" / "runs" / key
+    _finished_run(run_dir, values)
+    assert _worker(values, run_dir, 1) == "finished"
+    assert json.loads((run_dir / "summary.json").read_text())["last"]["mAP"] == 50.0
+    assert not (run_dir.parent / STALE_DIR).exists()

@@ -155,10 +155,21 @@ def is_finished(run_dir: Path, values: Mapping[str, Any]) -> bool:
     return not diff
 
 
+class _AlreadyFinished(Exception):
+    """The run was finished by another process between the grid's plan and its start."""
+
+
 def _prepare_run_dir(run_dir: Path, values: Mapping[str, Any]) -> str | None:
-    """``"auto"`` resume when ``run_dir`` holds a compatible interrupted run; else clear it."""
+    """``"auto"`` resume when ``run_dir`` holds a compatible interrupted run; else set it aside.
+
+    Raises:
+        _AlreadyFinished: ``run_dir`` holds this run, finished (by another process since the
+            grid was planned).
+    """
     if not run_dir.exists():
         return None
+    if is_finished(run_dir, values):
+        raise _AlreadyFinished(run_dir.name)
     diff = _config_change(run_dir, values)
     if (diff is not None and not diff
             and (run_dir / "last.pth").is_file() and not (run_dir / "summary.json").is_file()):
@@ -227,18 +238,22 @@ def prepare_inputs(budget: Budget, out: str | Path, *, train_overrides: Mapping[
 
 
 def _worker(values: dict[str, Any], run_dir: Path, threads: int,
-            deadline: float | None = None) -> tuple[float, float, bool] | None:  # pragma: no cover - subprocess
+            deadline: float | None = None) -> tuple[float, float, bool] | str | None:  # pragma: no cover
     """One run in a pool process, its folder prepared when it starts (:func:`_prepare_run_dir`),
     so a grid stopped early leaves the runs it never started untouched; ``(wall, cpu, resumed)``
-    (seconds of this process's part of the run; whether it continued an interrupted one), or
-    ``None`` past ``deadline``."""
+    (seconds of this process's part of the run; whether it continued an interrupted one),
+    ``"finished"`` when another process finished the run since the plan, or ``None`` past
+    ``deadline``."""
     import torch
 
     if deadline is not None and time.time() > deadline:
         return None
     torch.set_num_threads(max(1, threads))
     logging.basicConfig(level=logging.WARNING)
-    resume = _prepare_run_dir(run_dir, values)
+    try:
+        resume = _prepare_run_dir(run_dir, values)
+    except _AlreadyFinished:
+        return "finished"
     t0, c0 = time.perf_counter(), time.process_time()
     _train_values(values, resume)
     return time.perf_counter() - t0, time.process_time() - c0, resume is not None
@@ -323,7 +338,11 @@ def run_benchmark(
                     _logger.warning("deadline reached: %d runs left unstarted", len(todo) - i)
                     break
                 run_dir = out / "runs" / spec.key
-                resume = _prepare_run_dir(run_dir, values)
+                try:
+                    resume = _prepare_run_dir(run_dir, values)
+                except _AlreadyFinished:
+                    _logger.info("%s: finished meanwhile by another process", spec.key)
+                    continue
                 t0, c0 = time.perf_counter(), time.process_time()
                 try:
                     summary = _train_values(values, resume)
@@ -359,6 +378,9 @@ def run_benchmark(
                     continue
                 if timing is None:
                     _logger.warning("deadline reached: %s not started", spec.key)
+                    continue
+                if timing == "finished":
+                    _logger.info("%s: finished meanwhile by another process", spec.key)
                     continue
                 wall, cpu, resumed = timing
                 _after_run(out / "runs" / spec.key, wall, keep_checkpoints, cpu, resumed=resumed)
