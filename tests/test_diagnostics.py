@@ -254,3 +254,23 @@ def test_wrong_label_auc_without_wrong_labels_is_nan():
     labels = np.eye(4, dtype=bool)
     got = wrong_label_auc(dict(losses=np.zeros((4, 4)), given_labels=labels, clean_labels=labels))
     assert got["positive"]["n_classes"] == 0 and np.isnan(got["positive"]["mean"])
+
+
+def test_benchmark_collects_the_selection_by_polarity_and_reports_it(tmp_path):
+    from balancemix_timm.benchmark.collect import gmm_input_auc
+    from balancemix_timm.benchmark.report import _selection_by_polarity_section
+
+    run = _fake_run(tmp_path / "runs" / "balancemix-flip20-s0")
+    runs = {run.name: dict(method="balancemix", setting="flip20", ablation=None, variant=None)}
+    got = gmm_input_auc(tmp_path, runs, settings=("flip20",))["flip20"]
+    assert set(got) == {"warmup_end", "last"} and got["last"]["epoch"] == 4
+    snap = _fake_snapshot(4, ["last"], seed=1)
+    summary, auc = diagnostics.selection_summary(snap), wrong_label_auc(snap)
+    for polarity in ("positive", "negative"):
+        assert got["last"][polarity]["mean"] == pytest.approx(auc[polarity]["mean"])
+        for what in ("wrong_kept", "correct_kept"):
+            assert got["last"][f"{polarity}_{what}"]["mean"] == pytest.approx(100 * summary[polarity][what])
+    lines = _selection_by_polarity_section({"flip20": got})
+    row = next(line for line in lines if line.startswith("| Rand. flip 20% | end of training (epoch 4)"))
+    assert f"{100 * summary['negative']['wrong_kept']:.1f}" in row
+    assert _selection_by_polarity_section({}) == []

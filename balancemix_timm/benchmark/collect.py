@@ -157,16 +157,23 @@ def memorisation(runs: Mapping[str, Mapping[str, Any]], settings: Sequence[str],
 
 def gmm_input_auc(out: Path, runs: Mapping[str, Mapping[str, Any]],
                   settings: Sequence[str] = ("mislabel40", "flip40")) -> dict[str, dict[str, dict[str, Any]]]:
-    """How well the GMMs' input loss separates wrong from correct given labels in the BalanceMix runs.
+    """How well the GMMs' input loss separates wrong from correct given labels in the BalanceMix
+    runs, and what the clean-label selection kept of each.
 
     Per label setting, per snapshot stage (``warmup_end``, ``last``) of the runs'
     ``label_diagnostics/epoch_*.npz``, per polarity: the mean over classes of the per-class ROC
-    AUC (:func:`~balancemix_timm.diagnostics_readers.wrong_label_auc`), as a cell over seeds.
+    AUC (:func:`~balancemix_timm.diagnostics_readers.wrong_label_auc`) and the shares of wrong
+    and of correct given labels kept clean (p_G > 0.5, after ``clean_if_agrees``;
+    :func:`~balancemix_timm.diagnostics_readers.selection_summary`), each as a cell over seeds
+    (shares in %).
 
     Returns:
-        ``setting -> stage -> {"positive": cell, "negative": cell, "epoch": int | None}``.
+        ``setting -> stage -> {"positive": cell, "negative": cell, "<polarity>_wrong_kept": cell,
+        "<polarity>_correct_kept": cell, "epoch": int | None}``.
     """
-    from ..diagnostics_readers import load_label_diagnostics, wrong_label_auc
+    from ..diagnostics_readers import load_label_diagnostics, selection_summary, wrong_label_auc
+
+    kept = [f"{p}_{k}" for p in ("positive", "negative") for k in ("wrong_kept", "correct_kept")]
 
     result: dict[str, dict[str, dict[str, Any]]] = {}
     for setting in settings:
@@ -177,11 +184,16 @@ def gmm_input_auc(out: Path, runs: Mapping[str, Mapping[str, Any]],
             for npz in sorted((out / "runs" / key / "label_diagnostics").glob("epoch_*.npz")):
                 data = load_label_diagnostics(npz)
                 auc = wrong_label_auc(data)
+                selection = selection_summary(data) if "clean_prob" in data else None
                 epoch = int(data["epoch"]) if "epoch" in data else None
                 for stage in (str(x) for x in data.get("stages", ())):
-                    entry = stages.setdefault(stage, {"positive": _Cell(), "negative": _Cell(), "epoch": epoch})
+                    entry = stages.setdefault(stage, {"positive": _Cell(), "negative": _Cell(),
+                                                      **{k: _Cell() for k in kept}, "epoch": epoch})
                     for polarity in ("positive", "negative"):
                         entry[polarity].values.append(auc[polarity]["mean"])
+                        if selection is not None:
+                            for what in ("wrong_kept", "correct_kept"):
+                                entry[f"{polarity}_{what}"].values.append(100.0 * selection[polarity][what])
         if stages:
             result[setting] = {stage: {k: (v.as_dict() if isinstance(v, _Cell) else v) for k, v in entry.items()}
                                for stage, entry in stages.items()}
