@@ -39,6 +39,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -87,7 +88,8 @@ class BalanceMixEngine(EngineState):
     """BalanceMix's training-time state machine (Alg. 1 of the paper).
 
     Args:
-        labels: Given (possibly noisy) training labels, shape (N, K), binary.
+        labels: Given (possibly noisy) training labels, shape (N, K), binary: a tensor or a NumPy
+            array (as cleanlab takes them).
         alpha: Mixup Beta(alpha, alpha) parameter of Eq. 5 (paper: 4.0). 0 disables mixing;
             the trainer then feeds un-mixed random batches.
         eps: Re-labeling confidence threshold of Eq. 9, in (0.5, 1] (paper: 0.975; 0.55 for
@@ -150,7 +152,7 @@ class BalanceMixEngine(EngineState):
 
     def __init__(
         self,
-        labels: Tensor,
+        labels: Tensor | np.ndarray,
         *,
         alpha: float = _D["alpha"],
         eps: float = _D["eps"],
@@ -172,6 +174,8 @@ class BalanceMixEngine(EngineState):
         rank: int = 0,
         device: str | torch.device | None = None,
     ) -> None:
+        if isinstance(labels, np.ndarray):  # as cleanlab's label arrays
+            labels = torch.from_numpy(labels)
         labels = check_tensor(labels, "labels")
         check_ndim(labels, "labels", 2)
         labels = check_binary(labels, "labels")

@@ -88,10 +88,12 @@ class LabelIssueState:
     Attributes:
         given_labels: (N, K) uint8, the labels the data set gives (possibly noisy).
         clean_prob: (N, K) float32 in [0, 1], ``p_G`` of Eq. 8 (1 for never-recorded images).
-        view_probs: (N, K) float32 in [0, 1], the engine's recorded f(x) (``probs``): the
-            un-augmented image's sigmoid probability, or the mean over the augmented views with
-            ``confidence_input="views"``; the last record of each image (0.5 placeholder where
-            ``seen`` is False).
+        pred_probs: (N, K) float32 in [0, 1], the engine's recorded f(x) (``probs``, the input of
+            the GMMs' losses, Eq. 6): the un-augmented image's sigmoid probability, or the mean
+            over the augmented views with ``confidence_input="views"``; the last record of each
+            image (0.5 placeholder where ``seen`` is False). cleanlab's ``pred_probs``.
+        view_mean: (N, K) float32 in [0, 1], the recorded mean of the augmented views'
+            probabilities that Eq. 9 re-labels from (``view_mean``; 0.5 where not ``seen``).
         refined_labels: (N, K) uint8, the labels after Eq. 9.
         states: (N, K) int8 :class:`~balancemix_timm.refine.LabelState` values (0 clean,
             1 re-labeled, 2 ambiguous).
@@ -105,7 +107,8 @@ class LabelIssueState:
 
     given_labels: np.ndarray
     clean_prob: np.ndarray
-    view_probs: np.ndarray
+    pred_probs: np.ndarray
+    view_mean: np.ndarray
     refined_labels: np.ndarray
     states: np.ndarray
     seen: np.ndarray
@@ -229,7 +232,8 @@ def _from_mapping(ckpt: Mapping[str, Any], origin: str) -> LabelIssueState:
 
 
 def _from_engine_state(sd: Mapping[str, Any], origin: str) -> LabelIssueState:
-    missing = [k for k in ("given_labels", "refined_labels", "state", "clean_prob", "probs", "seen") if k not in sd]
+    missing = [k for k in ("given_labels", "refined_labels", "state", "clean_prob", "probs", "view_mean", "seen")
+               if k not in sd]
     if missing:
         raise ValueError(f"source {origin}: the engine state lacks {missing}")
     if not sd.get("history"):
@@ -245,7 +249,8 @@ def _from_engine_state(sd: Mapping[str, Any], origin: str) -> LabelIssueState:
     state = LabelIssueState(
         given_labels=arr("given_labels", np.uint8),
         clean_prob=arr("clean_prob", np.float32),
-        view_probs=arr("probs", np.float32),
+        pred_probs=arr("probs", np.float32),
+        view_mean=arr("view_mean", np.float32),
         refined_labels=arr("refined_labels", np.uint8),
         states=arr("state", np.int8),
         seen=arr("seen", bool),
@@ -256,7 +261,7 @@ def _from_engine_state(sd: Mapping[str, Any], origin: str) -> LabelIssueState:
         origin=origin,
     )
     n_k = state.given_labels.shape
-    for name in ("clean_prob", "view_probs", "refined_labels", "states"):
+    for name in ("clean_prob", "pred_probs", "view_mean", "refined_labels", "states"):
         if getattr(state, name).shape != n_k:
             raise ValueError(f"source {origin}: {name} is {getattr(state, name).shape}, given labels {n_k}")
     if state.label_management == "none":
@@ -275,7 +280,7 @@ def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
 
 
 def _scores(st: LabelIssueState, method: str) -> np.ndarray:
-    p = st.view_probs.astype(np.float64)
+    p = st.pred_probs.astype(np.float64)
     given = st.given_labels.astype(bool)
     if method == "self_confidence":
         s = np.where(given, p, 1.0 - p)
@@ -429,9 +434,9 @@ def describe_label_issues(
         A pandas-free table: a dict of (M,) arrays, in the order of ``indices``:
         ``image_index``, ``class_index`` (int64); ``given`` and ``suggested`` (uint8);
         ``state`` (int8 :class:`~balancemix_timm.refine.LabelState`); ``clean_prob``,
-        ``view_prob``, ``quality`` (float64 in [0, 1]). ``suggested`` is the refined label of
-        Eq. 9 for re-labeled labels and otherwise the model's vote (1 if ``view_prob > 0.5``); it
-        may equal ``given`` (the views lean towards the given value).
+        ``pred_prob`` (f(x)), ``view_mean`` (Eq. 9's mean of the views), ``quality`` (float64 in
+        [0, 1]). ``suggested`` is the refined label of Eq. 9 for re-labeled labels and otherwise
+        the model's vote (1 if ``pred_prob > 0.5``); it may equal ``given``.
         ``pandas.DataFrame(result)`` makes it a data frame.
 
     Raises:
@@ -451,9 +456,9 @@ def describe_label_issues(
         raise ValueError(f"indices must lie inside (N, K) = ({n}, {k})")
     ni, ki = idx[:, 0], idx[:, 1]
     states = st.states[ni, ki]
-    vp = st.view_probs[ni, ki].astype(np.float64)
+    pred = st.pred_probs[ni, ki].astype(np.float64)
     relabeled = states == int(LabelState.RELABELED)
-    suggested = np.where(relabeled, st.refined_labels[ni, ki], (vp > 0.5).astype(np.uint8)).astype(np.uint8)
+    suggested = np.where(relabeled, st.refined_labels[ni, ki], (pred > 0.5).astype(np.uint8)).astype(np.uint8)
     return dict(
         image_index=ni.copy(),
         class_index=ki.copy(),
@@ -461,14 +466,15 @@ def describe_label_issues(
         suggested=suggested,
         state=states.astype(np.int8),
         clean_prob=st.clean_prob[ni, ki].astype(np.float64),
-        view_prob=vp,
+        pred_prob=pred,
+        view_mean=st.view_mean[ni, ki].astype(np.float64),
         quality=_scores(st, ranked_by)[ni, ki],
     )
 
 
 #: Columns of ``label_issues.csv`` (:func:`write_label_issues`).
 _ISSUE_COLUMNS = ("image_id", "file", "class_index", "class", "given", "state", "refined", "changed",
-                  "clean_prob", "view_prob", "confidence", "label_quality")
+                  "clean_prob", "pred_prob", "view_mean", "confidence", "label_quality")
 
 
 def write_label_issues(engine: Any, dataset: Any, path: str | Path) -> int:
@@ -477,9 +483,10 @@ def write_label_issues(engine: Any, dataset: Any, path: str | Path) -> int:
     ``engine`` is anything :func:`load_label_state` accepts (a refreshed engine, a run folder,
     a checkpoint); ``dataset`` names the rows (its ``image_ids``, ``image_paths`` and
     ``classes`` if it has them, else positions and class indices). Columns: image_id, file,
-    class_index, class, given, state, refined, changed, clean_prob, view_prob, confidence,
-    label_quality. ``confidence`` is the views' agreement with the refined value for
-    re-labeled labels (Eq. 9) and ``1 - p_G`` for ambiguous ones; ``label_quality`` is the
+    class_index, class, given, state, refined, changed, clean_prob, pred_prob (f(x)), view_mean
+    (Eq. 9's mean of the views), confidence, label_quality. ``confidence`` is the views'
+    agreement with the refined value for re-labeled labels (``view_mean`` or ``1 - view_mean``,
+    what Eq. 9 thresholds at ``eps``) and ``1 - p_G`` for ambiguous ones; ``label_quality`` is the
     default score of :func:`label_quality_scores` (in [0, 1], low = the given label is likely
     wrong). Rows whose ``changed`` is 1 or whose state is ambiguous are what
     :func:`find_label_issues` flags by default. An engine that was never refreshed gives the
@@ -502,7 +509,7 @@ def write_label_issues(engine: Any, dataset: Any, path: str | Path) -> int:
     d = describe_label_issues(st, pairs)
     relabeled = d["state"] == int(LabelState.RELABELED)
     refined = st.refined_labels[d["image_index"], d["class_index"]]
-    vp, cp = d["view_prob"].astype(np.float32), d["clean_prob"].astype(np.float32)
+    vp, cp = d["view_mean"].astype(np.float32), d["clean_prob"].astype(np.float32)
     conf = np.where(relabeled, np.where(refined == 1, vp, np.float32(1) - vp), np.float32(1) - cp)
     order = np.argsort(-conf, kind="stable")
     image_ids = list(getattr(dataset, "image_ids", range(len(dataset))))
@@ -517,8 +524,9 @@ def write_label_issues(engine: Any, dataset: Any, path: str | Path) -> int:
             n, k, given = int(d["image_index"][j]), int(d["class_index"][j]), int(d["given"][j])
             w.writerow([
                 image_ids[n], Path(str(paths[n])).name, k, classes[k], given, names[int(d["state"][j])],
-                int(refined[j]), int(int(refined[j]) != given), f"{float(cp[j]):.4f}", f"{float(vp[j]):.4f}",
-                f"{float(conf[j]):.4f}", f"{float(d['quality'][j]):.4f}",
+                int(refined[j]), int(int(refined[j]) != given), f"{float(cp[j]):.4f}",
+                f"{float(d['pred_prob'][j]):.4f}", f"{float(vp[j]):.4f}", f"{float(conf[j]):.4f}",
+                f"{float(d['quality'][j]):.4f}",
             ])
 
     atomic_write(path, write)  # UTF-8 whatever the locale: class names may be any text

@@ -149,7 +149,7 @@ def test_describe_gives_given_and_suggested_labels(engine):
     assert d["given"].tolist() == [1, 1, 0, 0]
     assert d["suggested"].tolist() == [0, 0, 1, 0]  # refined, views' vote, views' vote, views' vote
     assert d["state"].tolist() == [R, U, U, U]
-    assert set(d) == {"image_index", "class_index", "given", "suggested", "state", "clean_prob", "view_prob", "quality"}
+    assert set(d) == {"image_index", "class_index", "given", "suggested", "state", "clean_prob", "pred_prob", "view_mean", "quality"}
     assert all(len(v) == 4 for v in d.values())
     one = describe_label_issues(engine, np.array([[3, 2]]))
     assert one["suggested"].tolist() == [1] and one["given"].tolist() == [1]
@@ -289,8 +289,24 @@ def test_tiny_run_folder_engine_and_csv_agree(tmp_path, caplog):
     from_csv = {(ids.index(int(r["image_id"])), int(r["class_index"]))
                 for r in rows if r["changed"] == "1" or r["state"] == "ambiguous"}
     assert from_csv == set(zip(*np.nonzero(mask)))
+    relabeled = [r for r in rows if r["state"] == "relabeled"]
+    assert relabeled, "eps=0.6 re-labels on the tiny set"
+    for r in relabeled:  # Eq. 9's agreement: the views' mean (not f(x)) beyond eps
+        agreement = float(r["view_mean"]) if r["refined"] == "1" else 1 - float(r["view_mean"])
+        assert float(r["confidence"]) == pytest.approx(agreement, abs=2e-4) and agreement > 0.6 - 1e-4
+    assert any(r["pred_prob"] != r["view_mean"] for r in rows)  # RandAugment views: another input than f(x)
     scores = label_quality_scores(folder)
     for r in rows[:50]:
         n, k = ids.index(int(r["image_id"])), int(r["class_index"])
         assert float(r["label_quality"]) == pytest.approx(scores[n, k], abs=6e-5)
     assert any("label issues:" in rec.getMessage() for rec in caplog.records)  # logging, not print
+
+
+def test_the_engine_takes_numpy_labels_as_cleanlab_does():
+    from balancemix_timm import BalanceMixEngine
+
+    labels = (np.random.default_rng(0).random((12, 3)) < 0.4).astype(np.uint8)
+    engine = BalanceMixEngine(labels, warmup_epochs=0)
+    assert torch.equal(engine.given_labels.cpu(), torch.from_numpy(labels))
+    with pytest.raises(ValueError, match="labels"):
+        BalanceMixEngine(labels.astype(np.float32) * 2)
