@@ -29,8 +29,7 @@ from .loss import BalanceMixLoss, asl_elementwise, balancemix_loss, bce_elementw
 from .metrics import average_precision, mean_average_precision
 from .mixing import MinorityMixup, MixedBatch, MixupCollate, PairedDataset, mix, mix_targets, sample_lambda
 from .noise import mislabel, random_flip, single_positive
-from .options import BalanceMixOptions
-from .options import PRESETS, engine_preset
+from .options import PRESETS, BalanceMixOptions, engine_preset
 from .recipe import BalanceMixRecipe
 from .refine import LabelState, clean_if_agrees, refine_labels, view_average
 from .sampling import (

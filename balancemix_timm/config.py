@@ -13,8 +13,7 @@ from typing import Any
 import yaml
 
 from .engine import ABLATIONS
-from .options import BalanceMixOptions, check_option, check_options_together, option_specs
-from .options import PRESETS, preset_options
+from .options import PRESETS, BalanceMixOptions, check_option, check_options_together, option_specs, preset_options
 from .textfiles import dumps_json
 from .utils import resolve_device
 

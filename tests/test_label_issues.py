@@ -147,9 +147,10 @@ def test_describe_gives_given_and_suggested_labels(engine):
     d = describe_label_issues(engine)
     assert list(zip(d["image_index"].tolist(), d["class_index"].tolist())) == [WRONG, (6, 2), (7, 1), (5, 0)]
     assert d["given"].tolist() == [1, 1, 0, 0]
-    assert d["suggested"].tolist() == [0, 0, 1, 0]  # refined, views' vote, views' vote, views' vote
+    assert d["suggested"].tolist() == [0, 0, 1, 0]  # refined, then the model's vote (f(x) > 0.5)
     assert d["state"].tolist() == [R, U, U, U]
-    assert set(d) == {"image_index", "class_index", "given", "suggested", "state", "clean_prob", "pred_prob", "view_mean", "quality"}
+    assert set(d) == {"image_index", "class_index", "given", "suggested", "state", "clean_prob", "pred_prob",
+                      "view_mean", "quality"}
     assert all(len(v) == 4 for v in d.values())
     one = describe_label_issues(engine, np.array([[3, 2]]))
     assert one["suggested"].tolist() == [1] and one["given"].tolist() == [1]

@@ -19,12 +19,12 @@ from balancemix_timm.integrations.ml_decoder_flags import option_values_from_arg
 from balancemix_timm.options import (
     ENGINE_OPTIONS,
     OPTION_DEFAULTS,
+    PRESETS,
     BalanceMixOptions,
     check_option,
     option_spec,
     option_specs,
 )
-from balancemix_timm.options import PRESETS
 from balancemix_timm.recipe import BalanceMixRecipe
 
 

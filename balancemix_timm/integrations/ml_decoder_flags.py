@@ -18,12 +18,13 @@ from typing import Any
 
 from ..options import (
     OPTION_DEFAULTS,
+    PRESETS,
     BalanceMixOptions,
     OptionSpec,
     check_option,
     option_specs,
+    preset_options,
 )
-from ..options import PRESETS, preset_options
 
 __all__ = [
     "add_args", "option_values_from_args", "flag_defaults", "resolve_plugin_options", "MODEL_FLAGS", "ASL_DEFAULTS",
