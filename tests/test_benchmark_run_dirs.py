@@ -64,3 +64,17 @@ def test_a_run_finished_by_another_process_since_the_plan_is_not_trained_again(t
     assert _worker(values, run_dir, 1) == "finished"
     assert json.loads((run_dir / "summary.json").read_text())["last"]["mAP"] == 50.0
     assert not (run_dir.parent / STALE_DIR).exists()
+
+
+def test_a_worker_that_trains_nothing_leaves_the_process_settings_alone(tmp_path):
+    import logging
+
+    import torch
+
+    key, values = _values(tmp_path / "grid", tmp_path / "cache")
+    run_dir = tmp_path / "grid" / "runs" / key
+    _finished_run(run_dir, values)
+    threads, handlers = torch.get_num_threads(), list(logging.getLogger().handlers)
+    assert _worker(values, run_dir, threads + 1) == "finished"
+    assert _worker(values, run_dir, threads + 1, deadline=time.time() - 1) is None
+    assert torch.get_num_threads() == threads and logging.getLogger().handlers == handlers

@@ -248,6 +248,9 @@ def _worker(values: dict[str, Any], run_dir: Path, threads: int,
 
     if deadline is not None and time.time() > deadline:
         return None
+    if is_finished(run_dir, values):
+        return "finished"
+    # This process's settings, made only for a run it trains.
     torch.set_num_threads(max(1, threads))
     logging.basicConfig(level=logging.WARNING)
     try:
