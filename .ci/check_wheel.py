@@ -50,7 +50,7 @@ def check(work: Path) -> list[str]:
     empty = work / "empty"
     empty.mkdir()
     code = (
-        "import balancemix_timm, balancemix_timm.recipes as r; from balancemix_timm.config import load_config; "
+        "import balancemix_timm, balancemix_timm.config as r; from balancemix_timm.config import load_config; "
         "from balancemix_timm.integrations import patch_ml_decoder as pm; "
         "print(balancemix_timm.__file__); print(r.recipe_dir()); "
         "print(load_config('table6_tresnet_l_640').image_size); print(len(r.list_scripts())); "
