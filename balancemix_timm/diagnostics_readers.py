@@ -13,7 +13,8 @@ import numpy as np
 
 from .textfiles import read_json_lines
 
-__all__ = ["load_label_diagnostics", "loss_split", "selection_summary", "wrong_label_auc", "read_metrics"]
+__all__ = ["load_label_diagnostics", "loss_split", "selection_summary", "relabel_summary", "wrong_label_auc",
+           "read_metrics"]
 
 
 #: What :func:`~balancemix_timm.diagnostics_plots.plot_loss_distributions` accepts: an ``.npz`` path or its arrays.
@@ -136,6 +137,39 @@ def selection_summary(data: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         for key, mask in (("correct_kept", correct), ("wrong_kept", ~correct)):
             row[key] = float(sel[mask].mean()) if sel is not None and mask.any() else float("nan")
         out[name] = row
+    return out
+
+
+def relabel_summary(data: Mapping[str, Any]) -> dict[str, float]:
+    """What Eq. 9 did, by direction, and how confident f(x) is on the true positives.
+
+    Eq. 9 re-labels a label that is not clean to 1 when the views' mean exceeds ``eps`` and to 0
+    when it is below ``1 - eps``; both counts include labels whose new value equals the given one
+    (the paper's Eq. 13 counts them too).
+
+    Args:
+        data: Arrays from :func:`load_label_diagnostics` (with ``state``, ``refined_labels`` and
+            ``probs``).
+
+    Returns:
+        ``to_one`` / ``to_zero`` (counts of labels re-labeled to 1 / to 0), ``to_one_accuracy`` /
+        ``to_zero_accuracy`` (share whose new value is the true one; NaN without any), and
+        ``positive_prob_median`` / ``positive_prob_p90`` (median and 90th percentile of f(x)
+        over the true positive labels of the recorded samples).
+    """
+    _, given, clean, seen = _label_arrays(data)
+    state = np.asarray(data["state"])
+    refined = np.asarray(data["refined_labels"]).astype(bool)
+    probs = np.asarray(data["probs"], dtype=np.float64)
+    relabeled = (state == 1) & seen[:, None]  # LabelState.RELABELED
+    out: dict[str, float] = {}
+    for name, value in (("to_one", True), ("to_zero", False)):
+        mask = relabeled & (refined == value)
+        out[name] = float(mask.sum())
+        out[f"{name}_accuracy"] = float((clean[mask] == value).mean()) if mask.any() else float("nan")
+    positives = probs[clean & seen[:, None]]
+    out["positive_prob_median"] = float(np.median(positives)) if positives.size else float("nan")
+    out["positive_prob_p90"] = float(np.quantile(positives, 0.9)) if positives.size else float("nan")
     return out
 
 

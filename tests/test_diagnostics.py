@@ -274,3 +274,21 @@ def test_benchmark_collects_the_selection_by_polarity_and_reports_it(tmp_path):
     row = next(line for line in lines if line.startswith("| Rand. flip 20% | end of training (epoch 4)"))
     assert f"{100 * summary['negative']['wrong_kept']:.1f}" in row
     assert _selection_by_polarity_section({}) == []
+
+
+def test_relabel_summary_counts_each_direction_against_the_true_labels():
+    from balancemix_timm.diagnostics_readers import relabel_summary
+
+    given = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], np.uint8)
+    clean = np.array([[1, 1, 0], [0, 0, 0], [1, 1, 1]], np.uint8)
+    state = np.array([[0, 1, 1], [1, 1, 0], [2, 0, 1]], np.int8)  # 1 = re-labeled
+    refined = np.array([[1, 1, 1], [0, 0, 0], [1, 1, 1]], np.uint8)
+    probs = np.array([[0.9, 0.99, 0.98], [0.01, 0.02, 0.3], [0.6, 0.7, 0.97]], np.float32)
+    got = relabel_summary(dict(losses=np.zeros((3, 3)), given_labels=given, clean_labels=clean, state=state,
+                               refined_labels=refined, probs=probs, seen=np.array([True, True, True])))
+    # To 1: (0,1) right, (0,2) wrong, (2,2) right; to 0: (1,0) right, (1,1) right.
+    assert (got["to_one"], got["to_zero"]) == (3.0, 2.0)
+    assert got["to_one_accuracy"] == pytest.approx(2 / 3) and got["to_zero_accuracy"] == 1.0
+    true_positive_probs = [0.9, 0.99, 0.6, 0.7, 0.97]
+    assert got["positive_prob_median"] == pytest.approx(np.median(true_positive_probs))
+    assert got["positive_prob_p90"] == pytest.approx(np.quantile(true_positive_probs, 0.9))

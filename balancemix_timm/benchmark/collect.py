@@ -164,16 +164,21 @@ def gmm_input_auc(out: Path, runs: Mapping[str, Mapping[str, Any]],
     ``label_diagnostics/epoch_*.npz``, per polarity: the mean over classes of the per-class ROC
     AUC (:func:`~balancemix_timm.diagnostics_readers.wrong_label_auc`) and the shares of wrong
     and of correct given labels kept clean (p_G > 0.5, after ``clean_if_agrees``;
-    :func:`~balancemix_timm.diagnostics_readers.selection_summary`), each as a cell over seeds
-    (shares in %).
+    :func:`~balancemix_timm.diagnostics_readers.selection_summary`), and Eq. 9 by direction
+    (:func:`~balancemix_timm.diagnostics_readers.relabel_summary`), each as a cell over seeds
+    (shares and accuracies in %).
 
     Returns:
         ``setting -> stage -> {"positive": cell, "negative": cell, "<polarity>_wrong_kept": cell,
-        "<polarity>_correct_kept": cell, "epoch": int | None}``.
+        "<polarity>_correct_kept": cell, "to_one": cell, "to_one_accuracy": cell, "to_zero": cell,
+        "to_zero_accuracy": cell, "positive_prob_median": cell, "positive_prob_p90": cell,
+        "epoch": int | None}``.
     """
-    from ..diagnostics_readers import load_label_diagnostics, selection_summary, wrong_label_auc
+    from ..diagnostics_readers import load_label_diagnostics, relabel_summary, selection_summary, wrong_label_auc
 
     kept = [f"{p}_{k}" for p in ("positive", "negative") for k in ("wrong_kept", "correct_kept")]
+    relabel_keys = ("to_one", "to_one_accuracy", "to_zero", "to_zero_accuracy", "positive_prob_median",
+                    "positive_prob_p90")
 
     result: dict[str, dict[str, dict[str, Any]]] = {}
     for setting in settings:
@@ -185,15 +190,21 @@ def gmm_input_auc(out: Path, runs: Mapping[str, Mapping[str, Any]],
                 data = load_label_diagnostics(npz)
                 auc = wrong_label_auc(data)
                 selection = selection_summary(data) if "clean_prob" in data else None
+                relabel = relabel_summary(data) if {"state", "refined_labels", "probs"} <= set(data) else None
                 epoch = int(data["epoch"]) if "epoch" in data else None
                 for stage in (str(x) for x in data.get("stages", ())):
                     entry = stages.setdefault(stage, {"positive": _Cell(), "negative": _Cell(),
-                                                      **{k: _Cell() for k in kept}, "epoch": epoch})
+                                                      **{k: _Cell() for k in (*kept, *relabel_keys)},
+                                                      "epoch": epoch})
                     for polarity in ("positive", "negative"):
                         entry[polarity].values.append(auc[polarity]["mean"])
                         if selection is not None:
                             for what in ("wrong_kept", "correct_kept"):
                                 entry[f"{polarity}_{what}"].values.append(100.0 * selection[polarity][what])
+                    if relabel is not None:
+                        for k in relabel_keys:
+                            scale = 100.0 if k.endswith("accuracy") else 1.0
+                            entry[k].values.append(scale * relabel[k])
         if stages:
             result[setting] = {stage: {k: (v.as_dict() if isinstance(v, _Cell) else v) for k, v in entry.items()}
                                for stage, entry in stages.items()}

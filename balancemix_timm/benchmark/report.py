@@ -489,5 +489,20 @@ def _selection_by_polarity_section(gmm: Mapping[str, Any]) -> list[str]:
                 row += [_fmt(entry.get(polarity), 3), _fmt(entry.get(f"{polarity}_wrong_kept")),
                         _fmt(entry.get(f"{polarity}_correct_kept"))]
             L.append("| " + " | ".join(row) + " |")
+    L += ["", "Eq. 9 by direction (labels re-labeled to 1 and to 0, with the share whose new value is the true one, "
+          "in %), beside f(x) on the true positive labels (median and 90th percentile): re-labeling to 1 needs "
+          "the views' mean above `eps`.", "",
+          "| setting | snapshot | re-labeled to 1 | accuracy | re-labeled to 0 | accuracy "
+          "| f(x) of true positives: median | 90th percentile |",
+          "|---|---|---|---|---|---|---|---|"]
+    for setting, stages in gmm.items():
+        for stage, entry in stages.items():
+            epoch = entry.get("epoch")
+            row = [SETTING_TITLES.get(setting, setting),
+                   stage_text.get(stage, stage) + (f" (epoch {epoch})" if epoch else "")]
+            row += [_fmt(entry.get("to_one"), 0), _fmt(entry.get("to_one_accuracy")), _fmt(entry.get("to_zero"), 0),
+                    _fmt(entry.get("to_zero_accuracy")), _fmt(entry.get("positive_prob_median"), 3),
+                    _fmt(entry.get("positive_prob_p90"), 3)]
+            L.append("| " + " | ".join(row) + " |")
     L.append("")
     return L
