@@ -258,7 +258,7 @@ def test_wrong_label_auc_without_wrong_labels_is_nan():
 
 def test_benchmark_collects_the_selection_by_polarity_and_reports_it(tmp_path):
     from balancemix_timm.benchmark.collect import gmm_input_auc
-    from balancemix_timm.benchmark.report import _selection_by_polarity_section
+    from balancemix_timm.benchmark.report_selection import label_decision_section
 
     run = _fake_run(tmp_path / "runs" / "balancemix-flip20-s0")
     runs = {run.name: dict(method="balancemix", setting="flip20", ablation=None, variant=None)}
@@ -270,10 +270,10 @@ def test_benchmark_collects_the_selection_by_polarity_and_reports_it(tmp_path):
         assert got["last"][polarity]["mean"] == pytest.approx(auc[polarity]["mean"])
         for what in ("wrong_kept", "correct_kept"):
             assert got["last"][f"{polarity}_{what}"]["mean"] == pytest.approx(100 * summary[polarity][what])
-    lines = _selection_by_polarity_section({"flip20": got})
+    lines = label_decision_section({"flip20": got})
     row = next(line for line in lines if line.startswith("| Rand. flip 20% | end of training (epoch 4)"))
     assert f"{100 * summary['negative']['wrong_kept']:.1f}" in row
-    assert _selection_by_polarity_section({}) == []
+    assert label_decision_section({}) == []
 
 
 def test_relabel_summary_counts_each_direction_against_the_true_labels():

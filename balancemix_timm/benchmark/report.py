@@ -14,6 +14,7 @@ from .collect import GROUP_TITLES, GROUPS
 from .criteria import criteria_section
 from .grid import DISPLAY_ORDER, METHOD_TITLES, SETTING_TITLES
 from .report_cells import _REPORT_SEEDS, _fmt, _memorisation_section, _paired_section
+from .report_selection import label_decision_section
 
 _logger = logging.getLogger(__name__)
 
@@ -412,7 +413,7 @@ def write_report(
                  "The reference row is what selecting every label would score: precision = share of labels "
                  "the noise left correct.")
         L.append("")
-    L += _selection_by_polarity_section(results.get("gmm_auc") or {})
+    L += label_decision_section(results.get("gmm_auc") or {})
     spread = results["sampler_spread"]
     if spread:
         L.append("## Minority sampler: weight spread per epoch")
@@ -464,45 +465,3 @@ def write_report(
     write_text(path, "\n".join(L))
     return path
 
-
-def _selection_by_polarity_section(gmm: Mapping[str, Any]) -> list[str]:
-    """Markdown lines: per label setting and snapshot, how well the GMMs' input separates wrong
-    from correct given labels (per-class ROC AUC) and what the clean-label selection kept of
-    each, per polarity (empty without BalanceMix snapshots)."""
-    if not gmm:
-        return []
-    stage_text = {"warmup_end": "end of warm-up", "last": "end of training"}
-    L = ["## Clean-label selection by polarity (BalanceMix)", "",
-         "Given positives and given negatives are split by separate GMMs (Eq. 7). Per label setting and "
-         "snapshot (`label_diagnostics/`): the per-class ROC AUC of the GMMs' input loss for telling wrong from "
-         "correct given labels (mean over classes, then over seeds), and the share (%) of wrong and of correct "
-         "given labels that the selection kept as clean (p_G > 0.5, after `clean_if_agrees`).", "",
-         "| setting | snapshot | AUC positives | wrong positives kept | correct positives kept "
-         "| AUC negatives | wrong negatives kept | correct negatives kept |",
-         "|---|---|---|---|---|---|---|---|"]
-    for setting, stages in gmm.items():
-        for stage, entry in stages.items():
-            epoch = entry.get("epoch")
-            row = [SETTING_TITLES.get(setting, setting),
-                   stage_text.get(stage, stage) + (f" (epoch {epoch})" if epoch else "")]
-            for polarity in ("positive", "negative"):
-                row += [_fmt(entry.get(polarity), 3), _fmt(entry.get(f"{polarity}_wrong_kept")),
-                        _fmt(entry.get(f"{polarity}_correct_kept"))]
-            L.append("| " + " | ".join(row) + " |")
-    L += ["", "Eq. 9 by direction (labels re-labeled to 1 and to 0, with the share whose new value is the true one, "
-          "in %), beside f(x) on the true positive labels (median and 90th percentile): re-labeling to 1 needs "
-          "the views' mean above `eps`.", "",
-          "| setting | snapshot | re-labeled to 1 | accuracy | re-labeled to 0 | accuracy "
-          "| f(x) of true positives: median | 90th percentile |",
-          "|---|---|---|---|---|---|---|---|"]
-    for setting, stages in gmm.items():
-        for stage, entry in stages.items():
-            epoch = entry.get("epoch")
-            row = [SETTING_TITLES.get(setting, setting),
-                   stage_text.get(stage, stage) + (f" (epoch {epoch})" if epoch else "")]
-            row += [_fmt(entry.get("to_one"), 0), _fmt(entry.get("to_one_accuracy")), _fmt(entry.get("to_zero"), 0),
-                    _fmt(entry.get("to_zero_accuracy")), _fmt(entry.get("positive_prob_median"), 3),
-                    _fmt(entry.get("positive_prob_p90"), 3)]
-            L.append("| " + " | ".join(row) + " |")
-    L.append("")
-    return L
