@@ -107,6 +107,15 @@ def _plots(results: Mapping[str, Any], report_dir: Path, prefix: str) -> list[st
         _logger.info("matplotlib not installed: no plots")
         return []
     written: list[str] = []
+
+    def save(fig: Any, part: str) -> None:
+        """Lay out, write ``<prefix>_<part>.png`` and close ``fig``."""
+        fig.tight_layout()
+        name = f"{prefix}_{part}.png"
+        fig.savefig(report_dir / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
+
     main = results["main"]
     methods = [m for m in METHOD_TITLES if m in main]
     settings = [s for s in DISPLAY_ORDER if any(s in main[m] for m in methods)]
@@ -124,11 +133,7 @@ def _plots(results: Mapping[str, Any], report_dir: Path, prefix: str) -> list[st
             ax.set_ylabel("last-epoch validation mAP")
             ax.set_title(title)
         axes[1].legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        name = f"{prefix}_main.png"
-        fig.savefig(report_dir / name, dpi=90)
-        plt.close(fig)
-        written.append(name)
+        save(fig, "main")
     abl = results["ablation"]
     if abl:
         fig, ax = plt.subplots(figsize=(8, 4))
@@ -142,11 +147,7 @@ def _plots(results: Mapping[str, Any], report_dir: Path, prefix: str) -> list[st
         ax.set_ylabel("mAP (all)")
         ax.set_title("Table 5: components added in turn")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        name = f"{prefix}_ablation.png"
-        fig.savefig(report_dir / name, dpi=90)
-        plt.close(fig)
-        written.append(name)
+        save(fig, "ablation")
     # label management curves (seed-0 BalanceMix runs on mislabel / flip)
     lm_runs = {k: r for k, r in results.get("_runs_metrics", {}).items()}
     if lm_runs:
@@ -165,11 +166,7 @@ def _plots(results: Mapping[str, Any], report_dir: Path, prefix: str) -> list[st
             ax.set_xlabel("epoch")
             ax.set_ylabel("%")
             ax.legend(fontsize=6)
-        fig.tight_layout()
-        name = f"{prefix}_label_management.png"
-        fig.savefig(report_dir / name, dpi=90)
-        plt.close(fig)
-        written.append(name)
+        save(fig, "label_management")
     spread = results["sampler_spread"]
     if spread and any(rows and "max_over_min" in rows[0] for rows in spread.values()):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -187,11 +184,7 @@ def _plots(results: Mapping[str, Any], report_dir: Path, prefix: str) -> list[st
         for ax in axes:
             ax.set_xlabel("epoch")
             ax.legend(fontsize=6)
-        fig.tight_layout()
-        name = f"{prefix}_sampler.png"
-        fig.savefig(report_dir / name, dpi=90)
-        plt.close(fig)
-        written.append(name)
+        save(fig, "sampler")
     return written
 
 
