@@ -155,21 +155,11 @@ def is_finished(run_dir: Path, values: Mapping[str, Any]) -> bool:
     return not diff
 
 
-class _AlreadyFinished(Exception):
-    """The run was finished by another process between the grid's plan and its start."""
-
-
 def _prepare_run_dir(run_dir: Path, values: Mapping[str, Any]) -> str | None:
-    """``"auto"`` resume when ``run_dir`` holds a compatible interrupted run; else set it aside.
-
-    Raises:
-        _AlreadyFinished: ``run_dir`` holds this run, finished (by another process since the
-            grid was planned).
-    """
+    """``"auto"`` resume when ``run_dir`` holds a compatible interrupted run; else set it aside
+    (callers skip a finished run first: :func:`is_finished`)."""
     if not run_dir.exists():
         return None
-    if is_finished(run_dir, values):
-        raise _AlreadyFinished(run_dir.name)
     diff = _config_change(run_dir, values)
     if (diff is not None and not diff
             and (run_dir / "last.pth").is_file() and not (run_dir / "summary.json").is_file()):
@@ -253,10 +243,7 @@ def _worker(values: dict[str, Any], run_dir: Path, threads: int,
     # This process's settings, made only for a run it trains.
     torch.set_num_threads(max(1, threads))
     logging.basicConfig(level=logging.WARNING)
-    try:
-        resume = _prepare_run_dir(run_dir, values)
-    except _AlreadyFinished:
-        return "finished"
+    resume = _prepare_run_dir(run_dir, values)
     t0, c0 = time.perf_counter(), time.process_time()
     _train_values(values, resume)
     return time.perf_counter() - t0, time.process_time() - c0, resume is not None
@@ -341,11 +328,10 @@ def run_benchmark(
                     _logger.warning("deadline reached: %d runs left unstarted", len(todo) - i)
                     break
                 run_dir = out / "runs" / spec.key
-                try:
-                    resume = _prepare_run_dir(run_dir, values)
-                except _AlreadyFinished:
+                if is_finished(run_dir, values):
                     _logger.info("%s: finished meanwhile by another process", spec.key)
                     continue
+                resume = _prepare_run_dir(run_dir, values)
                 t0, c0 = time.perf_counter(), time.process_time()
                 try:
                     summary = _train_values(values, resume)
