@@ -19,7 +19,7 @@ from .utils import resolve_device
 
 __all__ = [
     "TrainConfig", "load_config", "parse_overrides", "read_yaml", "UniqueKeyLoader", "DuplicateKeyError",
-    "RESUME_IGNORED_KEYS", "recipe_dir", "list_recipes", "list_scripts", "resolve_recipe",
+    "RESUME_IGNORED_KEYS", "LOCATION_KEYS", "recipe_dir", "list_recipes", "list_scripts", "resolve_recipe",
 ]
 
 
@@ -261,6 +261,12 @@ RESUME_IGNORED_KEYS = frozenset(
      "preset"}
 )
 
+#: Keys naming files or folders: :func:`config_diff` compares them as resolved paths, so one
+#: location spelled two ways (relative, absolute, through a link) is the same value.
+LOCATION_KEYS = frozenset(
+    {"data_root", "train_images", "val_images", "train_ann", "val_ann", "voc_val_root", "pretrained_path"}
+)
+
 
 def _coerce(key: str, value: str) -> Any:
     """Parse the override value of ``key`` with YAML rules (numbers, booleans, null, lists);
@@ -385,11 +391,17 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
 def config_diff(
     a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str] = RESUME_IGNORED_KEYS
 ) -> dict[str, tuple[Any, Any]]:
-    """Keys whose values differ between two config dictionaries (JSON-normalised)."""
+    """Keys whose values differ between two config dictionaries (JSON-normalised; the
+    :data:`LOCATION_KEYS` compared as resolved paths)."""
     ignore = set(ignore)
     keys = (set(a) | set(b)) - ignore
-    norm = lambda v: dumps_json(v, sort_keys=True, default=str)  # noqa: E731
-    return {k: (a.get(k), b.get(k)) for k in sorted(keys) if norm(a.get(k)) != norm(b.get(k))}
+
+    def norm(key: str, value: Any) -> str:
+        if key in LOCATION_KEYS and isinstance(value, str) and value:
+            value = str(Path(value).expanduser().resolve())
+        return dumps_json(value, sort_keys=True, default=str)
+
+    return {k: (a.get(k), b.get(k)) for k in sorted(keys) if norm(k, a.get(k)) != norm(k, b.get(k))}
 
 
 # ---------------------------------------------------------------------- shipped recipes

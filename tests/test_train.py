@@ -163,6 +163,30 @@ def test_bad_input_fails_before_training(data_root, tmp_path):
         other.load_checkpoint(tmp_path / "nope.pth")
 
 
+def test_resume_with_data_at_another_location(data_root, tmp_path, caplog):
+    """The data folder reached through a link, or copied elsewhere, resumes: locations are
+    compared as resolved paths, a moved one warns, and the labels must still be the same."""
+    import shutil
+
+    t = Trainer(_cfg(data_root, tmp_path, run_name="a", epochs=1, max_steps_per_epoch=1))
+    t.fit()
+    last = t.run_dir / "last.pth"
+    resumed = lambda root, **kw: Trainer(_cfg(root, tmp_path, run_name="a", epochs=1, max_steps_per_epoch=1, **kw))  # noqa: E731
+    link = tmp_path / "link"
+    link.symlink_to(data_root, target_is_directory=True)
+    with caplog.at_level("WARNING", logger="balancemix_timm.trainer"):
+        resumed(str(link)).load_checkpoint(last)
+    assert not [r for r in caplog.records if "other locations" in r.getMessage()]
+    copy = tmp_path / "copy"
+    shutil.copytree(data_root, copy)
+    with caplog.at_level("WARNING", logger="balancemix_timm.trainer"):
+        resumed(str(copy)).load_checkpoint(last)
+    assert any("other locations" in r.getMessage() and "data_root" in r.getMessage() for r in caplog.records)
+    # moved data with other labels is still refused
+    with pytest.raises(ValueError, match="another configuration"):
+        resumed(str(copy), noise="mislabel", noise_rate=0.2).load_checkpoint(last)
+
+
 def test_empty_and_non_binary_data(tmp_path):
     from balancemix_timm.data.datasets import CocoMultiLabel
 

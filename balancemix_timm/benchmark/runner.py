@@ -121,14 +121,11 @@ def _ignored_keys(expected: Mapping[str, Any]) -> frozenset[str]:
 
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` with its file locations in one spelling: ``pretrained_path`` resolved to an
-    absolute path, and ``data_root`` dropped (the runner always points it at ``<out>/data``, whose
-    content the ``demo_*`` options fix), so a grid reached through another spelling of its folder
-    (relative, absolute, a link) keeps its finished runs."""
+    """``config`` without ``data_root``: the runner always points it at ``<out>/data``, whose
+    content the ``demo_*`` options fix, so a grid folder that moved keeps its finished runs (other
+    locations are compared as resolved paths by :func:`~balancemix_timm.config.config_diff`)."""
     config = dict(config)
     config.pop("data_root", None)
-    if config.get("pretrained_path"):
-        config["pretrained_path"] = str(Path(config["pretrained_path"]).expanduser().resolve())
     return config
 
 
@@ -144,7 +141,7 @@ def _config_change(run_dir: Path, values: Mapping[str, Any]) -> dict[str, tuple[
 
 def is_finished(run_dir: Path, values: Mapping[str, Any]) -> bool:
     """``summary.json`` exists and ``config.yaml`` holds the same configuration (file locations
-    compared as :func:`_comparable` spells them)."""
+    except ``data_root``, see :func:`_comparable`)."""
     if not (run_dir / "summary.json").is_file():
         return False
     diff = _config_change(run_dir, values)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import TrainConfig, config_diff
+from ..config import LOCATION_KEYS, TrainConfig, config_diff
 from ..methods import TrainingMethod
 from ..models.checkpoints import TRAIN_CHECKPOINT_FORMAT, check_checkpoint_file, check_checkpoint_format
 from ..sampling import ShardedRandomSampler
@@ -122,7 +122,8 @@ class CheckpointMixin:
         Raises:
             FileNotFoundError: no file at ``path``.
             ValueError: a damaged or incomplete file, not a training checkpoint, or one of
-                another configuration or of other labels.
+                another configuration or of other labels (files that moved, the
+                :data:`~balancemix_timm.config.LOCATION_KEYS`, only warn).
         """
         path = check_checkpoint_file(path, name="resume checkpoint", advice=_resume_advice(Path(path)))
         try:
@@ -134,9 +135,16 @@ class CheckpointMixin:
             ) from err
         check_checkpoint_format(ckpt, TRAIN_CHECKPOINT_FORMAT, path, what="balancemix-train checkpoint")
         diff = config_diff(ckpt["config"], self.cfg.to_dict())
-        if diff:
-            pretty = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        changed = {k: v for k, v in diff.items() if k not in LOCATION_KEYS}
+        if changed:
+            pretty = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in changed.items())
             raise ValueError(f"checkpoint {path} was written with another configuration: {pretty}")
+        if diff:
+            # files that moved: the labels they give are checked to be the checkpoint's below
+            _logger.warning(
+                "resuming %s with data or weights at other locations: %s", path,
+                "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items()),
+            )
         if not torch.equal(ckpt["given_labels"], self.given_labels):
             raise ValueError(f"checkpoint {path} was trained on different labels (data set or noise seed changed)")
         self.model.load_state_dict(ckpt["model"])
