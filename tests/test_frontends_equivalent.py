@@ -119,14 +119,10 @@ def test_trainer_and_ml_decoder_plugin_train_the_same_thing(
     Aligned on purpose, and why:
 
     * The training augmentation is a deterministic flip (the trainer's transform builder is
-      replaced for this test). The two front ends consume the global RNG differently: the
-      trainer reads each minority item through all of its views (``1 + num_views`` train
-      transforms and the image, extra views dropped by the collate), the plugin through the
-      plain training transform (one call, see :class:`~balancemix_timm.mixing.PairedDataset`'s
-      ``minority_dataset``); both are deliberate, so a random augmentation, however seeded,
-      draws different images from the first minority item on. The flip still differs from the
-      un-augmented image (eval transform), so f(x) of the image (``engine.probs``) and the
-      views' mean (``engine.view_mean``) are told apart and a swap would fail here.
+      replaced for this test), so the two front ends' loaders need not draw the global RNG in
+      the same order (each builds its own view sets and worker seeding). The flip still differs
+      from the un-augmented image (eval transform), so f(x) of the image (``engine.probs``) and
+      the views' mean (``engine.view_mean``) are told apart and a swap would fail here.
     * The plugin runs with ``--bm-reduction mean``: the trainer's loss is Eq. 10's batch mean,
       the plugin's default is ML-Decoder's batch sum (a different gradient scale).
     * Same initial weights (a copy of the trainer's model), same optimiser and schedule (Adam,

@@ -168,3 +168,46 @@ def test_views_for_needs_per_step_views_and_image_confidence():
         load_config(None, {"views_for": "relabel", "confidence_input": "views"})
     with pytest.raises(ValueError, match="views_for"):
         BalanceMixOptions(views_for="some")
+
+
+def _sync_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        eng = BalanceMixEngine(_labels(8, 2))
+        value = 0.2 + 0.5 * rank
+        # rank 0: views of 0-2, the image of 3; rank 1: the image of 2 and 4, views of 5
+        viewed, imaged = ([0, 1, 2], [3]) if rank == 0 else ([5], [2, 4])
+        eng.record(torch.tensor(viewed), torch.full((2, len(viewed), 2), value),
+                   image_probs=torch.full((len(viewed), 2), value + 0.05))
+        eng.record_image(torch.tensor(imaged), torch.full((len(imaged), 2), value + 0.05))
+        eng.sync_records()
+        torch.save(dict(probs=eng.probs, view_mean=eng.view_mean, seen=eng._epoch_seen, viewed=eng._epoch_viewed),
+                   f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_merges_views_from_the_ranks_that_recorded_them(tmp_path):
+    import multiprocessing as mp
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_sync_worker, args=(r, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # f(x): the mean over the ranks that recorded it (sample 2 on both); views: only where viewed
+    assert torch.allclose(a["probs"][:, 0], torch.tensor([0.25, 0.25, 0.5, 0.25, 0.75, 0.75, 0.5, 0.5]))
+    assert torch.allclose(a["view_mean"][:, 0], torch.tensor([0.2, 0.2, 0.2, 0.5, 0.5, 0.7, 0.5, 0.5]))
+    assert a["seen"].tolist() == [True] * 6 + [False] * 2
+    assert a["viewed"].tolist() == [True, True, True, False, False, True, False, False]
