@@ -166,6 +166,8 @@ def test_views_for_needs_per_step_views_and_image_confidence():
         BalanceMixOptions(views_for="relabel", confidence_input="views")
     with pytest.raises(ValueError, match="config views_for"):
         load_config(None, {"views_for": "relabel", "confidence_input": "views"})
+    with pytest.raises(ValueError, match="needs record_momentum=0"):
+        BalanceMixOptions(views_for="relabel", record_momentum=0.5)
     with pytest.raises(ValueError, match="views_for"):
         BalanceMixOptions(views_for="some")
 
