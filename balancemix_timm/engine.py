@@ -232,6 +232,9 @@ class BalanceMixEngine(EngineState):
         self.losses = torch.zeros(n, k, dtype=torch.float32, device=dev)
         self.seen = torch.zeros(n, dtype=torch.bool, device=dev)
         self._epoch_seen = torch.zeros(n, dtype=torch.bool, device=dev)
+        # samples whose augmented views were recorded this epoch (a subset of _epoch_seen: those
+        # recorded by record_image() alone are not in it); Eq. 9 reads only these samples' views
+        self._epoch_viewed = torch.zeros(n, dtype=torch.bool, device=dev)
         self.epoch = 0
         self.applied = False  # whether refined labels / states are in use
         self.history: list[dict[str, Any]] = []
@@ -263,6 +266,31 @@ class BalanceMixEngine(EngineState):
         self.epoch = int(epoch)
         self.paired_sampler.set_epoch(self.epoch)
         self._epoch_seen.zero_()
+        self._epoch_viewed.zero_()
+
+    def view_candidates(self, index: Tensor) -> Tensor:
+        """Which samples of ``index`` Eq. 9 can act on at the end of this epoch, so whose
+        augmented views are worth forwarding (the recipe's ``views_for="relabel"``).
+
+        None when label management never re-labels (``"none"``, ``"clean"``) or before the last
+        warm-up epoch (no refresh before it applies labels); every sample in the last warm-up
+        epoch (the first applied refresh sees all views); later, the samples with at least one
+        label that the last refresh did not find clean (clean probability at most
+        ``clean_threshold``: Eq. 9's candidates).
+
+        Args:
+            index: ``(B,)`` sample indices.
+
+        Returns:
+            ``(B,)`` bool on the engine's device.
+        """
+        index = _move(check_tensor(index, "index").detach().long(), self.device)
+        first = max(self.warmup_epochs - 1, 0)
+        if self.label_management not in ("relabel", "full") or self.epoch < first:
+            return torch.zeros(index.numel(), dtype=torch.bool, device=self.device)
+        if self.epoch == first:
+            return torch.ones(index.numel(), dtype=torch.bool, device=self.device)
+        return (self.state[index] != int(LabelState.CLEAN)).any(1)
 
     # ------------------------------------------------------------------ per-step API
     def _train_labels_on(self, device: torch.device) -> Tensor:
@@ -372,6 +400,29 @@ class BalanceMixEngine(EngineState):
         # tensor is copied to the device first, which synchronises on CUDA.
         self.seen.index_fill_(0, index, True)
         self._epoch_seen.index_fill_(0, index, True)
+        self._epoch_viewed.index_fill_(0, index, True)
+
+    @torch.no_grad()
+    def record_image(self, index: Tensor, image_probs: Tensor) -> None:
+        """Store f(x) of samples ``index`` without views (Eq. 2 and 6's input only).
+
+        Their view mean keeps its last value, and at the next :meth:`refresh` Eq. 9 does not
+        read it: a label of theirs that is not found clean stays as given, ambiguous (Eq. 10),
+        until a refresh after an epoch that recorded their views.
+
+        Args:
+            index: (B,) sample indices.
+            image_probs: (B, K) probabilities of the un-augmented images.
+        """
+        index = check_tensor(index, "index")
+        f = self._checked_probs(image_probs, index, "image_probs", allow_views=False)
+        index = _move(index.detach().long(), self.device)
+        m = self.record_momentum
+        if m > 0:
+            f = torch.where(self.seen[index][:, None], m * self.probs[index] + (1 - m) * f, f)
+        self.probs[index] = f
+        self.seen.index_fill_(0, index, True)
+        self._epoch_seen.index_fill_(0, index, True)
 
     def _checked_probs(self, probs: Tensor, index: Tensor, name: str, *, allow_views: bool) -> Tensor:
         """(B, K) float32 probabilities on the engine's device, clamped to [0, 1] (view mean
@@ -456,6 +507,13 @@ class BalanceMixEngine(EngineState):
             if not all_seen:
                 refined[~seen] = labels[~seen]
                 state[~seen] = int(LabelState.CLEAN)
+            # samples recorded without views this epoch (record_image): their labels that are
+            # not clean wait, as given and ambiguous, for a refresh that has their views
+            unviewed = self._epoch_seen & ~self._epoch_viewed
+            if bool(unviewed.any()):
+                wait = unviewed[:, None] & (state != int(LabelState.CLEAN))
+                refined = torch.where(wait, labels.to(refined.device, refined.dtype), refined)
+                state = torch.where(wait, torch.full_like(state, int(LabelState.AMBIGUOUS)), state)
         else:
             refined = labels.clone()
             state = torch.where(

@@ -99,12 +99,18 @@ class EngineState:
         dist.all_reduce(mask)
         got = mask > 0
         got_here = got.to(self.device)
-        for name in ("probs", "view_mean"):
-            masked = getattr(self, name).to(device=device, dtype=torch.float64) * local[:, None]
+        viewed_local = self._epoch_viewed.to(device=device, dtype=torch.float64)
+        viewed = viewed_local.clone()
+        dist.all_reduce(viewed)
+        for name, local_mask, total in (("probs", local, mask), ("view_mean", viewed_local, viewed)):
+            has = total > 0
+            masked = getattr(self, name).to(device=device, dtype=torch.float64) * local_mask[:, None]
             dist.all_reduce(masked)
-            getattr(self, name)[got_here] = (masked[got] / mask[got][:, None]).to(self.device, torch.float32)
+            merged = (masked[has] / total[has][:, None]).to(self.device, torch.float32)
+            getattr(self, name)[has.to(self.device)] = merged
         self.seen |= got_here
         self._epoch_seen |= got_here
+        self._epoch_viewed |= (viewed > 0).to(self.device)
 
     # ------------------------------------------------------------------ checkpointing
     def config(self) -> dict[str, Any]:
@@ -176,6 +182,8 @@ class EngineState:
         self.losses = load("losses", torch.float32)
         self.seen = load("seen", torch.bool)
         self._epoch_seen = load("epoch_seen", torch.bool)
+        # the views of a checkpoint's epoch count as recorded (record_image is called mid-epoch only)
+        self._epoch_viewed = self._epoch_seen.clone()
         self.epoch = int(state_dict["epoch"])
         self.applied = bool(state_dict["applied"])
         self.history = list(state_dict.get("history", []))

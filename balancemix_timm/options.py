@@ -103,6 +103,13 @@ class BalanceMixOptions:
     view_fraction: float = _option(
         1.0, "share of each random batch whose views are forwarded (label_source=views): the others keep "
              "their last record; a cost option", low=0.0, high=1.0, low_open=True, group="views")
+    views_for: str = _option(
+        "all", "which random instances get their augmented views forwarded: all, or relabel: only those Eq. 9 "
+               "can act on at the next refresh (none before the last warm-up epoch or without re-labeling, all "
+               "in it, then those with a label not found clean at the last refresh); the others record the image "
+               "alone and their unclean labels wait one refresh as ambiguous. Needs label_source=views, "
+               "confidence_input=image, record_momentum=0; a cost option (docs/performance.md)",
+        choices=("all", "relabel"), group="views")
     # The 2K GMMs (Eq. 7-8): LabelGMM's options.
     gmm_normalize: str = _option(_GMM_DEFAULTS["normalize"], "per-group loss normalisation before the GMM fit",
                                  choices=("minmax", "none"), group="gmm")
@@ -258,13 +265,24 @@ def check_option(name: str, value: Any, *, where: str = "") -> None:
 
 def check_options_together(values: Mapping[str, Any], *, where: str = "") -> None:
     """Raise ``ValueError`` (prefixed by ``where``) for options that contradict each other:
-    ``view_fraction < 1`` applies to ``label_source="views"`` only (an epoch pass records every
-    sample)."""
+    ``view_fraction < 1`` and ``views_for="relabel"`` apply to ``label_source="views"`` only (an
+    epoch pass records every sample), and the latter needs ``confidence_input="image"`` and
+    ``record_momentum=0``."""
     if values.get("label_source") == "epoch_pass" and float(values.get("view_fraction", 1.0)) != 1.0:
         raise ValueError(
             f"{where}view_fraction < 1 applies to label_source='views' only; "
             "label_source='epoch_pass' records every sample"
         )
+    if values.get("views_for", "all") != "all":
+        if values.get("label_source", "views") != "views":
+            raise ValueError(f"{where}views_for={values['views_for']!r} applies to label_source='views' only; "
+                             "label_source='epoch_pass' records every sample")
+        if values.get("confidence_input", "image") != "image":
+            raise ValueError(f"{where}views_for={values['views_for']!r} needs confidence_input='image' "
+                             "(the instances without views keep f(x) from the image)")
+        if float(values.get("record_momentum", 0.0)) != 0.0:
+            raise ValueError(f"{where}views_for={values['views_for']!r} needs record_momentum=0 (an average "
+                             "over epochs of views recorded in some epochs only has no defined weight)")
 
 
 #: Option name -> default.

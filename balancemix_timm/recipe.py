@@ -207,9 +207,31 @@ class BalanceMixRecipe:
             raise RuntimeError("the batch carries no extra views (label_source='views' needs them)")
         t0 = time.perf_counter()
         m = self.num_viewed(len(batch.index_r))
-        count = None if m == len(batch.index_r) else m
-        self.record(batch.index_r[:m], predict(batch.view_r[: self.num_recorded_views], count))
+        if self.options.views_for == "relabel" and not self.identical_views:
+            self._record_candidates(batch.index_r[:m], batch.view_r[: self.num_recorded_views, :m], predict)
+        else:
+            count = None if m == len(batch.index_r) else m
+            self.record(batch.index_r[:m], predict(batch.view_r[: self.num_recorded_views], count))
         self.view_time += time.perf_counter() - t0
+
+    def _record_candidates(self, index: Tensor, views: Tensor, predict: Predict) -> None:
+        """``views_for="relabel"``: the image of every instance and the ``num_views`` views of
+        Eq. 9's candidates (:meth:`~balancemix_timm.engine.BalanceMixEngine.view_candidates`),
+        forwarded in one call as a single ``(1, B + V * S, C, H, W)`` view; the others are
+        recorded by ``record_image``."""
+        v = self.options.num_views
+        chosen = self.engine.view_candidates(index).to(views.device)
+        picked = chosen.nonzero().squeeze(1)
+        inputs = torch.cat([views[v], views[:v, picked].flatten(0, 1)])
+        probs = predict(inputs[None], None)[0]
+        b, s = len(index), picked.numel()
+        image, view_probs = probs[:b], probs[b:].reshape(v, s, probs.shape[-1])
+        rest = (~chosen).nonzero().squeeze(1)
+        if rest.numel():
+            self.engine.record_image(index[rest.to(index.device)], image[rest.to(image.device)])
+        if s:
+            at = picked.to(image.device)
+            self.engine.record(index[picked.to(index.device)], view_probs, image_probs=image[at])
 
     def epoch_pass_sampler(self, num_samples: int, epoch: int) -> ShardedRandomSampler:
         """The order of the epoch pass over ``num_samples`` items (this rank's shard)."""

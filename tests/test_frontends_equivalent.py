@@ -3,7 +3,8 @@
 Both front ends drive the same engine (:class:`~balancemix_timm.engine.BalanceMixEngine`) but build
 their own loaders, view sets, loss scaling and record calls. This runs both on the same tiny
 demo set, from the same initial weights, with the same seeds and the same non-default options
-(``clean_if_agrees``, ``record_momentum``, ``managed_labels``, ``confidence_input="image"``),
+(``clean_if_agrees``, ``record_momentum``, ``managed_labels``, ``confidence_input="image"``;
+``views_for`` both ways),
 and checks that the engine states and the model weights agree after two epochs.
 """
 
@@ -68,7 +69,7 @@ def _plugin_args(cfg: Any) -> argparse.Namespace:
         "--bm-seed", str(cfg.seed), "--bm-device", "cpu", "--bm-checkpoint-dir", "",
         "--bm-clean-if-agrees" if cfg.clean_if_agrees else "--no-bm-clean-if-agrees",
         "--bm-record-momentum", str(cfg.record_momentum), "--bm-managed-labels", cfg.managed_labels,
-        "--bm-confidence-input", cfg.confidence_input,
+        "--bm-confidence-input", cfg.confidence_input, "--bm-views-for", cfg.views_for,
     ])
 
 
@@ -108,21 +109,20 @@ def _plugin_train(plugin: bm.BalanceMixPlugin, model: torch.nn.Module, cfg: Any)
         plugin.end_epoch(epoch)
 
 
-def test_trainer_and_ml_decoder_plugin_train_the_same_thing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("views_for", ["all", "relabel"])
+def test_trainer_and_ml_decoder_plugin_train_the_same_thing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, views_for: str
+) -> None:
     """Two epochs of the trainer (``Trainer.fit``) and of the plugin in the patched ML-Decoder
     loop give the same engine state and the same weights.
 
     Aligned on purpose, and why:
 
     * The training augmentation is a deterministic flip (the trainer's transform builder is
-      replaced for this test). The two front ends consume the global RNG differently: the
-      trainer reads each minority item through all of its views (``1 + num_views`` train
-      transforms and the image, extra views dropped by the collate), the plugin through the
-      plain training transform (one call, see :class:`~balancemix_timm.mixing.PairedDataset`'s
-      ``minority_dataset``); both are deliberate, so a random augmentation, however seeded,
-      draws different images from the first minority item on. The flip still differs from the
-      un-augmented image (eval transform), so f(x) of the image (``engine.probs``) and the
-      views' mean (``engine.view_mean``) are told apart and a swap would fail here.
+      replaced for this test), so the two front ends' loaders need not draw the global RNG in
+      the same order (each builds its own view sets and worker seeding). The flip still differs
+      from the un-augmented image (eval transform), so f(x) of the image (``engine.probs``) and
+      the views' mean (``engine.view_mean``) are told apart and a swap would fail here.
     * The plugin runs with ``--bm-reduction mean``: the trainer's loss is Eq. 10's batch mean,
       the plugin's default is ML-Decoder's batch sum (a different gradient scale).
     * Same initial weights (a copy of the trainer's model), same optimiser and schedule (Adam,
@@ -135,7 +135,7 @@ def test_trainer_and_ml_decoder_plugin_train_the_same_thing(tmp_path: Path, monk
     cfg = load_config(None, tiny(
         data_root=str(tmp_path / "demo"), output_dir=str(tmp_path / "runs"), run_name="trainer",
         optimizer="adam", lr=1e-3, scheduler="onecycle", ema_decay=0.0, device="cpu", normalize="imagenet",
-        label_diagnostics=False, **OPTIONS,
+        label_diagnostics=False, views_for=views_for, **OPTIONS,
     ))
     trainer = Trainer(cfg)
     views = trainer.train_set.transform.transforms
@@ -175,5 +175,8 @@ def test_trainer_and_ml_decoder_plugin_train_the_same_thing(tmp_path: Path, monk
     # The run exercised the options: f(x) of the image is not the views' mean, and label
     # management acted (on negatives only: every given positive is clean).
     assert not torch.allclose(a.probs, a.view_mean)
+    # views_for="relabel": the last epoch forwarded the views of Eq. 9's candidates only
+    assert torch.equal(a._epoch_viewed, b._epoch_viewed)
+    assert bool(a._epoch_viewed.all()) == (views_for == "all")
     assert bool((a.clean_prob[a.given_labels == 1] == 1).all())
     assert int((a.state != 0).sum()) > 0

@@ -174,7 +174,12 @@ class Trainer(CheckpointMixin):
         self.trained_modules: list[nn.Module] = [self.model, *self.method.extra_modules()]
         self.optimizer, self.scheduler = self.build_optimizer(self.trained_modules)
         extra = self.method.num_extra_views
+        #: Where a paired method's second (minority) stream reads its items: the training set
+        #: with the plain training transform, as the random stream's trained view (the extra
+        #: views of a minority item would be built and dropped by the collate).
+        self.minority_set: Dataset = self.train_set
         if extra:
+            self.minority_set = copy.copy(self.train_set)
             self.train_set.transform = MultiView(
                 [self._train_tf] + list(self.method.extra_view_transforms(self._train_tf, self._eval_tf))
             )
@@ -233,6 +238,7 @@ class Trainer(CheckpointMixin):
         return train_loader(
             self.cfg, self.method, self.train_set, self.train_sampler, epoch,
             generator=self.loader_generator(epoch, TRAIN_LOADER_STREAM), pin_memory=self.device.type == "cuda",
+            minority_set=self.minority_set,
         )
 
     # ------------------------------------------------------------------ steps

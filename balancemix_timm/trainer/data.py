@@ -96,7 +96,7 @@ def noisy_labels(cfg: TrainConfig, clean: Tensor) -> Tensor:
 
 def train_loader(
     cfg: TrainConfig, method: TrainingMethod, train_set: Dataset, sampler: ShardedRandomSampler | None,
-    epoch: int, *, generator: torch.Generator, pin_memory: bool,
+    epoch: int, *, generator: torch.Generator, pin_memory: bool, minority_set: Dataset | None = None,
 ) -> DataLoader:
     """The training batches of ``epoch`` as ``method`` consumes them.
 
@@ -113,6 +113,8 @@ def train_loader(
         epoch: 0-based epoch.
         generator: Seeds the loader's workers.
         pin_memory: Pin host batches (for a CUDA device).
+        minority_set: Where a paired method's second stream reads its items (default:
+            ``train_set``); the same images, e.g. without ``train_set``'s extra views.
 
     Raises:
         ValueError: a plain method without ``sampler``.
@@ -129,9 +131,8 @@ def train_loader(
         collate.set_epoch(epoch)
         batch_sampler = PairedBatchSampler(method.paired_sampler, cfg.batch_size, drop_last=False,
                                            merge_single_tail=True)
-        # Minority items are read through the views too (their extra views are dropped;
-        # the alternative's cost and effect: docs/performance.md §4).
-        return DataLoader(PairedDataset(train_set), batch_sampler=batch_sampler, collate_fn=collate, **common)
+        pairs = PairedDataset(train_set, None if minority_set is train_set else minority_set)
+        return DataLoader(pairs, batch_sampler=batch_sampler, collate_fn=collate, **common)
     if sampler is None:
         raise ValueError(f"method {method.name!r} is not paired: its training loader needs a sampler")
     sampler.set_epoch(epoch)
