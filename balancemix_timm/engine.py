@@ -106,7 +106,7 @@ class BalanceMixEngine(EngineState):
         sampler_temperature: Exponent T in p ∝ Score^-T (1.0 is the paper).
         sampler_labels: Which labels Eq. 2-3 use: ``"given"`` (the data set's ỹ, literal) or
             ``"refined"`` (the current refined labels).
-        base_loss: Elementwise loss of Eq. 10: ``"bce"`` (paper), ``"asl"`` or a callable.
+        base_loss: Elementwise loss of Eq. 10: ``"bce"`` (paper), ``"asl"``, ``"hill"`` or a callable.
         gmm_options: Keyword options forwarded to :func:`~balancemix_timm.gmm.clean_probability`.
         clean_threshold: p_G above which a label is clean (paper: 0.5).
         clean_if_agrees: A label the recorded f(x) agrees with (BCE loss below ln 2) is clean

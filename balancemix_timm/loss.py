@@ -13,7 +13,9 @@ instance, which dominates the mix since ``lambda >= 0.5``.
 
 The element-wise base loss is BCE by default. For the ML-Decoder experiments (Table 6) the
 asymmetric loss of Ben-Baruch et al. (2021) can be used instead (``base_loss="asl"``), and
-``reduction="sum"`` reproduces ML-Decoder's summed (not averaged) criterion.
+``reduction="sum"`` reproduces ML-Decoder's summed (not averaged) criterion. ``base_loss="hill"``
+takes the Hill loss of Zhang et al. (2021) (:func:`~balancemix_timm.losses_mlml.hill_elementwise`),
+a loss for missing positives that pushes confident negatives down hardly at all.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from balancemix_timm.refine import LabelState
 
 __all__ = [
     "AMBIGUOUS_MODES",
+    "BASE_LOSSES",
     "REDUCTIONS",
     "bce_elementwise",
     "asl_elementwise",
@@ -53,6 +56,10 @@ BaseLoss = str | ElementwiseLoss
 
 AMBIGUOUS_MODES = ("weight", "drop", "keep")
 """How ambiguous labels are weighted: by ``p_G`` (Eq. 10), 0 (dropped) or 1 (kept as is)."""
+
+BASE_LOSSES = ("bce", "asl", "hill")
+"""Named element-wise losses of Eq. 10: BCE (the paper), ASL (Ben-Baruch et al. 2021, ML-Decoder's
+criterion) and Hill (Zhang et al. 2021, :func:`~balancemix_timm.losses_mlml.hill_elementwise`)."""
 
 REDUCTIONS = ("mean", "sum", "none")
 """``mean``: batch mean of per-sample sums (Eq. 10); ``sum``: sum of everything (ML-Decoder);
@@ -309,10 +316,19 @@ def _resolve_base_loss(
             except TypeError as err:
                 raise ValueError(f"base_loss_kwargs has an unknown ASL option: {err}") from None
             return lambda x, y: _asl(x, y, **options)
-        raise ValueError(f'base_loss must be "bce", "asl" or a callable, got {base_loss!r}')
+        if base_loss == "hill":
+            # losses_mlml builds on this module's checks, so it is imported where it is used.
+            from balancemix_timm.losses_mlml import _hill, _hill_options
+
+            try:
+                options = _hill_options(**kwargs)
+            except TypeError as err:
+                raise ValueError(f"base_loss_kwargs has an unknown Hill option: {err}") from None
+            return lambda x, y: _hill(x, y, **options)
+        raise ValueError(f'base_loss must be one of {BASE_LOSSES} or a callable, got {base_loss!r}')
     if callable(base_loss):
         return lambda x, y: base_loss(x, y, **kwargs)
-    raise ValueError(f'base_loss must be "bce", "asl" or a callable, got {base_loss!r}')
+    raise ValueError(f'base_loss must be one of {BASE_LOSSES} or a callable, got {base_loss!r}')
 
 
 def balancemix_loss(
@@ -345,7 +361,8 @@ def balancemix_loss(
             summed base loss, e.g. during warm-up).
         clean_prob: Clean-label probabilities ``p_G`` of the random-sampler instance, shape
             ``(B, K)``; required when ``state`` is given and ``ambiguous="weight"``.
-        base_loss: ``"bce"`` (Eq. 10), ``"asl"`` (:func:`asl_elementwise`), or a callable
+        base_loss: ``"bce"`` (Eq. 10), ``"asl"`` (:func:`asl_elementwise`), ``"hill"``
+            (:func:`~balancemix_timm.losses_mlml.hill_elementwise`), or a callable
             ``(logits, targets, **base_loss_kwargs) -> Tensor[B, K]`` of unreduced losses,
             called with float targets of the logits' dtype (float32 for half logits).
         ambiguous: Weight of ambiguous labels: ``"weight"`` (``p_G``, Eq. 10), ``"drop"`` (0)
@@ -354,7 +371,7 @@ def balancemix_loss(
             over classes; ``"sum"``: sum over batch and classes (ML-Decoder's ASL criterion is
             summed, use this for a like-for-like swap); ``"none"``: per-sample sums ``(B,)``.
         base_loss_kwargs: Keyword options for the base loss, e.g. ``{"gamma_neg": 2}`` for
-            ASL. Must be empty for ``"bce"``.
+            ASL, ``{"lamb": 1.5}`` for Hill. Must be empty for ``"bce"``.
         validate: Check values (finite logits, targets in [0, 1], ``state`` in {0, 1, 2},
             ``clean_prob`` in [0, 1]). Each check synchronises with the device; under mixed
             precision, overflowing logits raise here where ``GradScaler`` alone would just
@@ -416,7 +433,7 @@ class BalanceMixLoss(nn.Module):
     """Module form of :func:`balancemix_loss` (Eq. 10 of BalanceMix).
 
     Args:
-        base_loss: ``"bce"`` | ``"asl"`` | callable, see :func:`balancemix_loss`.
+        base_loss: ``"bce"`` | ``"asl"`` | ``"hill"`` | callable, see :func:`balancemix_loss`.
         ambiguous: ``"weight"`` | ``"drop"`` | ``"keep"``.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
         base_loss_kwargs: Keyword options of the base loss (e.g. ASL's ``gamma_neg``).

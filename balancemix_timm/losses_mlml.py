@@ -164,10 +164,19 @@ def hill_elementwise(
         ValueError: on bad tensors (see :func:`~balancemix_timm.loss.bce_elementwise`) or options
             out of range.
     """
-    lamb = _number(lamb, "lamb", low=1.0)
-    margin = _number(margin, "margin", low=0.0)
-    gamma = _number(gamma, "gamma", low=0.0)
+    options = _hill_options(lamb=lamb, margin=margin, gamma=gamma)
     x, y = _prepare(logits, targets)
+    return _hill(x, y, **options)
+
+
+def _hill_options(*, lamb: float = 1.5, margin: float = 1.0, gamma: float = 2.0) -> dict[str, float]:
+    """The checked options of :func:`hill_elementwise` (``ValueError`` naming a bad one)."""
+    return dict(lamb=_number(lamb, "lamb", low=1.0), margin=_number(margin, "margin", low=0.0),
+                gamma=_number(gamma, "gamma", low=0.0))
+
+
+def _hill(x: Tensor, y: Tensor, *, lamb: float, margin: float, gamma: float) -> Tensor:
+    """:func:`hill_elementwise` on prepared float tensors with checked options."""
     return y * _focal_margin(x, margin, gamma) + (1 - y) * _hill_neg(x, lamb)
 
 

@@ -79,7 +79,8 @@ class BalanceMixOptions:
     label_management: str = _option(
         "full", "none | clean (Eq. 8) | relabel (+ Eq. 9) | full (+ ambiguous labels weighted by p_G, Eq. 10): "
                 "the rows of Table 5", choices=("none", "clean", "relabel", "full"))
-    base_loss: str = _option("bce", "element-wise loss of Eq. 10: bce (the paper) or asl", choices=("bce", "asl"))
+    base_loss: str = _option("bce", "element-wise loss of Eq. 10: bce (the paper), asl or hill (not in the paper; "
+                                    "docs/design.md)", choices=("bce", "asl", "hill"))
     clean_if_agrees: bool = _option(
         True, "a label that f(x) agrees with (BCE below ln 2) is clean whatever its p_G (not in the paper; "
               "docs/design.md)")

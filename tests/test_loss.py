@@ -291,6 +291,24 @@ def test_balancemix_loss_asl_weighted_matches_double_loop():
     assert math.isclose(got.item(), want, rel_tol=1e-10)
 
 
+def _hill_ref(x, y, lamb=1.5, margin=1.0, gamma=2.0):
+    """Hill (Zhang et al. 2021) for one entry from its printed formulas, linear in a soft target."""
+    p, p_m = 1 / (1 + math.exp(-x)), 1 / (1 + math.exp(-(x - margin)))
+    return y * -((1 - p_m) ** gamma) * math.log(p_m) + (1 - y) * (lamb - p) * p * p
+
+
+@pytest.mark.parametrize("kw", [{}, {"lamb": 2.0, "margin": 0.5, "gamma": 1.0}])
+def test_balancemix_loss_hill_weighted_matches_double_loop(kw):
+    logits, targets, state, clean_prob = _batch(6, 5, seed=7)
+    got = balancemix_loss(logits, targets, state, clean_prob, base_loss="hill", base_loss_kwargs=kw)
+    want = _balancemix_ref(logits, targets, state, clean_prob, elem=lambda x, y: _hill_ref(float(x), float(y), **kw))
+    assert math.isclose(got.item(), want, rel_tol=1e-10)
+    with pytest.raises(ValueError, match="Hill option"):
+        balancemix_loss(logits, targets, state, clean_prob, base_loss="hill", base_loss_kwargs={"lambda": 1.5})
+    with pytest.raises(ValueError, match="lamb"):
+        balancemix_loss(logits, targets, state, clean_prob, base_loss="hill", base_loss_kwargs={"lamb": 0.5})
+
+
 def test_balancemix_loss_callable_base_loss():
     logits, targets, state, clean_prob = _batch(4, 3, seed=6)
     got = balancemix_loss(logits, targets, state, clean_prob, base_loss=lambda x, y: (x - y) ** 2)
