@@ -389,18 +389,11 @@ class BalanceMixEngine(EngineState):
         p = self._checked_probs(view_probs, index, "view_probs", allow_views=True)
         f = p if image_probs is None else self._checked_probs(image_probs, index, "image_probs", allow_views=False)
         index = _move(index.detach().long(), self.device)
-        m = self.record_momentum
-        if m > 0:
-            old = self.seen[index][:, None]
-            p = torch.where(old, m * self.view_mean[index] + (1 - m) * p, p)
-            f = torch.where(old, m * self.probs[index] + (1 - m) * f, f)
+        if self.record_momentum > 0:
+            p = torch.where(self.seen[index][:, None], self._averaged(self.view_mean, index, p), p)
         self.view_mean[index] = p
-        self.probs[index] = f
-        # index_fill_ (not ``seen[index] = True``): a Python scalar written through an index
-        # tensor is copied to the device first, which synchronises on CUDA.
-        self.seen.index_fill_(0, index, True)
-        self._epoch_seen.index_fill_(0, index, True)
         self._epoch_viewed.index_fill_(0, index, True)
+        self._write_image(index, f)
 
     @torch.no_grad()
     def record_image(self, index: Tensor, image_probs: Tensor) -> None:
@@ -416,11 +409,21 @@ class BalanceMixEngine(EngineState):
         """
         index = check_tensor(index, "index")
         f = self._checked_probs(image_probs, index, "image_probs", allow_views=False)
-        index = _move(index.detach().long(), self.device)
+        self._write_image(_move(index.detach().long(), self.device), f)
+
+    def _averaged(self, table: Tensor, index: Tensor, new: Tensor) -> Tensor:
+        """``m * table[index] + (1 - m) * new`` with ``m = record_momentum``."""
         m = self.record_momentum
-        if m > 0:
-            f = torch.where(self.seen[index][:, None], m * self.probs[index] + (1 - m) * f, f)
+        return m * table[index] + (1 - m) * new
+
+    def _write_image(self, index: Tensor, f: Tensor) -> None:
+        """Store f(x) (averaged with a seen sample's last one when ``record_momentum > 0``) of
+        samples ``index`` (on the engine's device) and mark them seen."""
+        if self.record_momentum > 0:
+            f = torch.where(self.seen[index][:, None], self._averaged(self.probs, index, f), f)
         self.probs[index] = f
+        # index_fill_ (not ``seen[index] = True``): a Python scalar written through an index
+        # tensor is copied to the device first, which synchronises on CUDA.
         self.seen.index_fill_(0, index, True)
         self._epoch_seen.index_fill_(0, index, True)
 

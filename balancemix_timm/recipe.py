@@ -220,18 +220,17 @@ class BalanceMixRecipe:
         forwarded in one call as a single ``(1, B + V * S, C, H, W)`` view; the others are
         recorded by ``record_image``."""
         v = self.options.num_views
-        chosen = self.engine.view_candidates(index).to(views.device)
-        picked = chosen.nonzero().squeeze(1)
+        # Positions on the indices' device; indexing a tensor on another device with them is allowed.
+        chosen = self.engine.view_candidates(index).to(index.device)
+        picked, rest = chosen.nonzero().squeeze(1), (~chosen).nonzero().squeeze(1)
         inputs = torch.cat([views[v], views[:v, picked].flatten(0, 1)])
         probs = predict(inputs[None], None)[0]
         b, s = len(index), picked.numel()
         image, view_probs = probs[:b], probs[b:].reshape(v, s, probs.shape[-1])
-        rest = (~chosen).nonzero().squeeze(1)
         if rest.numel():
-            self.engine.record_image(index[rest.to(index.device)], image[rest.to(image.device)])
+            self.engine.record_image(index[rest], image[rest])
         if s:
-            at = picked.to(image.device)
-            self.engine.record(index[picked.to(index.device)], view_probs, image_probs=image[at])
+            self.engine.record(index[picked], view_probs, image_probs=image[picked])
 
     def epoch_pass_sampler(self, num_samples: int, epoch: int) -> ShardedRandomSampler:
         """The order of the epoch pass over ``num_samples`` items (this rank's shard)."""
