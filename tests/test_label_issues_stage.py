@@ -130,6 +130,7 @@ def test_tiny_stage_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setitem(stage.BUDGETS, "strong_full", TINY)  # the stage's regime: tiny, from scratch
     docs = tmp_path / "label-issues.md"
     shutil.copy(Path(__file__).parents[1] / "docs" / "label-issues.md", docs)
+    original = docs.read_text()
     out = tmp_path / "bench"
     argv = ["--out", str(out), "--settings", "mislabel40", "--seeds", "0", "--folds", "2", "--docs", str(docs),
             "--figure", str(tmp_path / "pr.png")]
@@ -152,10 +153,14 @@ def test_tiny_stage_end_to_end(tmp_path, monkeypatch):
     assert results["summary"]["target"]["met"] is None  # flip40 not run
 
     page = docs.read_text()
-    assert page.count(report.START) == 1 and page.count(report.END) == 1
+    start, end = report.section_markers("strong_full")
+    weak_start, weak_end = report.section_markers("weak_full")
+    assert page.count(start) == 1 and page.count(end) == 1
+    weak_block = page[page.index(weak_start):page.index(weak_end)]  # the other regime's block is left alone
+    assert weak_block == original[original.index(weak_start):original.index(weak_end)]
     assert "Not measured yet" not in page and "| Mislabel 40% | BalanceMix (1 training) |" in page
-    assert "balancemix-benchmark-label-issues --out" in page and results["date"] in page
-    assert page.index("## Comparison with cleanlab") < page.index(report.START)
+    assert "balancemix-benchmark-label-issues --budget strong_full --out" in page and results["date"] in page
+    assert page.index("## Comparison with cleanlab") < page.index(start)
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "pr.png").is_file() and "](pr.png)" in page
     assert (out / "label_issues" / "comparison.md").is_file()
@@ -165,7 +170,7 @@ def test_tiny_stage_end_to_end(tmp_path, monkeypatch):
 
     # Rerun from the JSON: the generated part is replaced, not duplicated.
     assert stage.main(argv + ["--report-only"]) == 0
-    assert docs.read_text().count(report.START) == 1
+    assert docs.read_text().count(start) == 1 and docs.read_text().count(weak_start) == 1
     # A finished BalanceMix run without its checkpoint is refused (its label state is gone), untouched.
     (out / "runs" / "balancemix-mislabel40-s0" / "last.pth").unlink()
     with pytest.raises(ValueError, match="without its last.pth"):
@@ -187,3 +192,17 @@ def test_target_verdict_from_numbers():
     assert slow["met"] is False and "compute above 1/3" in slow["text"]
     worse = report.summarize([record("mislabel40", 0.4, 0.5, 1, 40), record("flip40", 0.7, 0.5, 1, 40)])["target"]
     assert worse["met"] is False and "-0.100" in worse["text"]
+
+
+def test_each_regime_has_its_own_block_in_the_docs_section():
+    page = "# Label issues\n\n## Comparison with cleanlab\n\nProse.\n\n## Next\n"
+    results = dict(date="d", out="o", folds=2, settings=["mislabel40"], seeds=[0], records=[], summary=dict(
+        settings={}, target=dict(text="t")))
+    weak = report.comparison_markdown(results, command="weak-cmd", regime="weak_full")
+    page = report._replace_section(page, weak, "weak_full")
+    strong = report.comparison_markdown(results, command="strong-cmd", regime="strong_full")
+    page = report._replace_section(page, strong, "strong_full")
+    assert page.index("strong-cmd") < page.index("weak-cmd") < page.index("Prose.") < page.index("## Next")
+    again = report._replace_section(page, strong.replace("strong-cmd", "strong-cmd-2"), "strong_full")
+    assert "strong-cmd-2" in again and "strong-cmd\n" not in again and again.count("weak-cmd") == 1
+    assert again.replace("strong-cmd-2", "strong-cmd") == page

@@ -490,8 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_stage(out, budget=BUDGETS[args.budget], settings=settings, seeds=seeds, folds=args.folds,
                             threads=args.threads, jobs=args.jobs, train_overrides=overrides,
                             pretrain_cache=args.pretrain_cache)
-    paths = write_comparison(results, out / "label_issues", command=command, docs=args.docs or None,
-                             figure=args.figure or None)
+    paths = write_comparison(results, out / "label_issues", command=command, regime=args.budget,
+                             docs=args.docs or None, figure=args.figure or None)
     _logger.info("wrote %s", ", ".join(str(p) for p in paths))
     return 0
 
