@@ -310,21 +310,18 @@ def _resolve_base_loss(
                     f'base_loss_kwargs must be empty for base_loss="bce", got {kwargs}'
                 )
             return _bce
-        if base_loss == "asl":
-            try:
-                options = _asl_options(**kwargs)
-            except TypeError as err:
-                raise ValueError(f"base_loss_kwargs has an unknown ASL option: {err}") from None
-            return lambda x, y: _asl(x, y, **options)
-        if base_loss == "hill":
-            # losses_mlml builds on this module's checks, so it is imported where it is used.
-            from balancemix_timm.losses_mlml import _hill, _hill_options
+        if base_loss in ("asl", "hill"):
+            if base_loss == "asl":
+                checked, loss, title = _asl_options, _asl, "ASL"
+            else:  # losses_mlml builds on this module's checks, so it is imported where it is used
+                from balancemix_timm.losses_mlml import _hill, _hill_options
 
+                checked, loss, title = _hill_options, _hill, "Hill"
             try:
-                options = _hill_options(**kwargs)
+                options = checked(**kwargs)
             except TypeError as err:
-                raise ValueError(f"base_loss_kwargs has an unknown Hill option: {err}") from None
-            return lambda x, y: _hill(x, y, **options)
+                raise ValueError(f"base_loss_kwargs has an unknown {title} option: {err}") from None
+            return lambda x, y: loss(x, y, **options)
         raise ValueError(f'base_loss must be one of {BASE_LOSSES} or a callable, got {base_loss!r}')
     if callable(base_loss):
         return lambda x, y: base_loss(x, y, **kwargs)
