@@ -33,6 +33,7 @@ __all__ = [
     "check_ndim",
     "check_unit_interval",
     "check_real",
+    "prepare_loss_inputs",
 ]
 
 
@@ -150,3 +151,28 @@ def check_unit_interval(
         hb = ")" if high_open else "]"
         raise ValueError(f"{name} must be in {lb}{low}, {high}{hb}, got {value!r}")
     return v
+
+
+def _loss_dtype(logits: Tensor) -> torch.dtype:
+    """Half-precision logits are upcast to float32 (``eps`` = 1e-8 underflows in float16)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return logits.dtype
+
+
+def prepare_loss_inputs(logits: Tensor, targets: Tensor, *, validate: bool = True) -> tuple[Tensor, Tensor]:
+    """Validate ``logits`` / ``targets`` of an element-wise loss and return both as float tensors of
+    one dtype (float32 for half-precision logits); ``validate`` also checks their values."""
+    logits = check_tensor(logits, "logits")
+    targets = check_tensor(targets, "targets")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor, got {logits.dtype}")
+    check_same_shape(logits, "logits", targets, "targets")
+    if validate:
+        check_finite(logits, "logits")
+        if targets.is_floating_point():
+            targets = check_probabilities(targets, "targets")
+        else:
+            targets = check_binary(targets, "targets")
+    dtype = _loss_dtype(logits)
+    return logits.to(dtype), targets.to(device=logits.device, dtype=dtype)

@@ -28,13 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from balancemix_timm._checks import (
-    check_binary,
     check_finite,
     check_ndim,
     check_probabilities,
     check_same_shape,
     check_tensor,
     check_unit_interval,
+    prepare_loss_inputs,
 )
 from balancemix_timm.refine import LabelState
 
@@ -66,30 +66,6 @@ REDUCTIONS = ("mean", "sum", "none")
 ``none``: the per-sample sums, shape ``(B,)``."""
 
 
-def _compute_dtype(logits: Tensor) -> torch.dtype:
-    """Half-precision logits are upcast to float32 (``eps`` = 1e-8 underflows in float16)."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        return torch.float32
-    return logits.dtype
-
-
-def _prepare(logits: Tensor, targets: Tensor, *, validate: bool = True) -> tuple[Tensor, Tensor]:
-    """Validate ``logits`` / ``targets`` and return both as float tensors of one dtype."""
-    logits = check_tensor(logits, "logits")
-    targets = check_tensor(targets, "targets")
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must be a floating-point tensor, got {logits.dtype}")
-    check_same_shape(logits, "logits", targets, "targets")
-    if validate:
-        check_finite(logits, "logits")
-        if targets.is_floating_point():
-            targets = check_probabilities(targets, "targets")
-        else:
-            targets = check_binary(targets, "targets")
-    dtype = _compute_dtype(logits)
-    return logits.to(dtype), targets.to(device=logits.device, dtype=dtype)
-
-
 def bce_elementwise(logits: Tensor, targets: Tensor) -> Tensor:
     """Element-wise binary cross-entropy from logits (Eq. 1 of BalanceMix), soft targets allowed.
 
@@ -110,7 +86,7 @@ def bce_elementwise(logits: Tensor, targets: Tensor) -> Tensor:
         ValueError: on non-float or non-finite logits, targets outside [0, 1] or a shape
             mismatch.
     """
-    x, y = _prepare(logits, targets)
+    x, y = prepare_loss_inputs(logits, targets)
     return _bce(x, y)
 
 
@@ -170,7 +146,7 @@ def asl_elementwise(
     options = _asl_options(
         gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, eps=eps, focal_grad=focal_grad
     )
-    x, y = _prepare(logits, targets)
+    x, y = prepare_loss_inputs(logits, targets)
     return _asl(x, y, **options)
 
 
@@ -401,7 +377,7 @@ def balancemix_loss(
     if reduction == "mean" and logits.shape[0] == 0:
         raise ValueError('logits has an empty batch (B = 0): reduction="mean" is undefined')
 
-    x, y = _prepare(logits, targets.detach(), validate=validate)
+    x, y = prepare_loss_inputs(logits, targets.detach(), validate=validate)
     elementwise = fn(x, y)
     if not isinstance(elementwise, Tensor) or elementwise.shape != logits.shape:
         got = tuple(elementwise.shape) if isinstance(elementwise, Tensor) else type(elementwise)

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from balancemix_timm.loss import _prepare
+from balancemix_timm._checks import prepare_loss_inputs
 
 __all__ = [
     "focal_margin_positive",
@@ -98,7 +98,7 @@ def focal_margin_positive(logits: Tensor, *, margin: float = 1.0, gamma: float =
     """
     margin = _number(margin, "margin", low=0.0)
     gamma = _number(gamma, "gamma", low=0.0)
-    x, _ = _prepare(logits, torch.zeros_like(logits))
+    x, _ = prepare_loss_inputs(logits, torch.zeros_like(logits))
     return _focal_margin(x, margin, gamma)
 
 
@@ -129,7 +129,7 @@ def hill_negative(logits: Tensor, *, lamb: float = 1.5) -> Tensor:
         ValueError: on non-float or non-finite logits or ``lamb < 1``.
     """
     lamb = _number(lamb, "lamb", low=1.0)
-    x, _ = _prepare(logits, torch.zeros_like(logits))
+    x, _ = prepare_loss_inputs(logits, torch.zeros_like(logits))
     return _hill_neg(x, lamb)
 
 
@@ -165,7 +165,7 @@ def hill_elementwise(
             out of range.
     """
     options = _hill_options(lamb=lamb, margin=margin, gamma=gamma)
-    x, y = _prepare(logits, targets)
+    x, y = prepare_loss_inputs(logits, targets)
     return _hill(x, y, **options)
 
 
@@ -195,7 +195,7 @@ def splc_corrected(logits: Tensor, targets: Tensor, *, tau: float = 0.6) -> Tens
         Bool tensor of the shape of ``logits`` (no gradient).
     """
     tau = _number(tau, "tau", low=0.0, high=1.0)
-    x, y = _prepare(logits, targets)
+    x, y = prepare_loss_inputs(logits, targets)
     return _splc_mask(x.detach(), y, tau)
 
 
@@ -243,7 +243,7 @@ def splc_elementwise(
     tau = _number(tau, "tau", low=0.0, high=1.0)
     margin = _number(margin, "margin", low=0.0)
     gamma = _number(gamma, "gamma", low=0.0)
-    x, y = _prepare(logits, targets)
+    x, y = prepare_loss_inputs(logits, targets)
     pos = _focal_margin(x, margin, gamma)
     neg = _focal_margin(-x, 0.0, gamma)  # sigmoid(x)^gamma * softplus(x): focal loss of a negative
     if correct:
