@@ -389,9 +389,7 @@ class BalanceMixEngine(EngineState):
         p = self._checked_probs(view_probs, index, "view_probs", allow_views=True)
         f = p if image_probs is None else self._checked_probs(image_probs, index, "image_probs", allow_views=False)
         index = _move(index.detach().long(), self.device)
-        if self.record_momentum > 0:
-            p = torch.where(self.seen[index][:, None], self._averaged(self.view_mean, index, p), p)
-        self.view_mean[index] = p
+        self.view_mean[index] = self._averaged(self.view_mean, index, p)
         self._epoch_viewed.index_fill_(0, index, True)
         self._write_image(index, f)
 
@@ -412,16 +410,17 @@ class BalanceMixEngine(EngineState):
         self._write_image(_move(index.detach().long(), self.device), f)
 
     def _averaged(self, table: Tensor, index: Tensor, new: Tensor) -> Tensor:
-        """``m * table[index] + (1 - m) * new`` with ``m = record_momentum``."""
+        """The record to store for samples ``index``: ``new``, or with ``m = record_momentum > 0``
+        ``m * table[index] + (1 - m) * new`` for the samples seen before."""
         m = self.record_momentum
-        return m * table[index] + (1 - m) * new
+        if m == 0:
+            return new
+        return torch.where(self.seen[index][:, None], m * table[index] + (1 - m) * new, new)
 
     def _write_image(self, index: Tensor, f: Tensor) -> None:
         """Store f(x) (averaged with a seen sample's last one when ``record_momentum > 0``) of
         samples ``index`` (on the engine's device) and mark them seen."""
-        if self.record_momentum > 0:
-            f = torch.where(self.seen[index][:, None], self._averaged(self.probs, index, f), f)
-        self.probs[index] = f
+        self.probs[index] = self._averaged(self.probs, index, f)
         # index_fill_ (not ``seen[index] = True``): a Python scalar written through an index
         # tensor is copied to the device first, which synchronises on CUDA.
         self.seen.index_fill_(0, index, True)

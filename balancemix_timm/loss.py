@@ -36,6 +36,7 @@ from balancemix_timm._checks import (
     check_unit_interval,
     prepare_loss_inputs,
 )
+from balancemix_timm.losses_mlml import _hill, _hill_options
 from balancemix_timm.refine import LabelState
 
 __all__ = [
@@ -274,6 +275,10 @@ def label_weights(
     return torch.where(is_ambiguous, clean_prob, ones)
 
 
+#: The named losses with options: ``name -> (options checker, loss on prepared tensors, title)``.
+_LOSSES_WITH_OPTIONS = {"asl": (_asl_options, _asl, "ASL"), "hill": (_hill_options, _hill, "Hill")}
+
+
 def _resolve_base_loss(
     base_loss: BaseLoss, base_loss_kwargs: Mapping[str, Any] | None
 ) -> Callable[[Tensor, Tensor], Tensor]:
@@ -286,13 +291,8 @@ def _resolve_base_loss(
                     f'base_loss_kwargs must be empty for base_loss="bce", got {kwargs}'
                 )
             return _bce
-        if base_loss in ("asl", "hill"):
-            if base_loss == "asl":
-                checked, loss, title = _asl_options, _asl, "ASL"
-            else:  # losses_mlml builds on this module's checks, so it is imported where it is used
-                from balancemix_timm.losses_mlml import _hill, _hill_options
-
-                checked, loss, title = _hill_options, _hill, "Hill"
+        if base_loss in _LOSSES_WITH_OPTIONS:
+            checked, loss, title = _LOSSES_WITH_OPTIONS[base_loss]
             try:
                 options = checked(**kwargs)
             except TypeError as err:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .gmm import LabelGMM
+from .loss import BASE_LOSSES
 
 __all__ = [
     "BalanceMixOptions", "OptionSpec", "option_specs", "option_spec", "OPTION_DEFAULTS", "ENGINE_OPTIONS",
@@ -80,7 +81,7 @@ class BalanceMixOptions:
         "full", "none | clean (Eq. 8) | relabel (+ Eq. 9) | full (+ ambiguous labels weighted by p_G, Eq. 10): "
                 "the rows of Table 5", choices=("none", "clean", "relabel", "full"))
     base_loss: str = _option("bce", "element-wise loss of Eq. 10: bce (the paper), asl or hill (not in the paper; "
-                                    "docs/design.md)", choices=("bce", "asl", "hill"))
+                                    "docs/design.md)", choices=BASE_LOSSES)
     clean_if_agrees: bool = _option(
         True, "a label that f(x) agrees with (BCE below ln 2) is clean whatever its p_G (not in the paper; "
               "docs/design.md)")
